@@ -1,0 +1,9 @@
+//! One module per subcommand: its arguments (clap) and its `run`.
+
+pub mod convert;
+pub mod evaluate;
+pub mod info;
+pub mod predict;
+pub mod prepare;
+pub mod synth;
+pub mod train;

@@ -1,0 +1,10 @@
+//! `ncct2ctpa predict` (not implemented yet).
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`predict` is not implemented yet")
+}

@@ -1,0 +1,10 @@
+//! `ncct2ctpa prepare` (not implemented yet).
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`prepare` is not implemented yet")
+}

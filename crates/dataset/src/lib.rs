@@ -1,0 +1,6 @@
+//! Datasets for ncct2ctpa: discovery and pairing of raw NCCT/CTPA cases, the prepared
+//! slice store that training reads at random, sampling and augmentation, and the seeded
+//! chest phantom generator that stands in for real data on machines that cannot hold any.
+//!
+//! No deep-learning dependency: the trainer turns the `f32` slices this crate yields into
+//! tensors.

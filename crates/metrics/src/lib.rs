@@ -1,0 +1,4 @@
+//! Image similarity metrics in HU: MAE, PSNR, SSIM, over masks, with accumulators.
+//!
+//! The SSIM window and constants defined here are the single definition used by both the
+//! metric and the SSIM loss in the model crate.

@@ -1,0 +1,1 @@
+//! The RegGAN training loop of ncct2ctpa.

@@ -24,9 +24,37 @@ fn main() {
             rpath(&nvidia_lib);
         }
     }
-    if lib.join("libtorch_cuda.so").exists() {
+    if link_cuda(&torch) {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        println!("cargo:warning=linking libtorch_cuda: the binaries will use CUDA when a GPU is present");
     }
+}
+
+/// Whether to force-link `libtorch_cuda`: only when the libtorch in use can actually load it.
+/// The CPU setup installs the CUDA wheel of torch *without* its CUDA dependencies
+/// (cuDNN, cuBLAS, cuSPARSE...), so its `libtorch_cuda.so` cannot be loaded there; the full
+/// install (`NCCT2CTPA_TORCH=full make setup`, or `LIBTORCH_USE_PYTORCH=1`) brings cuDNN.
+/// `NCCT2CTPA_LINK_CUDA=0|1` overrides the detection.
+fn link_cuda(torch: &Path) -> bool {
+    println!("cargo:rerun-if-env-changed=NCCT2CTPA_LINK_CUDA");
+    match std::env::var("NCCT2CTPA_LINK_CUDA").as_deref() {
+        Ok("0") => return false,
+        Ok("1") => return true,
+        _ => {}
+    }
+    if !torch.join("lib").join("libtorch_cuda.so").exists() {
+        return false;
+    }
+    let Some(site) = torch.parent() else {
+        return false;
+    };
+    nvidia_lib_dirs(&site.join("nvidia")).iter().any(|dir| {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcudnn.so"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 fn libtorch_dir() -> Option<PathBuf> {

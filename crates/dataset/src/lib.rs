@@ -4,3 +4,12 @@
 //!
 //! No deep-learning dependency: the trainer turns the `f32` slices this crate yields into
 //! tensors.
+
+pub mod augment;
+pub mod manifest;
+pub mod phantom;
+pub mod prepare;
+pub mod preview;
+pub mod raw;
+pub mod sampler;
+pub mod store;

@@ -1,2 +1,16 @@
 //! The RegGAN model of ncct2ctpa on tch (libtorch): generator G, registration network R with
-//! its spatial transformer, the spectral-norm PatchGAN discriminator D, and the losses.
+//! its spatial transformer, the spectral-norm PatchGAN discriminator D, the losses and the
+//! optimizer whose state can be saved (exact resume).
+
+pub mod blocks;
+pub mod config;
+pub mod device;
+pub mod discriminator;
+pub mod generator;
+pub mod losses;
+pub mod optim;
+pub mod registration;
+pub mod spectral_norm;
+pub mod ssim;
+pub mod summary;
+pub mod warp;

@@ -13,6 +13,10 @@
 pub mod error;
 pub mod geometry;
 pub mod io;
+pub mod masks;
+pub mod register;
+pub mod resample;
+pub mod transform;
 
 pub use error::{Result, VolumeError};
 pub use geometry::Geometry;

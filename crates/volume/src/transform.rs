@@ -11,7 +11,7 @@
 //! T(p) = R · (p − center) + center + translation
 //! ```
 //!
-//! This is pinned against SimpleITK by the golden test `tests/resample_golden.rs`.
+//! This is pinned against SimpleITK by the golden test in `tests/resample.rs`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

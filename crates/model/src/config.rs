@@ -1,1 +1,259 @@
-//! (being written)
+//! Model configuration: the shapes of G, R and D, and the named presets.
+//!
+//! Configs hold no logic beyond small derived quantities (the size multiple, the
+//! discriminator's input channels); the networks are built from them by
+//! [`crate::generator::Generator::new`], [`crate::registration::RegistrationNet::new`] and
+//! [`crate::discriminator::Discriminator::new`]. Every config is serde with
+//! `#[serde(default, deny_unknown_fields)]`, so a `config.toml` may name only what it changes
+//! and a typo is an error rather than a silently ignored key.
+//!
+//! # Presets
+//!
+//! | preset    | G (UNet)                          | R (registration UNet)  | D (PatchGAN)   |
+//! |-----------|-----------------------------------|------------------------|----------------|
+//! | `default` | base 64, depth 4, 4 convs/stage: 62,444,609 params | base 12, depth 3, max 24: 71,150 | base 64, 3 layers: 2,762,689 |
+//! | `reggan`  | as default                        | base 32, depth 4, max 128: 2,073,186 (RegGAN's R is 2.06M) | as default |
+//! | `tiny`    | base 8, depth 3, 2 convs/stage    | base 8, depth 2, max 16 | base 8, 3 layers |
+//!
+//! The default generator's count (the product owner asked for 61M +- 2M): widths
+//! w_i = 64 * 2^i for i = 0..=4 (64 .. 1024); every stage has 4 conv 3x3 layers (with bias,
+//! instance norm has no parameters), the decoder stage i has a 2x2 transposed conv
+//! w_{i+1} -> w_i, and a 1x1 head w_0 -> 1. With c(i, o, k) = i*o*k*k + o:
+//! encoder+bottleneck = sum_i [c(w_{i-1}, w_i, 3) + 3 c(w_i, w_i, 3)] = 35,242,688 (w_{-1} = 1),
+//! decoder = sum_i [c(w_{i+1}, w_i, 2) + c(2 w_i, w_i, 3) + 3 c(w_i, w_i, 3)] = 27,201,856,
+//! head = 65: total 62,444,609 (tested in `tests/networks.rs` and by the PyTorch twin).
+
+use serde::{Deserialize, Serialize};
+
+/// Normalization layer after each convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Norm {
+    /// `InstanceNorm2d(affine = false, track_running_stats = false)` as in pix2pix/RegGAN:
+    /// no parameters, per-image statistics in training and evaluation alike.
+    Instance,
+    /// `BatchNorm2d` with learned scale/shift and running statistics (momentum 0.1, eps 1e-5);
+    /// the convolution before it has no bias (it would be cancelled by the mean).
+    Batch,
+    /// No normalization (the convolution keeps its bias).
+    None,
+}
+
+/// Activation after each normalization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    /// Leaky ReLU with the config's `leaky_slope`.
+    LeakyRelu,
+    Elu,
+    /// GELU (exact, erf form).
+    Gelu,
+    Silu,
+}
+
+/// The generator G: a UNet from the NCCT slice(s) to the synthetic CTPA slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// Input channels: 1 for a single NCCT slice, 2k+1 for a 2.5D stack of neighbours.
+    pub in_channels: i64,
+    /// Output channels (1: the CTPA slice).
+    pub out_channels: i64,
+    /// Channels of the first stage; stage i has `min(base * 2^i, max_channels)`.
+    pub base_channels: i64,
+    /// Number of 2x downsamplings; inputs must be divisible by `2^depth`.
+    pub depth: usize,
+    /// Cap on the channel count of any stage.
+    pub max_channels: i64,
+    /// 3x3 conv + norm + activation layers per stage (encoder, bottleneck and decoder).
+    pub convs_per_stage: usize,
+    pub norm: Norm,
+    pub activation: Activation,
+    /// Negative slope when `activation = "leaky_relu"`.
+    pub leaky_slope: f64,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 1,
+            out_channels: 1,
+            base_channels: 64,
+            depth: 4,
+            max_channels: 1024,
+            convs_per_stage: 4,
+            norm: Norm::Instance,
+            activation: Activation::Relu,
+            leaky_slope: 0.2,
+        }
+    }
+}
+
+impl GeneratorConfig {
+    /// Input height and width must be multiples of this (`2^depth`).
+    pub fn size_multiple(&self) -> i64 {
+        1i64 << self.depth
+    }
+}
+
+/// The registration network R: a small UNet from (moving, fixed) to a displacement field.
+///
+/// Input is always 2 channels (G's output and the real CTPA) and output 2 channels (dx, dy
+/// in pixels). A bottleneck self-attention block is planned (a later issue); it will be an
+/// optional field here and a step between the bottleneck and the decoder in
+/// [`crate::blocks::UNet::forward_t`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    pub base_channels: i64,
+    /// Number of 2x downsamplings; inputs must be divisible by `2^depth`.
+    pub depth: usize,
+    pub max_channels: i64,
+    pub convs_per_stage: usize,
+    pub norm: Norm,
+    pub activation: Activation,
+    pub leaky_slope: f64,
+    /// Standard deviation of the last (1x1) conv's weights; its bias starts at zero, so R
+    /// starts at (nearly) the identity transform.
+    pub head_init_std: f64,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            base_channels: 12,
+            depth: 3,
+            max_channels: 24,
+            convs_per_stage: 2,
+            norm: Norm::None,
+            activation: Activation::LeakyRelu,
+            leaky_slope: 0.2,
+            head_init_std: 1e-5,
+        }
+    }
+}
+
+impl RegistrationConfig {
+    /// Input height and width must be multiples of this (`2^depth`).
+    pub fn size_multiple(&self) -> i64 {
+        1i64 << self.depth
+    }
+}
+
+/// The discriminator D: pix2pix's `NLayerDiscriminator` (PatchGAN) with spectral norm on
+/// every conv. With 3 layers its receptive field is 70x70.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscriminatorConfig {
+    /// Channels of the judged image (G's output or the real CTPA).
+    pub image_channels: i64,
+    /// Conditional D: the input is the NCCT (`condition_channels`) concatenated with the
+    /// image. RegGAN's D is unconditional (the default).
+    pub conditional: bool,
+    /// Channels of the condition (the generator's input) when `conditional`.
+    pub condition_channels: i64,
+    /// Channels of the first conv; layer n has `min(base * 2^n, max_channels)`.
+    pub base_channels: i64,
+    /// Number of stride-2 convs (3 gives the 70x70 PatchGAN).
+    pub n_layers: usize,
+    pub max_channels: i64,
+    /// Normalization of the middle layers (never on the first nor the last).
+    pub norm: Norm,
+    /// LeakyReLU slope.
+    pub leaky_slope: f64,
+    /// Power-iteration epsilon of the spectral norm (PyTorch's 1e-12).
+    pub spectral_norm_eps: f64,
+}
+
+impl Default for DiscriminatorConfig {
+    fn default() -> Self {
+        Self {
+            image_channels: 1,
+            conditional: false,
+            condition_channels: 1,
+            base_channels: 64,
+            n_layers: 3,
+            max_channels: 512,
+            norm: Norm::Instance,
+            leaky_slope: 0.2,
+            spectral_norm_eps: 1e-12,
+        }
+    }
+}
+
+impl DiscriminatorConfig {
+    /// Channels D's first conv sees.
+    pub fn input_channels(&self) -> i64 {
+        if self.conditional {
+            self.image_channels + self.condition_channels
+        } else {
+            self.image_channels
+        }
+    }
+}
+
+/// The three networks of RegGAN.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub generator: GeneratorConfig,
+    pub registration: RegistrationConfig,
+    pub discriminator: DiscriminatorConfig,
+}
+
+const PRESETS: &[&str] = &["default", "tiny", "reggan"];
+
+impl ModelConfig {
+    /// The names [`ModelConfig::preset`] accepts.
+    pub fn preset_names() -> &'static [&'static str] {
+        PRESETS
+    }
+
+    /// A named preset (see the module docs for their sizes).
+    pub fn preset(name: &str) -> anyhow::Result<ModelConfig> {
+        match name {
+            "default" => Ok(ModelConfig::default()),
+            "reggan" => Ok(ModelConfig {
+                registration: RegistrationConfig {
+                    base_channels: 32,
+                    depth: 4,
+                    max_channels: 128,
+                    ..RegistrationConfig::default()
+                },
+                ..ModelConfig::default()
+            }),
+            "tiny" => Ok(ModelConfig {
+                generator: GeneratorConfig {
+                    base_channels: 8,
+                    depth: 3,
+                    max_channels: 64,
+                    convs_per_stage: 2,
+                    ..GeneratorConfig::default()
+                },
+                registration: RegistrationConfig {
+                    base_channels: 8,
+                    depth: 2,
+                    max_channels: 16,
+                    ..RegistrationConfig::default()
+                },
+                discriminator: DiscriminatorConfig {
+                    base_channels: 8,
+                    max_channels: 64,
+                    ..DiscriminatorConfig::default()
+                },
+            }),
+            other => anyhow::bail!(
+                "unknown model preset {other:?}: expected one of {}",
+                PRESETS.join(", ")
+            ),
+        }
+    }
+
+    /// Input height and width must be multiples of this for both G and R.
+    pub fn size_multiple(&self) -> i64 {
+        self.generator
+            .size_multiple()
+            .max(self.registration.size_multiple())
+    }
+}

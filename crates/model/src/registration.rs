@@ -1,1 +1,81 @@
-//! (being written)
+//! The registration network R (RegGAN's "Reg"): a small UNet that maps (moving, fixed) to a
+//! dense displacement field in pixels, used by [`crate::warp::warp`] to align G's output with
+//! the real CTPA.
+//!
+//! The last 1x1 conv starts at N(0, `head_init_std`) weights (default 1e-5) and zero bias, so
+//! R starts at (nearly) the identity transform and the generator is not chased by a random
+//! field early in training. Hidden convs use He (Kaiming-uniform, fan-in) initialisation, suited
+//! to the leaky-ReLU layers (RegGAN initialises its Reg net with Kaiming too).
+
+use tch::nn;
+use tch::Tensor;
+
+use crate::blocks::{check_size_multiple, Act, StageSpec, UNet, UNetSpec};
+use crate::config::RegistrationConfig;
+
+/// R's input channels: moving (G's output) and fixed (the real CTPA).
+pub const REGISTRATION_IN_CHANNELS: i64 = 2;
+/// R's output channels: dx (along width) and dy (along height), in pixels.
+pub const REGISTRATION_OUT_CHANNELS: i64 = 2;
+
+/// R: (moving, fixed) -> displacement field.
+#[derive(Debug)]
+pub struct RegistrationNet {
+    unet: UNet,
+    cfg: RegistrationConfig,
+}
+
+impl RegistrationNet {
+    /// Builds R's variables under `path` (see [`crate::blocks`] for their names).
+    pub fn new(path: &nn::Path, cfg: &RegistrationConfig) -> Self {
+        let spec = UNetSpec {
+            in_channels: REGISTRATION_IN_CHANNELS,
+            out_channels: REGISTRATION_OUT_CHANNELS,
+            base_channels: cfg.base_channels,
+            depth: cfg.depth,
+            max_channels: cfg.max_channels,
+            stage: StageSpec {
+                convs: cfg.convs_per_stage,
+                norm: cfg.norm,
+                act: Act::new(cfg.activation, cfg.leaky_slope),
+                init: nn::init::DEFAULT_KAIMING_UNIFORM,
+            },
+            head_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: cfg.head_init_std,
+            },
+        };
+        tracing::debug!(?cfg, "building registration network");
+        Self {
+            unet: UNet::new(path, &spec),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// The configuration R was built from.
+    pub fn config(&self) -> &RegistrationConfig {
+        &self.cfg
+    }
+
+    /// Checks that a `height` x `width` input is accepted (multiples of `2^depth`).
+    pub fn check_input_size(&self, height: i64, width: i64) -> anyhow::Result<()> {
+        check_size_multiple(
+            "registration network",
+            height,
+            width,
+            self.cfg.size_multiple(),
+        )
+    }
+
+    /// The displacement field that moves `moving` onto `fixed`.
+    ///
+    /// # Shapes
+    /// `moving`, `fixed`: [batch, 1, height, width] (multiples of `2^depth`) ->
+    /// [batch, 2, height, width] in pixels, channel 0 = dx (along width), 1 = dy (along
+    /// height); `warp(moving, flow)` samples `moving` at (x + dx, y + dy).
+    pub fn forward_t(&self, moving: &Tensor, fixed: &Tensor, train: bool) -> Tensor {
+        // [batch, 2, height, width]: moving first, as in RegGAN's Reg(fake_B, real_B)
+        let x = Tensor::cat(&[moving, fixed], 1);
+        self.unet.forward_t(&x, train)
+    }
+}

@@ -1,1 +1,283 @@
-//! (being written)
+//! The training losses of RegGAN as adapted to chest CT: the lung-weighted L1 + SSIM
+//! reconstruction loss between the registered generator output and the real CTPA, the
+//! adversarial losses (LSGAN, hinge, BCE) and the smoothness of the displacement field.
+//!
+//! Every function takes and returns tch tensors and never reads a value back to the host, so a
+//! training step on the GPU does not synchronise here; logging extracts values outside.
+//! Shape checks use tensor metadata only.
+
+use metrics::SsimParams;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+use thiserror::Error;
+
+use crate::ssim;
+
+/// Invalid input to a loss or to SSIM (programming or configuration errors caught before
+/// libtorch would abort on them).
+#[derive(Debug, Error)]
+pub enum LossError {
+    #[error("{what}: expected shape {expected}, got {got:?}")]
+    Shape {
+        what: &'static str,
+        expected: String,
+        got: Vec<i64>,
+    },
+    #[error("{what}: expected a floating-point tensor, got {got:?}")]
+    Kind { what: &'static str, got: Kind },
+    #[error("SSIM needs images of at least {win}x{win} pixels (its window), got {height}x{width}")]
+    ImageTooSmall { height: i64, width: i64, win: i64 },
+    #[error("invalid loss parameter: {0}")]
+    InvalidParameter(String),
+}
+
+/// Weights of the losses. `Default` is the project's preset; every field has a serde default,
+/// so a config file names only what it changes.
+///
+/// Why these defaults:
+/// * `l1_weight = 20`: RegGAN's correction loss ("Corr_lamda" in its configs) is an L1 with
+///   weight 20 next to adversarial 1 and smoothness 10; we keep that balance, so with
+///   `ssim_weight = 0` and `lung_weight = 1` the reconstruction term is exactly RegGAN's.
+/// * `ssim_weight = 10`: the product owner's design adds an SSIM term (1 - SSIM) to the L1. On
+///   images in [-1, 1], 1 - SSIM between a blurry synthetic and the real image is typically
+///   2-5x the L1 error (e.g. 0.2 vs 0.05), so half the L1 weight makes the two terms of the
+///   same size early in training without letting SSIM, which ignores absolute HU offsets in
+///   flat regions, dominate the intensity fidelity that L1 enforces.
+/// * `lung_weight = 10`: the owner's design — pixels inside the lung mask count 10x, because
+///   the pulmonary arteries the CTPA is read for occupy a small part of the slice.
+/// * `adversarial = lsgan`, `adversarial_weight = 1`, `smoothness_weight = 10`: RegGAN.
+/// * `ssim_data_range = 2`: the network sees images in [-1, 1] (DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// Weight of the lung-weighted L1 term in [`Recon::total`].
+    pub l1_weight: f64,
+    /// Weight of the lung-weighted `1 - SSIM` term in [`Recon::total`].
+    pub ssim_weight: f64,
+    /// Per-pixel weight inside the lung mask (1 outside); 1 disables the lung weighting.
+    pub lung_weight: f64,
+    /// Data range used for SSIM's constants (2.0 for images in [-1, 1]).
+    pub ssim_data_range: f64,
+    /// Adversarial loss formulation.
+    pub adversarial: AdversarialKind,
+    /// Weight of the generator's adversarial term (the trainer applies it; the D loss uses it
+    /// too, as RegGAN does).
+    pub adversarial_weight: f64,
+    /// Weight of the displacement-field smoothness term (the trainer applies it).
+    pub smoothness_weight: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            l1_weight: 20.0,
+            ssim_weight: 10.0,
+            lung_weight: 10.0,
+            ssim_data_range: 2.0,
+            adversarial: AdversarialKind::Lsgan,
+            adversarial_weight: 1.0,
+            smoothness_weight: 10.0,
+        }
+    }
+}
+
+impl LossConfig {
+    /// Checks that the weights are finite and non-negative, `lung_weight` is positive (so every
+    /// pixel keeps a positive weight) and the SSIM data range is positive.
+    pub fn validate(&self) -> Result<(), LossError> {
+        let weights = [
+            ("l1_weight", self.l1_weight),
+            ("ssim_weight", self.ssim_weight),
+            ("adversarial_weight", self.adversarial_weight),
+            ("smoothness_weight", self.smoothness_weight),
+        ];
+        for (name, value) in weights {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(LossError::InvalidParameter(format!(
+                    "{name} must be finite and >= 0, got {value}"
+                )));
+            }
+        }
+        for (name, value) in [
+            ("lung_weight", self.lung_weight),
+            ("ssim_data_range", self.ssim_data_range),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(LossError::InvalidParameter(format!(
+                    "{name} must be finite and > 0, got {value}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reconstruction loss and its parts (scalar tensors, differentiable).
+#[derive(Debug)]
+pub struct Recon {
+    /// Lung-weighted mean absolute error, `sum(w |p - t|) / sum(w)` (before `l1_weight`).
+    pub l1: Tensor,
+    /// Lung-weighted SSIM loss, `1 - sum(w S) / sum(w)` over SSIM's valid region (before
+    /// `ssim_weight`).
+    pub ssim: Tensor,
+    /// `l1_weight * l1 + ssim_weight * ssim`.
+    pub total: Tensor,
+}
+
+/// Per-pixel weights `w = 1 + (lung_weight - 1) * mask`.
+///
+/// # Shapes
+/// `lung_mask`: `[batch, 1, height, width]` -> `[batch, 1, height, width]` (float32).
+pub fn lung_weights(lung_mask: &Tensor, lung_weight: f64) -> Tensor {
+    lung_mask.to_kind(Kind::Float) * (lung_weight - 1.0) + 1.0
+}
+
+/// The lung-weighted L1 + SSIM reconstruction loss between the (registered) generator output
+/// and the target.
+///
+/// Each pixel weighs `w = 1 + (lung_weight - 1) * mask`; both terms are weighted means
+/// (divided by the sum of the weights), so the loss stays on the scale of a plain mean whatever
+/// the size of the lung in the slice: a slice without lung gives the plain L1 and SSIM, and a
+/// uniform error gives the same L1 with any mask. The SSIM term uses the weight map cropped to
+/// SSIM's valid region (see [`ssim::weighted_ssim`]). A soft (fractional) mask works as a soft
+/// weight.
+///
+/// # Shapes
+/// * `pred`, `target`: `[batch, channels, height, width]` in [-1, 1] (channels = 1 here).
+/// * `lung_mask`: `[batch, 1, height, width]`, 0/1 float.
+/// * returns scalars `[]`.
+pub fn reconstruction(
+    pred: &Tensor,
+    target: &Tensor,
+    lung_mask: &Tensor,
+    cfg: &LossConfig,
+) -> Result<Recon, LossError> {
+    cfg.validate()?;
+    let size = pred.size();
+    if size.len() != 4 || target.size() != size {
+        return Err(LossError::Shape {
+            what: "reconstruction target (must match the prediction)",
+            expected: format!("{size:?}, 4D"),
+            got: target.size(),
+        });
+    }
+    let msize = lung_mask.size();
+    if msize.len() != 4 || msize[0] != size[0] || msize[1] != 1 || msize[2..] != size[2..] {
+        return Err(LossError::Shape {
+            what: "lung mask",
+            expected: format!("[{}, 1, {}, {}]", size[0], size[2], size[3]),
+            got: msize,
+        });
+    }
+    let kind = pred.kind();
+    // [batch, 1, height, width]
+    let w = lung_weights(lung_mask, cfg.lung_weight).to_kind(kind);
+    // [batch, channels, height, width]
+    let w_full = w.expand_as(pred);
+    let l1 = (&w_full * (pred - target).abs()).sum(kind) / w_full.sum(kind);
+    let ssim_term = 1.0
+        - ssim::weighted_ssim(
+            pred,
+            target,
+            &w,
+            cfg.ssim_data_range,
+            &SsimParams::default(),
+        )?;
+    let total = &l1 * cfg.l1_weight + &ssim_term * cfg.ssim_weight;
+    Ok(Recon {
+        l1,
+        ssim: ssim_term,
+        total,
+    })
+}
+
+/// Which adversarial objective G and D play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdversarialKind {
+    /// Least squares GAN (Mao et al. 2017), RegGAN's choice: D regresses real to 1 and fake to
+    /// 0, G pushes fake to 1.
+    #[default]
+    Lsgan,
+    /// Hinge loss (Miyato et al. 2018, as used with spectral norm).
+    Hinge,
+    /// The original non-saturating GAN loss, binary cross-entropy on logits.
+    Bce,
+}
+
+/// Generator's adversarial loss on D's logits for generated images (mean over all patches).
+///
+/// * LSGAN: `mean((d_fake - 1)^2)` (RegGAN: `MSELoss(pred_fake, 1)`).
+/// * hinge: `-mean(d_fake)`.
+/// * BCE: `mean(softplus(-d_fake))`, i.e. BCE-with-logits against 1 (non-saturating).
+///
+/// # Shapes
+/// `d_fake`: any shape, typically `[batch, 1, h, w]` patch logits -> `[]`.
+pub fn generator_adversarial(kind: AdversarialKind, d_fake: &Tensor) -> Tensor {
+    match kind {
+        AdversarialKind::Lsgan => d_fake.mse_loss(&d_fake.ones_like(), Reduction::Mean),
+        AdversarialKind::Hinge => -d_fake.mean(d_fake.kind()),
+        AdversarialKind::Bce => bce_with_logits(d_fake, 1.0),
+    }
+}
+
+/// Discriminator's adversarial loss, real and fake terms summed (not halved).
+///
+/// * LSGAN: `mean((d_real - 1)^2) + mean(d_fake^2)`. RegGAN's trainer sums the two MSE terms
+///   without the 0.5 factor that pix2pix/CycleGAN apply; we follow RegGAN (with Adam the factor
+///   only rescales the effective learning rate of D early on, but it changes the logged value).
+/// * hinge: `mean(relu(1 - d_real)) + mean(relu(1 + d_fake))`.
+/// * BCE: `BCEWithLogits(d_real, 1) + BCEWithLogits(d_fake, 0)`, each a mean.
+///
+/// # Shapes
+/// `d_real`, `d_fake`: any shapes (each averaged on its own) -> `[]`.
+pub fn discriminator_adversarial(
+    kind: AdversarialKind,
+    d_real: &Tensor,
+    d_fake: &Tensor,
+) -> Tensor {
+    match kind {
+        AdversarialKind::Lsgan => {
+            d_real.mse_loss(&d_real.ones_like(), Reduction::Mean)
+                + d_fake.mse_loss(&d_fake.zeros_like(), Reduction::Mean)
+        }
+        AdversarialKind::Hinge => {
+            (d_real.neg() + 1.0).relu().mean(d_real.kind()) + (d_fake + 1.0).relu().mean(d_fake.kind())
+        }
+        AdversarialKind::Bce => bce_with_logits(d_real, 1.0) + bce_with_logits(d_fake, 0.0),
+    }
+}
+
+/// Mean binary cross-entropy of `logits` against a constant target (numerically stable form).
+fn bce_with_logits(logits: &Tensor, target: f64) -> Tensor {
+    let target = logits.full_like(target);
+    logits.binary_cross_entropy_with_logits::<Tensor>(&target, None, None, Reduction::Mean)
+}
+
+/// Smoothness of a displacement field: `mean(dx^2) + mean(dy^2)` of the forward differences
+/// along width and height, each mean over all its elements (batch, channels, positions).
+///
+/// This is exactly RegGAN's `smooothing_loss` (Kid-Liet/Reg-GAN, `trainer/utils.py`): it squares
+/// the absolute forward differences and adds the two means. Note the sum of the two means, not
+/// the mean over both directions, so a field varying equally in x and y scores twice the
+/// one-direction value; keep this when comparing weights with RegGAN's `Smooth_lamda` 10.
+///
+/// # Shapes
+/// `flow`: `[batch, 2, height, width]` (any channel count works), height and width >= 2 -> `[]`.
+pub fn smoothness(flow: &Tensor) -> Result<Tensor, LossError> {
+    let size = flow.size();
+    if size.len() != 4 || size[2] < 2 || size[3] < 2 {
+        return Err(LossError::Shape {
+            what: "displacement field",
+            expected: "[batch, 2, height >= 2, width >= 2]".into(),
+            got: size,
+        });
+    }
+    let (h, w) = (size[2], size[3]);
+    let kind = flow.kind();
+    // [batch, channels, height - 1, width]
+    let dy = flow.narrow(2, 1, h - 1) - flow.narrow(2, 0, h - 1);
+    // [batch, channels, height, width - 1]
+    let dx = flow.narrow(3, 1, w - 1) - flow.narrow(3, 0, w - 1);
+    Ok((&dx * &dx).mean(kind) + (&dy * &dy).mean(kind))
+}

@@ -1,1 +1,458 @@
-//! (being written)
+//! Adam over a [`tch::nn::VarStore`]'s trainable variables, with state that can be saved and
+//! loaded, for an exact resume.
+//!
+//! tch's `nn::Optimizer` keeps Adam's moments inside libtorch with no way to read or write
+//! them, so a resumed run would restart its moments from zero. This Adam holds its moments as
+//! tensors keyed by variable name, and reproduces `torch.optim.Adam`'s single-tensor update
+//! (`torch/optim/adam.py`, `_single_tensor_adam`, the default on the CPU) operation for
+//! operation:
+//!
+//! ```text
+//! step += 1
+//! g = grad + weight_decay * param                  (L2 penalty, only when weight_decay != 0)
+//! m = lerp(m, g, 1 - beta1)                        (= beta1 m + (1 - beta1) g)
+//! v = beta2 v + (1 - beta2) g^2
+//! denom = sqrt(v) / sqrt(1 - beta2^step) + eps     (eps added after the bias correction)
+//! param -= lr / (1 - beta1^step) * m / denom
+//! ```
+//!
+//! The bias corrections and step size are computed in f64 on the host from the step count
+//! (as Python floats are in torch), so nothing is read back from the device. Checked against
+//! torch step for step in `tests/optim_adam_torch.rs`. (On CUDA, torch defaults to the
+//! multi-tensor "foreach" kernels, which compute the same formula.)
+//!
+//! Differences from torch, by design:
+//! * [`Adam::zero_grad`] zeroes the gradients in place (torch's `set_to_none=False`); torch's
+//!   default sets them to `None`, which then skips the variable at the next step. The two agree
+//!   whenever every variable receives a gradient in every step, as in GAN training of whole
+//!   networks. Variables whose gradient was never defined are skipped, like torch.
+//! * One learning rate for all variables (one parameter group).
+//!
+//! State file (safetensors): `exp_avg.NAME`, `exp_avg_sq.NAME` (float tensors shaped like the
+//! variable), `step.NAME` (int64 scalar: torch keeps a step count per parameter), `step` (int64
+//! scalar: calls to [`Adam::step`]) and `hyper.lr`, `hyper.beta1`, `hyper.beta2`, `hyper.eps`,
+//! `hyper.weight_decay` (f64 scalars), which [`Adam::load`] restores like torch's
+//! `load_state_dict` restores its parameter group.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+use tracing::{debug, info, trace};
+
+/// Adam hyperparameters. `Default` is RegGAN's: lr 1e-4, betas (0.5, 0.999).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// L2 penalty added to the gradient (torch.optim.Adam's `weight_decay`, not AdamW's).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// Checks the ranges torch.optim.Adam checks: `lr >= 0`, `eps >= 0`, betas in [0, 1),
+    /// `weight_decay >= 0`.
+    pub fn validate(&self) -> Result<(), OptimError> {
+        let bad =
+            |what: &str, v: f64| OptimError::InvalidConfig(format!("{what} out of range: {v}"));
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(bad("lr", self.lr));
+        }
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return Err(bad("eps", self.eps));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(bad(name, b));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(bad("weight_decay", self.weight_decay));
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the optimizer and its state files.
+#[derive(Debug, Error)]
+pub enum OptimError {
+    #[error("invalid Adam configuration: {0}")]
+    InvalidConfig(String),
+    #[error("optimizer state {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("optimizer state {path}: {source}")]
+    Torch {
+        path: PathBuf,
+        source: tch::TchError,
+    },
+    #[error("optimizer state {path}: {problem}")]
+    Mismatch { path: PathBuf, problem: String },
+}
+
+/// Per-variable state.
+struct Slot {
+    /// The variable (shares storage with the VarStore's).
+    var: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    /// torch's `state['step']`: updates applied to this variable.
+    step: i64,
+}
+
+/// Adam over the trainable variables of one VarStore, in name order.
+pub struct Adam {
+    cfg: AdamConfig,
+    /// Keyed by variable name: a deterministic order independent of construction order.
+    slots: BTreeMap<String, Slot>,
+    /// Calls to [`Adam::step`].
+    steps: i64,
+}
+
+impl std::fmt::Debug for Adam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adam")
+            .field("cfg", &self.cfg)
+            .field("variables", &self.slots.len())
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+impl Adam {
+    /// An optimizer over `vs`'s trainable variables (those created trainable; a later
+    /// `vs.freeze()` does not remove them), moments at zero.
+    ///
+    /// Non-trainable variables (spectral-norm u vectors, for example) are left alone. Fails
+    /// only if `cfg` is out of range ([`AdamConfig::validate`]).
+    pub fn new(vs: &VarStore, cfg: AdamConfig) -> Result<Self, OptimError> {
+        cfg.validate()?;
+        let slots: BTreeMap<String, Slot> = trainable_named(vs)
+            .into_iter()
+            .map(|(name, var)| {
+                let opts = (var.kind(), var.device());
+                let slot = Slot {
+                    exp_avg: Tensor::zeros(var.size(), opts),
+                    exp_avg_sq: Tensor::zeros(var.size(), opts),
+                    var,
+                    step: 0,
+                };
+                (name, slot)
+            })
+            .collect();
+        let numel: usize = slots.values().map(|s| s.var.numel()).sum();
+        debug!(
+            variables = slots.len(),
+            parameters = numel,
+            ?cfg,
+            "Adam optimizer created"
+        );
+        Ok(Self {
+            cfg,
+            slots,
+            steps: 0,
+        })
+    }
+
+    /// The configuration in use (with the current learning rate).
+    pub fn config(&self) -> AdamConfig {
+        self.cfg
+    }
+
+    /// Current learning rate.
+    pub fn lr(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    /// Sets the learning rate for the next steps (schedules call this every step).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    /// Number of [`Adam::step`] calls so far (restored by [`Adam::load`]).
+    pub fn steps(&self) -> i64 {
+        self.steps
+    }
+
+    /// Names of the optimized variables, sorted.
+    pub fn variable_names(&self) -> impl Iterator<Item = &str> {
+        self.slots.keys().map(String::as_str)
+    }
+
+    /// Zeroes the gradients of the optimized variables in place (see the module docs for how
+    /// this relates to torch's `set_to_none`).
+    pub fn zero_grad(&mut self) {
+        for slot in self.slots.values_mut() {
+            slot.var.zero_grad();
+        }
+    }
+
+    /// One Adam update of every variable that has a gradient, under `no_grad`.
+    pub fn step(&mut self) {
+        let _guard = tch::no_grad_guard();
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.cfg;
+        let mut updated = 0usize;
+        for slot in self.slots.values_mut() {
+            let grad = slot.var.grad();
+            if !grad.defined() {
+                continue;
+            }
+            slot.step += 1;
+            let grad = if weight_decay != 0.0 {
+                grad + &slot.var * weight_decay
+            } else {
+                grad
+            };
+            let _ = slot.exp_avg.lerp_(&grad, 1.0 - beta1);
+            // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            let _ = slot.exp_avg_sq.g_mul_scalar_(beta2);
+            let _ = slot.exp_avg_sq.g_add_(&(&grad * (1.0 - beta2) * &grad));
+            // Python floats in torch: `beta ** step` with a float step, i.e. pow().
+            let t = slot.step as f64;
+            let bias_correction1 = 1.0 - beta1.powf(t);
+            let bias_correction2 = 1.0 - beta2.powf(t);
+            let step_size = lr / bias_correction1;
+            let bias_correction2_sqrt = bias_correction2.powf(0.5);
+            let denom = slot.exp_avg_sq.sqrt() / bias_correction2_sqrt + eps;
+            // torch: param.addcdiv_(exp_avg, denom, value=-step_size)
+            let _ = slot.var.g_add_(&(&slot.exp_avg * (-step_size) / &denom));
+            updated += 1;
+        }
+        self.steps += 1;
+        trace!(step = self.steps, updated, lr, "Adam step");
+    }
+
+    /// Writes the optimizer state to `path` (safetensors, atomically: a temporary file in the
+    /// same folder, then a rename). Tensors are copied to the CPU for writing.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), OptimError> {
+        let path = path.as_ref();
+        let mut named: Vec<(String, Tensor)> = Vec::with_capacity(3 * self.slots.len() + 6);
+        for (name, slot) in &self.slots {
+            named.push((
+                format!("exp_avg.{name}"),
+                slot.exp_avg.to_device(Device::Cpu).contiguous(),
+            ));
+            named.push((
+                format!("exp_avg_sq.{name}"),
+                slot.exp_avg_sq.to_device(Device::Cpu).contiguous(),
+            ));
+            named.push((format!("step.{name}"), Tensor::from(slot.step)));
+        }
+        named.push(("step".into(), Tensor::from(self.steps)));
+        let c = self.cfg;
+        for (name, v) in [
+            ("lr", c.lr),
+            ("beta1", c.beta1),
+            ("beta2", c.beta2),
+            ("eps", c.eps),
+            ("weight_decay", c.weight_decay),
+        ] {
+            named.push((format!("hyper.{name}"), Tensor::from(v)));
+        }
+        let tmp = temp_path(path);
+        Tensor::write_safetensors(&named, &tmp).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            OptimError::Torch {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        std::fs::rename(&tmp, path).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            OptimError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        debug!(path = %path.display(), variables = self.slots.len(), steps = self.steps, "Adam state saved");
+        Ok(())
+    }
+
+    /// Restores the state written by [`Adam::save`]: moments, step counts and hyperparameters.
+    ///
+    /// The file must hold exactly this optimizer's variables with the same shapes; otherwise
+    /// nothing is changed and the error names the missing, unexpected or mis-shaped entries.
+    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<(), OptimError> {
+        let path = path.as_ref();
+        let mismatch = |problem: String| OptimError::Mismatch {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|source| OptimError::Torch {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .into_iter()
+            .collect();
+
+        let scalar_f64 = |name: &str| -> Result<f64, OptimError> {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| mismatch(format!("missing entry `{name}`")))?;
+            if t.numel() != 1 {
+                return Err(mismatch(format!(
+                    "`{name}` should be a scalar, has shape {:?}",
+                    t.size()
+                )));
+            }
+            Ok(t.to_kind(Kind::Double).double_value(&[]))
+        };
+        let scalar_i64 = |name: &str| -> Result<i64, OptimError> {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| mismatch(format!("missing entry `{name}`")))?;
+            if t.numel() != 1 || t.kind() != Kind::Int64 {
+                return Err(mismatch(format!(
+                    "`{name}` should be an int64 scalar, is {:?} {:?}",
+                    t.kind(),
+                    t.size()
+                )));
+            }
+            Ok(t.int64_value(&[]))
+        };
+
+        // 1. The variable sets must agree.
+        let in_file: BTreeSet<&str> = tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix("exp_avg."))
+            .collect();
+        let ours: BTreeSet<&str> = self.slots.keys().map(String::as_str).collect();
+        if in_file != ours {
+            let missing: Vec<&str> = ours.difference(&in_file).copied().collect();
+            let extra: Vec<&str> = in_file.difference(&ours).copied().collect();
+            return Err(mismatch(format!(
+                "the variable set differs from the model's ({} in the file, {} in the model); missing: {}; unexpected: {}",
+                in_file.len(),
+                ours.len(),
+                preview(&missing),
+                preview(&extra)
+            )));
+        }
+
+        // 2. Check everything before changing anything.
+        let mut staged: Vec<(&str, Tensor, Tensor, i64)> = Vec::with_capacity(self.slots.len());
+        for (name, slot) in &self.slots {
+            let moment = |prefix: &str| -> Result<Tensor, OptimError> {
+                let key = format!("{prefix}.{name}");
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| mismatch(format!("missing entry `{key}`")))?;
+                if t.size() != slot.var.size() {
+                    return Err(mismatch(format!(
+                        "`{key}` has shape {:?}, the variable has {:?}",
+                        t.size(),
+                        slot.var.size()
+                    )));
+                }
+                if t.kind() != slot.var.kind() {
+                    return Err(mismatch(format!(
+                        "`{key}` is {:?}, the variable is {:?}",
+                        t.kind(),
+                        slot.var.kind()
+                    )));
+                }
+                Ok(t.to_device(slot.var.device()))
+            };
+            let (exp_avg, exp_avg_sq) = (moment("exp_avg")?, moment("exp_avg_sq")?);
+            let step = scalar_i64(&format!("step.{name}"))?;
+            if step < 0 {
+                return Err(mismatch(format!("`step.{name}` is negative ({step})")));
+            }
+            staged.push((name.as_str(), exp_avg, exp_avg_sq, step));
+        }
+        let steps = scalar_i64("step")?;
+        let cfg = AdamConfig {
+            lr: scalar_f64("hyper.lr")?,
+            beta1: scalar_f64("hyper.beta1")?,
+            beta2: scalar_f64("hyper.beta2")?,
+            eps: scalar_f64("hyper.eps")?,
+            weight_decay: scalar_f64("hyper.weight_decay")?,
+        };
+        cfg.validate().map_err(|e| mismatch(e.to_string()))?;
+
+        // 3. Commit.
+        let staged: Vec<(String, Tensor, Tensor, i64)> = staged
+            .into_iter()
+            .map(|(n, a, b, s)| (n.to_string(), a, b, s))
+            .collect();
+        for (name, exp_avg, exp_avg_sq, step) in staged {
+            if let Some(slot) = self.slots.get_mut(&name) {
+                slot.exp_avg = exp_avg;
+                slot.exp_avg_sq = exp_avg_sq;
+                slot.step = step;
+            }
+        }
+        if cfg != self.cfg {
+            info!(from = ?self.cfg, to = ?cfg, "Adam hyperparameters restored from the saved state");
+        }
+        self.cfg = cfg;
+        self.steps = steps;
+        debug!(path = %path.display(), variables = self.slots.len(), steps, "Adam state loaded");
+        Ok(())
+    }
+}
+
+/// The trainable variables of `vs` with their names.
+///
+/// The VarStore keeps names for all variables and a separate, unnamed list of the trainable
+/// ones; a named variable is trainable when it is the same tensor (same storage, offset, sizes
+/// and strides) as one of that list.
+fn trainable_named(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let trainable = vs.trainable_variables();
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| trainable.iter().any(|v| v.is_set_to(t)))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// `DIR/.NAME.tmp-PID`: a temporary name in the destination's folder (so the rename is atomic).
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "adam".into());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// At most five names, then a count.
+fn preview(names: &[&str]) -> String {
+    if names.is_empty() {
+        return "none".into();
+    }
+    let shown: Vec<&str> = names.iter().take(5).copied().collect();
+    if names.len() > 5 {
+        format!("{} and {} more", shown.join(", "), names.len() - 5)
+    } else {
+        shown.join(", ")
+    }
+}

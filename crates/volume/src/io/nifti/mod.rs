@@ -1,30 +1,24 @@
-//! NIfTI-1 reading and writing (placeholder signatures; implemented by the IO work).
+//! NIfTI-1 reading and writing with ITK's geometry conventions.
+//!
+//! - [`header`]: the 348-byte header, validated on decode, deterministic on encode;
+//! - [`orient`]: qform/sform (RAS) to and from ITK's LPS [`Geometry`](crate::Geometry),
+//!   choosing the transform the way ITK 5.4 does;
+//! - [`read`] and [`write`]: voxel data, gzip, scaling, size checks, atomic output.
 
-use crate::{Mask, Result, Volume, VolumeError};
+pub mod header;
+pub mod orient;
+pub mod read;
+pub mod write;
+
+pub use header::{DataType, NiftiHeader};
+pub use orient::TransformSource;
+pub use read::{read_nifti_bytes, read_nifti_displacement, read_nifti_file, NiftiImage};
+pub use write::{write_nifti, write_nifti_displacement, write_nifti_mask};
+
+use crate::{Result, Volume};
 use std::path::Path;
 
-/// Reads a NIfTI-1 file (`.nii` or `.nii.gz`) into HU with LPS geometry.
+/// Reads a NIfTI-1 file (`.nii` or `.nii.gz`) into float32 HU with LPS geometry.
 pub fn read_nifti(path: &Path) -> Result<Volume> {
-    Err(VolumeError::unsupported(
-        path,
-        "NIfTI reading is not implemented yet",
-    ))
-}
-
-/// Writes a float volume as NIfTI-1 (float32), atomically (temporary name, then rename).
-pub fn write_nifti(path: &Path, volume: &Volume) -> Result<()> {
-    let _ = volume;
-    Err(VolumeError::unsupported(
-        path,
-        "NIfTI writing is not implemented yet",
-    ))
-}
-
-/// Writes a mask as NIfTI-1 (uint8), atomically.
-pub fn write_nifti_mask(path: &Path, mask: &Mask) -> Result<()> {
-    let _ = mask;
-    Err(VolumeError::unsupported(
-        path,
-        "NIfTI writing is not implemented yet",
-    ))
+    Ok(read_nifti_file(path)?.volume)
 }

@@ -1,0 +1,235 @@
+//! Atomic file and folder output: a reader never sees a partially written result.
+//!
+//! Everything the toolkit writes goes through [`write_atomic`] (one file) or
+//! [`write_dir_atomic`] (a folder such as a DICOM series): the content is written under a
+//! temporary name in the destination's own folder (so the final rename stays on one file
+//! system and is atomic), flushed to disk with `fsync`, and only then renamed into place. If
+//! the writer fails or panics, the temporary is removed and the destination is untouched.
+
+use crate::{Result, VolumeError};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Distinguishes temporaries created by concurrent writers within one process.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A hidden temporary name beside `path`: `.NAME.PID.N.tmp`.
+fn temp_sibling(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| VolumeError::invalid(format!("{}: not a file name", path.display())))?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp_name = format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id());
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// The folder holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Removes the temporary on drop unless [`TempGuard::keep`] was called.
+struct TempGuard {
+    path: PathBuf,
+    is_dir: bool,
+    armed: bool,
+}
+
+impl TempGuard {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let removed = if self.is_dir {
+                fs::remove_dir_all(&self.path)
+            } else {
+                fs::remove_file(&self.path)
+            };
+            if let Err(e) = removed {
+                tracing::warn!("could not remove temporary {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Best-effort `fsync` of a folder, so that a rename inside it survives a crash.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes a file atomically: `write` fills a buffered writer on a temporary file in the same
+/// folder; the file is then flushed, `fsync`ed and renamed over `path`.
+///
+/// On any error (from `write` or the OS) the temporary is removed, `path` is left as it was,
+/// and the error names `path`. The destination's folder must exist.
+///
+/// ```no_run
+/// # use std::io::Write;
+/// volume::io::atomic::write_atomic(std::path::Path::new("out.json"), |w| {
+///     w.write_all(b"{}")
+/// })?;
+/// # Ok::<(), volume::VolumeError>(())
+/// ```
+pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> std::io::Result<()>,
+{
+    let tmp = temp_sibling(path)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| VolumeError::io(path, e))?;
+    let guard = TempGuard {
+        path: tmp.clone(),
+        is_dir: false,
+        armed: true,
+    };
+    let mut out = BufWriter::new(file);
+    write(&mut out).map_err(|e| VolumeError::io(path, e))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| VolumeError::io(path, e.into_error()))?;
+    file.sync_all().map_err(|e| VolumeError::io(path, e))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|e| VolumeError::io(path, e))?;
+    guard.keep();
+    sync_dir(parent_dir(path));
+    tracing::debug!("wrote {} atomically", path.display());
+    Ok(())
+}
+
+/// Creates a folder atomically: `fill` writes the folder's content into a temporary folder
+/// beside `dir` (it receives that folder's path), which is then renamed to `dir`.
+///
+/// `dir` must not exist yet, or be an empty folder; a non-empty `dir` is an error (we never
+/// replace someone's data). On any error the temporary folder and everything in it is removed.
+pub fn write_dir_atomic<F>(dir: &Path, fill: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
+    if dir.exists() {
+        let mut entries = fs::read_dir(dir).map_err(|e| VolumeError::io(dir, e))?;
+        if entries.next().is_some() {
+            return Err(VolumeError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "output folder exists and is not empty",
+                ),
+            });
+        }
+    }
+    let tmp = temp_sibling(dir)?;
+    fs::create_dir(&tmp).map_err(|e| VolumeError::io(dir, e))?;
+    let guard = TempGuard {
+        path: tmp.clone(),
+        is_dir: true,
+        armed: true,
+    };
+    fill(&tmp)?;
+    sync_dir(&tmp);
+    if dir.exists() {
+        // Empty (checked above); rename(2) replaces an empty folder, but be explicit.
+        fs::remove_dir(dir).map_err(|e| VolumeError::io(dir, e))?;
+    }
+    fs::rename(&tmp, dir).map_err(|e| VolumeError::io(dir, e))?;
+    guard.keep();
+    sync_dir(parent_dir(dir));
+    tracing::debug!("wrote folder {} atomically", dir.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn writes_and_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.txt");
+        write_atomic(&p, |w| w.write_all(b"one")).unwrap();
+        write_atomic(&p, |w| w.write_all(b"two")).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(names(d.path()), vec!["a.txt"]);
+    }
+
+    #[test]
+    fn failure_leaves_old_content_and_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.txt");
+        fs::write(&p, b"old").unwrap();
+        let err = write_atomic(&p, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("boom"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("a.txt"), "{err}");
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(names(d.path()), vec!["a.txt"]);
+    }
+
+    #[test]
+    fn panic_in_writer_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("b.bin");
+        let r = std::panic::catch_unwind(|| {
+            let _ = write_atomic(&p, |w| {
+                w.write_all(b"x")?;
+                panic!("writer panicked")
+            });
+        });
+        assert!(r.is_err());
+        assert!(names(d.path()).is_empty());
+    }
+
+    #[test]
+    fn missing_folder_is_an_error_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("nope").join("c.txt");
+        let err = write_atomic(&p, |w| w.write_all(b"x")).unwrap_err();
+        assert!(err.to_string().contains("c.txt"), "{err}");
+    }
+
+    #[test]
+    fn dir_is_created_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("series");
+        let err = write_dir_atomic(&out, |tmp| {
+            fs::write(tmp.join("1.dcm"), b"x").map_err(|e| VolumeError::io(tmp, e))?;
+            Err(VolumeError::invalid("second slice failed"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("second slice"));
+        assert!(names(d.path()).is_empty());
+
+        write_dir_atomic(&out, |tmp| {
+            fs::write(tmp.join("1.dcm"), b"x").map_err(|e| VolumeError::io(tmp, e))
+        })
+        .unwrap();
+        assert_eq!(names(&out), vec!["1.dcm"]);
+        // A non-empty destination is never replaced.
+        assert!(write_dir_atomic(&out, |_| Ok(())).is_err());
+        assert_eq!(names(&out), vec!["1.dcm"]);
+    }
+}

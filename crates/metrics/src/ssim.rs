@@ -9,6 +9,16 @@
 //! border before averaging, so the padding never reaches the averaged pixels). An
 //! implementation can therefore compute the local statistics with a *valid* (unpadded)
 //! separable convolution and average that.
+//!
+//! The metric itself (2D, 3D, masked) lives in [`compute`] and is re-exported here.
+
+mod compute;
+
+pub(crate) use compute::ssim_scores_offset;
+pub use compute::{
+    map_offset, ssim_2d, ssim_2d_masked, ssim_3d, ssim_3d_masked, ssim_map_2d, ssim_map_3d,
+    SsimMode, SsimScores,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +36,12 @@ pub struct SsimParams {
 
 impl Default for SsimParams {
     fn default() -> Self {
-        Self { sigma: 1.5, truncate: 3.5, k1: 0.01, k2: 0.03 }
+        Self {
+            sigma: 1.5,
+            truncate: 3.5,
+            k1: 0.01,
+            k2: 0.03,
+        }
     }
 }
 
@@ -52,7 +67,10 @@ impl SsimParams {
 
     /// Stabilising constants `(C1, C2)` for the given data range.
     pub fn constants(&self, data_range: f64) -> (f64, f64) {
-        ((self.k1 * data_range).powi(2), (self.k2 * data_range).powi(2))
+        (
+            (self.k1 * data_range).powi(2),
+            (self.k2 * data_range).powi(2),
+        )
     }
 }
 

@@ -1,20 +1,187 @@
-//! DICOM series reading and writing (placeholder signatures; implemented by the IO work).
+//! DICOM series: reading a folder into a [`Volume`] with SimpleITK's geometry, listing the
+//! series a folder holds, and writing a volume back as a CT series.
+//!
+//! - [`scan`]: headers of every file, grouped by SeriesInstanceUID (non-DICOM files skipped);
+//! - [`assemble`]: localizers and outliers dropped, slices sorted along the normal, spacing
+//!   checked, ITK geometry;
+//! - [`pixels`]: pixel data decoded (compressed syntaxes included) and rescaled to HU;
+//! - [`write`]: an uncompressed CT series carrying a reference series' patient and study.
+
+pub mod assemble;
+pub mod pixels;
+pub mod scan;
+pub mod write;
+
+pub use write::write_series;
 
 use crate::{Result, Volume, VolumeError};
-use std::path::Path;
+use ndarray::Array3;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 
 /// One series read from a folder.
 #[derive(Debug, Clone)]
 pub struct DicomSeries {
     pub series_uid: String,
     pub volume: Volume,
+    /// Summary of this series (modality, description, transfer syntax...).
+    pub summary: SeriesSummary,
+    /// Largest deviation of a slice gap from the slice spacing (mm).
+    pub max_spacing_deviation: f64,
+    /// Files of this series or folder that were not used, with the reason.
+    pub dropped: Vec<(PathBuf, String)>,
 }
 
-/// Reads one DICOM series from `dir`: the one with `series_uid`, or the largest CT series.
+/// What a folder holds, per series (for `info` and for choosing a series).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesSummary {
+    pub uid: String,
+    pub modality: String,
+    pub description: String,
+    /// Number of files in the series (localizers included).
+    pub files: usize,
+    /// Rows x columns of the first file.
+    pub rows: usize,
+    pub columns: usize,
+    pub transfer_syntax: String,
+}
+
+fn summarize(uid: &str, headers: &[scan::SliceHeader]) -> SeriesSummary {
+    let first = headers.first();
+    SeriesSummary {
+        uid: uid.to_string(),
+        modality: first.map(|h| h.modality.clone()).unwrap_or_default(),
+        description: first.map(|h| h.description.clone()).unwrap_or_default(),
+        files: headers.len(),
+        rows: first.map_or(0, |h| h.rows),
+        columns: first.map_or(0, |h| h.columns),
+        transfer_syntax: first.map(|h| h.transfer_syntax.clone()).unwrap_or_default(),
+    }
+}
+
+/// The series in `dir`, largest first. An error if the folder holds no DICOM image.
+pub fn list_series(dir: &Path) -> Result<Vec<SeriesSummary>> {
+    let scan = scan::scan_folder(dir)?;
+    if scan.series.is_empty() {
+        return Err(no_dicom_error(dir, &scan));
+    }
+    let mut list: Vec<SeriesSummary> = scan
+        .series
+        .iter()
+        .map(|(uid, h)| summarize(uid, h))
+        .collect();
+    list.sort_by(|a, b| b.files.cmp(&a.files).then(a.uid.cmp(&b.uid)));
+    Ok(list)
+}
+
+fn no_dicom_error(dir: &Path, scan: &scan::FolderScan) -> VolumeError {
+    if scan.skipped.is_empty() {
+        VolumeError::format(dir, "empty folder: no DICOM files")
+    } else {
+        let (p, why) = &scan.skipped[0];
+        VolumeError::format(
+            dir,
+            format!(
+                "no DICOM image in the folder ({} files skipped; e.g. {}: {why})",
+                scan.skipped.len(),
+                p.display()
+            ),
+        )
+    }
+}
+
+/// Reads one DICOM series from `dir`: the one with `series_uid`, or else the CT series with
+/// the most files (any modality if there is no CT), logging the others at info level.
 pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<DicomSeries> {
-    let _ = series_uid;
-    Err(VolumeError::unsupported(
-        dir,
-        "DICOM reading is not implemented yet",
-    ))
+    let mut scan = scan::scan_folder(dir)?;
+    if scan.series.is_empty() {
+        return Err(no_dicom_error(dir, &scan));
+    }
+    let summaries: Vec<SeriesSummary> = scan
+        .series
+        .iter()
+        .map(|(uid, h)| summarize(uid, h))
+        .collect();
+    let uid = match series_uid {
+        Some(uid) => {
+            if !scan.series.contains_key(uid) {
+                let known: Vec<&str> = summaries.iter().map(|s| s.uid.as_str()).collect();
+                return Err(VolumeError::format(
+                    dir,
+                    format!(
+                        "no series {uid} here; the folder holds: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            uid.to_string()
+        }
+        None => {
+            let best = summaries
+                .iter()
+                .max_by(|a, b| {
+                    (a.modality == "CT", a.files)
+                        .cmp(&(b.modality == "CT", b.files))
+                        .then(b.uid.cmp(&a.uid))
+                })
+                .map(|s| s.uid.clone())
+                .unwrap_or_default();
+            if summaries.len() > 1 {
+                let others: Vec<String> = summaries
+                    .iter()
+                    .filter(|s| s.uid != best)
+                    .map(|s| {
+                        format!(
+                            "{} ({} {} files, \"{}\")",
+                            s.uid, s.modality, s.files, s.description
+                        )
+                    })
+                    .collect();
+                tracing::info!(
+                    "{}: {} series; reading the largest CT series {best}; others (choose with --series): {}",
+                    dir.display(),
+                    summaries.len(),
+                    others.join("; ")
+                );
+            }
+            best
+        }
+    };
+    let headers = scan.series.remove(&uid).unwrap_or_default();
+    let summary = summarize(&uid, &headers);
+    let stack = assemble::assemble(dir, &uid, headers)?;
+    let (nx, ny, nz) = (
+        stack.slices[0].columns,
+        stack.slices[0].rows,
+        stack.slices.len(),
+    );
+    let planes: Vec<Vec<f32>> = stack
+        .slices
+        .par_iter()
+        .map(pixels::decode_slice)
+        .collect::<Result<_>>()?;
+    let mut data = Vec::with_capacity(nx * ny * nz);
+    for p in planes {
+        data.extend(p);
+    }
+    let data = Array3::from_shape_vec((nz, ny, nx), data)
+        .map_err(|e| VolumeError::format(dir, format!("series {uid}: {e}")))?;
+    let volume = Volume::new(data, stack.geometry)?;
+    let mut dropped = stack.dropped;
+    dropped.extend(scan.skipped);
+    if !dropped.is_empty() {
+        tracing::info!(
+            "{}: {} files not used (see -v for each reason)",
+            dir.display(),
+            dropped.len()
+        );
+    }
+    Ok(DicomSeries {
+        series_uid: uid,
+        volume,
+        summary,
+        max_spacing_deviation: stack.max_spacing_deviation,
+        dropped,
+    })
 }

@@ -1,10 +1,208 @@
-//! `ncct2ctpa predict` (not implemented yet).
+//! `ncct2ctpa predict`: NCCT volume(s) in, synthetic CTPA volume(s) in HU out, each with
+//! exactly its input's geometry.
+//!
+//! The model is rebuilt from the configuration stored with the checkpoint
+//! (`train::checkpoint::load_generator`): a run folder or a checkpoint folder is all it needs.
 
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use infer::predict::{PredictOptions, Translator};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use volume::io::{dicom, is_nifti_path, nifti, nifti_stem};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// NIfTI-1 (`.nii.gz` unless OUTPUT names `.nii`).
+    Nifti,
+    /// A DICOM series folder (uncompressed CT), patient and study carried from the input when
+    /// it is DICOM.
+    Dicom,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A run folder (its best, else final, else latest checkpoint) or a checkpoint folder.
+    #[arg(long, value_name = "RUN_DIR_OR_CHECKPOINT")]
+    model: PathBuf,
+    /// An NCCT volume (.nii/.nii.gz or a DICOM series folder), or a folder of them.
+    #[arg(long, value_name = "PATH")]
+    input: PathBuf,
+    /// Output file (one input, NIfTI), output series folder (one input, DICOM) or output folder
+    /// (a folder of inputs: one output per case, named after it).
+    #[arg(long, value_name = "PATH")]
+    output: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Nifti)]
+    format: Format,
+    /// Device: auto (cuda when available), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Slices per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// In-plane spacing X,Y (mm) the model was trained at; inputs at another spacing are
+    /// resampled to it and the prediction back. Default: use inputs at their own spacing.
+    #[arg(long, value_name = "X,Y", value_parser = parse_xy)]
+    model_spacing: Option<[f64; 2]>,
+    /// DICOM input: the SeriesInstanceUID to use when the folder holds several series.
+    #[arg(long, value_name = "UID")]
+    series: Option<String>,
+    /// Replace outputs that already exist.
+    #[arg(long)]
+    force: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`predict` is not implemented yet")
+/// One volume to translate and where its result goes.
+#[derive(Debug)]
+struct Job {
+    case: String,
+    input: PathBuf,
+    output: PathBuf,
+    /// The input is a DICOM series folder (its headers serve as the reference when writing
+    /// DICOM).
+    dicom_input: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let jobs = plan(&args)?;
+    for job in &jobs {
+        if job.output.exists() && !args.force {
+            bail!(
+                "{} already exists; pass --force to replace it (nothing was written)",
+                job.output.display()
+            );
+        }
+    }
+    let device = model::device::select(&args.device)?;
+    let loaded = train::checkpoint::load_generator(&args.model, device)
+        .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    tracing::info!(
+        checkpoint = %loaded.checkpoint.display(), step = loaded.step,
+        window = ?loaded.window, cases = jobs.len(), "predicting"
+    );
+    let translator = Translator {
+        generator: &loaded.generator,
+        window: loaded.window,
+        device,
+    };
+    let opts = PredictOptions {
+        batch_size: args.batch_size,
+        model_spacing_xy: args.model_spacing,
+    };
+
+    for job in &jobs {
+        let ncct = if job.dicom_input {
+            dicom::read_series(&job.input, args.series.as_deref())?.volume
+        } else {
+            volume::io::read_volume(&job.input)?
+        };
+        let nz = ncct.shape_zyx()[0];
+        let bar = ProgressBar::new(nz as u64).with_style(
+            ProgressStyle::with_template(
+                "{msg:>12} [{bar:30}] {pos}/{len} slices ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(job.case.clone());
+        let start = std::time::Instant::now();
+        let out = translator
+            .translate_volume(&ncct, &opts, |n| bar.inc(n as u64))
+            .with_context(|| format!("translating {}", job.input.display()))?;
+        bar.finish_and_clear();
+        match args.format {
+            Format::Nifti => nifti::write_nifti(&job.output, &out)?,
+            Format::Dicom => {
+                let reference = job.dicom_input.then_some(job.input.as_path());
+                dicom::write_series(&job.output, &out, reference, "ncct2ctpa synthetic CTPA")?
+            }
+        }
+        tracing::info!(
+            case = %job.case, slices = nz, seconds = start.elapsed().as_secs_f64(),
+            output = %job.output.display(), "wrote synthetic CTPA"
+        );
+        println!("{} -> {}", job.input.display(), job.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Works out the inputs and the output path of each.
+fn plan(args: &Args) -> Result<Vec<Job>> {
+    let input = &args.input;
+    if !input.exists() {
+        bail!("{}: no such file or folder", input.display());
+    }
+    if input.is_file() || is_dicom_series(input) {
+        let dicom_input = input.is_dir();
+        let case = case_name(input).unwrap_or_else(|| "input".into());
+        return Ok(vec![Job {
+            case,
+            input: input.clone(),
+            output: args.output.clone(),
+            dicom_input,
+        }]);
+    }
+    // A folder of inputs: NIfTI files and DICOM series sub-folders.
+    let mut jobs = Vec::new();
+    let entries =
+        std::fs::read_dir(input).with_context(|| format!("reading {}", input.display()))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let dicom_input = path.is_dir();
+        if !(dicom_input || is_nifti_path(&path)) {
+            tracing::info!(path = %path.display(), "skipped: neither a NIfTI file nor a folder");
+            continue;
+        }
+        let Some(case) = case_name(&path) else {
+            continue;
+        };
+        let output = match args.format {
+            Format::Nifti => args.output.join(format!("{case}.nii.gz")),
+            Format::Dicom => args.output.join(&case),
+        };
+        jobs.push(Job {
+            case,
+            input: path,
+            output,
+            dicom_input,
+        });
+    }
+    if jobs.is_empty() {
+        bail!(
+            "{}: no NIfTI file (.nii, .nii.gz) or DICOM series folder to predict from",
+            input.display()
+        );
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating the output folder {}", args.output.display()))?;
+    Ok(jobs)
+}
+
+/// A folder that itself holds DICOM images (rather than sub-folders of cases).
+fn is_dicom_series(dir: &Path) -> bool {
+    dir.is_dir() && dicom::list_series(dir).is_ok()
+}
+
+fn case_name(path: &Path) -> Option<String> {
+    if path.is_dir() {
+        path.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+    } else {
+        nifti_stem(path).map(str::to_owned)
+    }
+}
+
+fn parse_xy(s: &str) -> Result<[f64; 2], String> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [x, y] = parts.as_slice() else {
+        return Err(format!("expected X,Y (two numbers in mm), got '{s}'"));
+    };
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .ok_or_else(|| format!("'{v}' is not a positive spacing in mm"))
+    };
+    Ok([parse(x)?, parse(y)?])
 }

@@ -417,8 +417,8 @@ impl Anatomy {
             return Tissue::MediastinalFat;
         }
         // The lungs taper towards their apices.
-        let t = smoothstep(self.apex_z - 80.0, self.apex_z, z);
-        let inset = 120.0 * t.powf(1.5);
+        let t = smoothstep(self.apex_z - 50.0, self.apex_z, z);
+        let inset = 110.0 * t * t;
         if depth < wall + RIB_BAND_MM + inset || z > self.apex_z {
             return if t > 0.0 {
                 Tissue::Muscle

@@ -1,0 +1,256 @@
+//! Checkpoints: complete, self-describing, written atomically.
+//!
+//! ```text
+//! RUN/checkpoints/NAME/          NAME = latest | best | final
+//!   generator.safetensors        G (names relative to G)
+//!   registration.safetensors     R (absent when trained without registration)
+//!   discriminator.safetensors    D, with the spectral-norm u/v vectors
+//!   optim_gr.safetensors         Adam of G + R (moments, step counts, hyperparameters)
+//!   optim_d.safetensors          Adam of D
+//!   config.toml                  the run's resolved configuration (rebuilds every network)
+//!   state.json                   TrainState: step, epoch, best metric, RNG scheme, config
+//! ```
+//!
+//! A checkpoint is written into a staging folder beside its final name
+//! (`volume::io::atomic::write_dir_atomic`), then swapped in: the old folder is renamed aside,
+//! the new one renamed into place, the old one removed. A crash leaves either the old or the
+//! new checkpoint under `NAME`, or (between the two renames) the old one under `.NAME.old`,
+//! which [`resume_dir`] falls back to.
+//!
+//! Nothing about random state needs saving: batches are functions of `(seed, step)` (see
+//! `dataset::sampler`) and libtorch is reseeded from `(seed, step)` at every step
+//! (`crate::step`), so the step number is the whole RNG state.
+
+use crate::config::TrainConfig;
+use crate::nets::{Nets, Optimizers, GENERATOR_FILE};
+use crate::run_dir::RunDir;
+use anyhow::{bail, Context};
+use dataset::manifest::HuWindow;
+use model::generator::Generator;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::Device;
+
+pub const STATE_FILE: &str = "state.json";
+pub const CONFIG_FILE: &str = "config.toml";
+pub const OPTIM_GR_FILE: &str = "optim_gr.safetensors";
+pub const OPTIM_D_FILE: &str = "optim_d.safetensors";
+/// Version of the checkpoint layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The best validation score so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    /// Metric key (`mae_body`, ...).
+    pub metric: String,
+    pub value: f64,
+    pub step: u64,
+}
+
+/// How the run's randomness is derived (documentation in the checkpoint: there is no
+/// generator state to restore).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RngState {
+    /// Always `"derived-from-seed-and-step"`.
+    pub scheme: String,
+    pub seed: u64,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format_version: u32,
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Epochs completed (fractional).
+    pub epoch: f64,
+    /// Total steps of the run.
+    pub total_steps: u64,
+    pub best: Option<Best>,
+    pub rng: RngState,
+    /// The HU window of the network's [-1, 1] scale.
+    pub window: HuWindow,
+    pub config: TrainConfig,
+}
+
+impl TrainState {
+    pub fn new(cfg: &TrainConfig, step: u64, epoch: f64, best: Option<Best>) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            step,
+            epoch,
+            total_steps: cfg.schedule.steps,
+            best,
+            rng: RngState {
+                scheme: "derived-from-seed-and-step".into(),
+                seed: cfg.seed,
+            },
+            window: cfg.window(),
+            config: cfg.clone(),
+        }
+    }
+}
+
+/// Writes checkpoint `name` of `run` atomically, replacing the previous one of that name.
+pub fn save(
+    run: &RunDir,
+    name: &str,
+    nets: &Nets,
+    opts: &Optimizers,
+    state: &TrainState,
+) -> anyhow::Result<PathBuf> {
+    let dest = run.checkpoint(name);
+    let parent = run.checkpoints_dir();
+    let staging = parent.join(format!(".{name}.new"));
+    let old = parent.join(format!(".{name}.old"));
+    for stale in [&staging, &old] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale)
+                .with_context(|| format!("removing stale {}", stale.display()))?;
+        }
+    }
+    let config_text = state.config.to_toml_string()?;
+    volume::io::atomic::write_dir_atomic(&staging, |dir| {
+        let fill = || -> anyhow::Result<()> {
+            nets.save(dir)?;
+            opts.gr
+                .save(dir.join(OPTIM_GR_FILE))
+                .context("saving the G+R optimizer")?;
+            opts.d
+                .save(dir.join(OPTIM_D_FILE))
+                .context("saving the D optimizer")?;
+            std::fs::write(dir.join(CONFIG_FILE), &config_text)?;
+            std::fs::write(dir.join(STATE_FILE), serde_json::to_vec_pretty(state)?)?;
+            Ok(())
+        };
+        fill().map_err(|e| volume::VolumeError::invalid(format!("{e:#}")))
+    })
+    .with_context(|| format!("writing checkpoint {}", dest.display()))?;
+    if dest.exists() {
+        std::fs::rename(&dest, &old).with_context(|| format!("moving aside {}", dest.display()))?;
+    }
+    std::fs::rename(&staging, &dest)
+        .with_context(|| format!("renaming into {}", dest.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    tracing::debug!(checkpoint = %dest.display(), step = state.step, "checkpoint saved");
+    Ok(dest)
+}
+
+/// Reads `state.json` of a checkpoint folder.
+pub fn load_state(dir: &Path) -> anyhow::Result<TrainState> {
+    let path = dir.join(STATE_FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let state: TrainState =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    if state.format_version != FORMAT_VERSION {
+        bail!(
+            "{}: checkpoint format {} is not the supported {FORMAT_VERSION}",
+            path.display(),
+            state.format_version
+        );
+    }
+    Ok(state)
+}
+
+/// Loads weights and optimizer states of checkpoint `dir` into `nets` and `opts`, returning
+/// its state.
+pub fn restore(dir: &Path, nets: &mut Nets, opts: &mut Optimizers) -> anyhow::Result<TrainState> {
+    let state = load_state(dir)?;
+    nets.load(dir)?;
+    opts.gr
+        .load(dir.join(OPTIM_GR_FILE))
+        .with_context(|| format!("loading the G+R optimizer of {}", dir.display()))?;
+    opts.d
+        .load(dir.join(OPTIM_D_FILE))
+        .with_context(|| format!("loading the D optimizer of {}", dir.display()))?;
+    Ok(state)
+}
+
+/// The checkpoint a `--resume` of `run` continues from: `latest`, or `.latest.old` when a
+/// crash interrupted the swap.
+pub fn resume_dir(run: &RunDir) -> anyhow::Result<PathBuf> {
+    let latest = run.checkpoint("latest");
+    if latest.join(STATE_FILE).is_file() {
+        return Ok(latest);
+    }
+    let old = run.checkpoints_dir().join(".latest.old");
+    if old.join(STATE_FILE).is_file() {
+        tracing::warn!(
+            "resuming from {} (the last checkpoint swap was interrupted)",
+            old.display()
+        );
+        return Ok(old);
+    }
+    bail!(
+        "cannot resume {}: it has no checkpoints/latest (the run stopped before its first \
+         checkpoint; start it again without --resume into a new folder)",
+        run.root().display()
+    )
+}
+
+/// A checkpoint folder from what a user names: a checkpoint folder itself, or a run folder
+/// (then its `best`, else `final`, else `latest` checkpoint).
+pub fn find_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.join(STATE_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for name in ["best", "final", "latest"] {
+        let dir = path.join("checkpoints").join(name);
+        if dir.join(STATE_FILE).is_file() {
+            return Ok(dir);
+        }
+    }
+    bail!(
+        "{} is neither a checkpoint folder (with {STATE_FILE}) nor a run folder with \
+         checkpoints/{{best,final,latest}}",
+        path.display()
+    )
+}
+
+/// A generator rebuilt from a checkpoint, for inference.
+pub struct LoadedGenerator {
+    /// Owns G's variables (keep it alive while using `generator`).
+    pub store: VarStore,
+    pub generator: Generator,
+    /// The window the network's [-1, 1] scale maps to.
+    pub window: HuWindow,
+    pub config: TrainConfig,
+    /// The checkpoint folder it came from.
+    pub checkpoint: PathBuf,
+    pub step: u64,
+}
+
+impl std::fmt::Debug for LoadedGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedGenerator")
+            .field("checkpoint", &self.checkpoint)
+            .field("step", &self.step)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rebuilds G from a checkpoint (or a run folder, see [`find_checkpoint`]) on `device`, from
+/// the configuration stored with it: nothing else is needed.
+pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGenerator> {
+    let dir = find_checkpoint(path)?;
+    let state = load_state(&dir)?;
+    let mut store = VarStore::new(device);
+    let generator = Generator::new(&store.root(), &state.config.model.generator);
+    let weights = dir.join(GENERATOR_FILE);
+    store
+        .load(&weights)
+        .with_context(|| format!("loading {}", weights.display()))?;
+    tracing::info!(checkpoint = %dir.display(), step = state.step, "generator loaded");
+    Ok(LoadedGenerator {
+        store,
+        generator,
+        window: state.window,
+        config: state.config,
+        checkpoint: dir,
+        step: state.step,
+    })
+}

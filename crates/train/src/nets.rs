@@ -1,0 +1,181 @@
+//! The three networks of a run and their optimizers, and how their weights are stored.
+//!
+//! G and R live in one `VarStore` (under `generator.` and `registration.`) because one Adam
+//! updates them together, on one loss (RegGAN); D has its own `VarStore` and its own Adam. On
+//! disk each network gets its own safetensors file with the names it would have at the root
+//! of a store of its own (`generator.safetensors` holds G's variables without the
+//! `generator.` prefix), so `predict` builds a lone G and loads that file directly.
+//! Non-trainable variables (spectral-norm u and v, batch-norm running statistics) are
+//! variables of the stores and are saved with the weights.
+
+use crate::config::TrainConfig;
+use anyhow::{bail, Context};
+use model::discriminator::Discriminator;
+use model::generator::Generator;
+use model::optim::Adam;
+use model::registration::RegistrationNet;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+/// Sub-path of G in the G+R store.
+pub const GENERATOR: &str = "generator";
+/// Sub-path of R in the G+R store.
+pub const REGISTRATION: &str = "registration";
+
+/// G, R (unless training without registration) and D, with their stores.
+pub struct Nets {
+    /// G and R's variables.
+    pub gr_store: VarStore,
+    /// D's variables.
+    pub d_store: VarStore,
+    pub g: Generator,
+    pub r: Option<RegistrationNet>,
+    pub d: Discriminator,
+}
+
+impl std::fmt::Debug for Nets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nets")
+            .field("gr_variables", &self.gr_store.len())
+            .field("d_variables", &self.d_store.len())
+            .field("registration", &self.r.is_some())
+            .finish()
+    }
+}
+
+/// One Adam for G + R, one for D.
+pub struct Optimizers {
+    pub gr: Adam,
+    pub d: Adam,
+}
+
+impl std::fmt::Debug for Optimizers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Optimizers")
+            .field("gr", &self.gr)
+            .field("d", &self.d)
+            .finish()
+    }
+}
+
+impl Nets {
+    /// Builds the networks of `cfg` on `device`. Initial weights come from libtorch's RNG,
+    /// which is seeded from `cfg.seed` first, so a seed gives the same initial networks.
+    pub fn new(cfg: &TrainConfig, device: Device) -> Self {
+        tch::manual_seed(cfg.seed as i64);
+        let gr_store = VarStore::new(device);
+        let d_store = VarStore::new(device);
+        let g = Generator::new(&(gr_store.root() / GENERATOR), &cfg.model.generator);
+        let r = cfg.registration.then(|| {
+            RegistrationNet::new(&(gr_store.root() / REGISTRATION), &cfg.model.registration)
+        });
+        let d = Discriminator::new(&d_store.root(), &cfg.model.discriminator);
+        Self {
+            gr_store,
+            d_store,
+            g,
+            r,
+            d,
+        }
+    }
+
+    /// Fresh optimizers for these networks.
+    pub fn optimizers(&self, cfg: &TrainConfig) -> anyhow::Result<Optimizers> {
+        Ok(Optimizers {
+            gr: Adam::new(&self.gr_store, cfg.optim.generator).context("Adam of G + R")?,
+            d: Adam::new(&self.d_store, cfg.optim.discriminator).context("Adam of D")?,
+        })
+    }
+
+    /// Writes `generator.safetensors`, `registration.safetensors` (with R) and
+    /// `discriminator.safetensors` into `dir`.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        save_prefixed(&self.gr_store, GENERATOR, &dir.join(GENERATOR_FILE))?;
+        if self.r.is_some() {
+            save_prefixed(&self.gr_store, REGISTRATION, &dir.join(REGISTRATION_FILE))?;
+        }
+        let path = dir.join(DISCRIMINATOR_FILE);
+        self.d_store
+            .save(&path)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Loads what [`Nets::save`] wrote; every variable must be present with its shape.
+    pub fn load(&mut self, dir: &Path) -> anyhow::Result<()> {
+        load_prefixed(&self.gr_store, GENERATOR, &dir.join(GENERATOR_FILE))?;
+        if self.r.is_some() {
+            load_prefixed(&self.gr_store, REGISTRATION, &dir.join(REGISTRATION_FILE))?;
+        }
+        let path = dir.join(DISCRIMINATOR_FILE);
+        self.d_store
+            .load(&path)
+            .with_context(|| format!("loading {}", path.display()))
+    }
+
+    /// The variables of G (`generator.*`) and R (`registration.*`) of the G+R store.
+    pub fn gr_variables(&self, prefix: &str) -> Vec<Tensor> {
+        let p = format!("{prefix}.");
+        let mut named: Vec<(String, Tensor)> = self
+            .gr_store
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&p))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.into_iter().map(|(_, t)| t).collect()
+    }
+}
+
+pub const GENERATOR_FILE: &str = "generator.safetensors";
+pub const REGISTRATION_FILE: &str = "registration.safetensors";
+pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
+
+/// Saves the variables under `prefix.` with the prefix removed.
+fn save_prefixed(vs: &VarStore, prefix: &str, path: &Path) -> anyhow::Result<()> {
+    let p = format!("{prefix}.");
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(n, t)| {
+            n.strip_prefix(&p)
+                .map(|s| (s.to_owned(), t.to_device(Device::Cpu).contiguous()))
+        })
+        .collect();
+    if named.is_empty() {
+        bail!("no variables under {prefix:?} to save");
+    }
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&named, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Loads a file written by [`save_prefixed`] into the variables under `prefix.`.
+fn load_prefixed(vs: &VarStore, prefix: &str, path: &Path) -> anyhow::Result<()> {
+    let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .into_iter()
+        .collect();
+    let p = format!("{prefix}.");
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in vs.variables() {
+        let Some(short) = name.strip_prefix(&p) else {
+            continue;
+        };
+        let Some(src) = file.get(short) else {
+            bail!("{}: variable {short:?} is missing", path.display());
+        };
+        if src.size() != var.size() {
+            bail!(
+                "{}: variable {short:?} has shape {:?}, the network expects {:?} (was the \
+                 checkpoint made with another model config?)",
+                path.display(),
+                src.size(),
+                var.size()
+            );
+        }
+        var.f_copy_(src)
+            .with_context(|| format!("{}: copying {short:?}", path.display()))?;
+    }
+    Ok(())
+}

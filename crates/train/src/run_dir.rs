@@ -1,0 +1,155 @@
+//! The run directory: one folder per training run, self-contained, never shared.
+//!
+//! ```text
+//! RUN/
+//!   config.toml            the resolved configuration, written before step 1
+//!   train.log              human log (start, validation summaries, checkpoints, errors)
+//!   metrics.jsonl          one JSON object per event: {"step", "event", ...named fields}
+//!   curves.png             loss and validation curves, refreshed at each validation
+//!   samples/step_NNNNNN.png
+//!   checkpoints/{latest,best,final}/
+//!   debug/step_N/          snapshot written when a loss turns non-finite
+//! ```
+//!
+//! Policy: a run never writes into another run's folder. Starting a new run (no `--resume`)
+//! in a folder that exists and is not empty is an error that says so; only callers that chose
+//! the name themselves (the demo) use [`next_free`] to pick `NAME-2`, `NAME-3`, ... instead.
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+/// Paths inside a run folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// Creates a fresh run folder at `root` (and its parents). Fails if `root` exists and is
+    /// not empty: a run never overwrites another run's files.
+    pub fn create_new(root: &Path) -> anyhow::Result<Self> {
+        if root.exists() {
+            let non_empty = std::fs::read_dir(root)
+                .with_context(|| format!("reading run folder {}", root.display()))?
+                .next()
+                .is_some();
+            if non_empty {
+                bail!(
+                    "run folder {} already exists and is not empty: pass --resume to continue \
+                     that run, or choose another --run",
+                    root.display()
+                );
+            }
+        }
+        let dir = Self {
+            root: root.to_path_buf(),
+        };
+        for d in [dir.root.clone(), dir.samples_dir(), dir.checkpoints_dir()] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        tracing::debug!(run = %root.display(), "run folder created");
+        Ok(dir)
+    }
+
+    /// Opens an existing run folder for `--resume`: it must hold a `config.toml`.
+    pub fn open_existing(root: &Path) -> anyhow::Result<Self> {
+        let dir = Self {
+            root: root.to_path_buf(),
+        };
+        if !dir.config().is_file() {
+            bail!(
+                "cannot resume {}: it holds no config.toml (not a run folder, or the run never \
+                 started)",
+                root.display()
+            );
+        }
+        for d in [dir.samples_dir(), dir.checkpoints_dir()] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(dir)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `config.toml`: the resolved configuration.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `train.log`: the human log.
+    pub fn log(&self) -> PathBuf {
+        self.root.join("train.log")
+    }
+    /// `metrics.jsonl`: machine-readable events.
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    /// `curves.png`.
+    pub fn curves(&self) -> PathBuf {
+        self.root.join("curves.png")
+    }
+    pub fn samples_dir(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+    /// `samples/step_NNNNNN.png`.
+    pub fn sample(&self, step: u64) -> PathBuf {
+        self.samples_dir().join(format!("step_{step:06}.png"))
+    }
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    /// `checkpoints/NAME` (latest, best, final).
+    pub fn checkpoint(&self, name: &str) -> PathBuf {
+        self.checkpoints_dir().join(name)
+    }
+    /// `debug/step_N`: the snapshot of a failed step.
+    pub fn debug_step(&self, step: u64) -> PathBuf {
+        self.root.join("debug").join(format!("step_{step}"))
+    }
+}
+
+/// `base` if it does not exist or is empty, else the first free `base-2`, `base-3`, ...
+pub fn next_free(base: &Path) -> PathBuf {
+    let free = |p: &Path| {
+        !p.exists()
+            || std::fs::read_dir(p)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false)
+    };
+    if free(base) {
+        return base.to_path_buf();
+    }
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    (2u32..)
+        .map(|i| base.with_file_name(format!("{name}-{i}")))
+        .find(|p| free(p))
+        .unwrap_or_else(|| base.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_non_empty_folder_and_next_free_skips_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("demo");
+        assert_eq!(next_free(&base), base);
+        let run = RunDir::create_new(&base).unwrap();
+        assert!(run.samples_dir().is_dir() && run.checkpoints_dir().is_dir());
+        // created but holding only empty sub-folders: not empty any more
+        let err = RunDir::create_new(&base).unwrap_err().to_string();
+        assert!(err.contains("--resume"), "{err}");
+        assert_eq!(next_free(&base), tmp.path().join("demo-2"));
+        std::fs::create_dir_all(tmp.path().join("demo-2/x")).unwrap();
+        assert_eq!(next_free(&base), tmp.path().join("demo-3"));
+        // resume needs a config
+        assert!(RunDir::open_existing(&base).is_err());
+        std::fs::write(run.config(), "").unwrap();
+        assert!(RunDir::open_existing(&base).is_ok());
+        assert_eq!(run.sample(12), base.join("samples/step_000012.png"));
+    }
+}

@@ -1,0 +1,217 @@
+//! One RegGAN training step.
+//!
+//! In RegGAN's order (Kong et al. 2021, `Reg-GAN/trainer/CycTrainer.py`, the regist branch):
+//! 1. **G and R**, on one loss and one optimizer:
+//!    `fake = G(x)`, `flow = R(fake, y)`, `reg = warp(fake, flow)`;
+//!    `loss = recon(reg, y; lung weights) + adv_w * adv_G(D(fake)) + smooth_w * smooth(flow)`.
+//!    Without registration (`registration = false`): `recon(fake, y)` and no smoothness.
+//! 2. **D**, on real vs the detached fake of step 1:
+//!    `loss_D = adv_w * adv_D(D(y), D(fake.detach()))`. (RegGAN re-runs the updated G under
+//!    `no_grad` for this; reusing step 1's output saves a forward pass and is the
+//!    pix2pix/CycleGAN practice.)
+//!
+//! Every loss term is read back and checked before any backward pass: a non-finite term stops
+//! the step with [`NonFinite`] naming it, before it can reach the weights.
+//!
+//! The step reseeds libtorch's RNG from `(seed, step)` first, so whatever randomness the
+//! networks use (dropout, if a config adds it) is a function of the step, and a resumed run
+//! repeats the uninterrupted one without saving libtorch's generator state.
+
+use crate::config::TrainConfig;
+use crate::nets::{Nets, Optimizers, GENERATOR, REGISTRATION};
+use crate::tensors::array_to_tensor;
+use dataset::sampler::Batch;
+use model::losses::{discriminator_adversarial, generator_adversarial, reconstruction, smoothness};
+use model::warp::warp;
+use tch::nn::ModuleT;
+use tch::{Device, Kind, Tensor};
+
+/// A batch on the device, `[batch, 1, height, width]` each.
+#[derive(Debug)]
+pub struct BatchTensors {
+    /// NCCT in [-1, 1].
+    pub x: Tensor,
+    /// CTPA in [-1, 1].
+    pub y: Tensor,
+    /// Lung mask, 0/1.
+    pub lung: Tensor,
+    /// Body mask, 0/1.
+    pub body: Tensor,
+}
+
+impl BatchTensors {
+    /// Copies a loader batch to `device`.
+    pub fn from_batch(b: &Batch, device: Device) -> anyhow::Result<Self> {
+        let t = |a| array_to_tensor(a, device);
+        Ok(Self {
+            x: t(&b.ncct)?,
+            y: t(&b.ctpa)?,
+            lung: t(&b.lung)?,
+            body: t(&b.body)?,
+        })
+    }
+}
+
+/// What one step measured (all host `f64`). Loss terms are unweighted unless named `loss_*`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepStats {
+    /// Total G+R loss (weighted sum).
+    pub loss_g: f64,
+    /// Lung-weighted L1 of the (registered) output, before `l1_weight`.
+    pub l1: f64,
+    /// Lung-weighted `1 - SSIM`, before `ssim_weight`.
+    pub ssim: f64,
+    /// Generator adversarial term, before `adversarial_weight`.
+    pub adv_g: f64,
+    /// Flow smoothness, before `smoothness_weight` (0 without R).
+    pub smooth: f64,
+    /// D loss (weighted).
+    pub loss_d: f64,
+    /// Mean D logit on real and on fake images.
+    pub d_real: f64,
+    pub d_fake: f64,
+    /// Mean and max |flow| in pixels (0 without R).
+    pub flow_mean: f64,
+    pub flow_max: f64,
+    /// Gradient L2 norms (only when requested; else 0).
+    pub grad_g: f64,
+    pub grad_r: f64,
+    pub grad_d: f64,
+}
+
+/// A loss term that is NaN or infinite.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the {term} loss is not finite ({value}) at step {step}")]
+pub struct NonFinite {
+    pub step: u64,
+    pub term: &'static str,
+    pub value: f64,
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_kind(Kind::Double).double_value(&[])
+}
+
+/// Global L2 norm of the gradients of `vars` (those that have one).
+fn grad_norm(vars: &[Tensor]) -> f64 {
+    let _guard = tch::no_grad_guard();
+    let mut sq = 0.0;
+    for v in vars {
+        let g = v.grad();
+        if g.defined() {
+            sq += scalar(&g.square().sum(Kind::Double));
+        }
+    }
+    sq.sqrt()
+}
+
+/// One step on `batch`: updates G+R, then D. `step` is 1-based (the step being taken);
+/// `lr_factor` scales both optimizers' configured learning rates; `want_grad_norms` computes
+/// the gradient norms (a few extra reductions, so only on logging steps).
+pub fn train_step(
+    nets: &mut Nets,
+    opts: &mut Optimizers,
+    batch: &BatchTensors,
+    cfg: &TrainConfig,
+    step: u64,
+    lr_factor: f64,
+    want_grad_norms: bool,
+) -> Result<StepStats, NonFinite> {
+    tch::manual_seed(step_seed(cfg.seed, step));
+    opts.gr.set_lr(cfg.optim.generator.lr * lr_factor);
+    opts.d.set_lr(cfg.optim.discriminator.lr * lr_factor);
+    let loss_cfg = &cfg.loss;
+    let check = |term: &'static str, t: &Tensor| -> Result<f64, NonFinite> {
+        let value = scalar(t);
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(NonFinite { step, term, value })
+        }
+    };
+    let mut stats = StepStats::default();
+
+    // 1. G and R. D's weights take no gradient from this loss.
+    nets.d_store.freeze();
+    opts.gr.zero_grad();
+    // [batch, 1, height, width]
+    let fake = nets.g.forward_t(&batch.x, true);
+    let (registered, smooth) = match &nets.r {
+        Some(r) => {
+            // [batch, 2, height, width], pixels
+            let flow = r.forward_t(&fake, &batch.y, true);
+            let mag = flow
+                .detach()
+                .square()
+                .sum_dim_intlist(1, false, Kind::Float)
+                .sqrt();
+            stats.flow_mean = scalar(&mag.mean(Kind::Float));
+            stats.flow_max = scalar(&mag.max());
+            let smooth = smoothness(&flow).map_err(|_| NonFinite {
+                step,
+                term: "smoothness (bad flow shape)",
+                value: f64::NAN,
+            })?;
+            (warp(&fake, &flow), Some(smooth))
+        }
+        None => (fake.shallow_clone(), None),
+    };
+    let recon =
+        reconstruction(&registered, &batch.y, &batch.lung, loss_cfg).map_err(|_| NonFinite {
+            step,
+            term: "reconstruction (bad shapes)",
+            value: f64::NAN,
+        })?;
+    let d_fake_for_g = nets.d.forward_t(&nets.d.input(&fake, &batch.x), true);
+    let adv_g = generator_adversarial(loss_cfg.adversarial, &d_fake_for_g);
+    let mut loss_g = &recon.total + &adv_g * loss_cfg.adversarial_weight;
+    if let Some(s) = &smooth {
+        loss_g = loss_g + s * loss_cfg.smoothness_weight;
+    }
+    if cfg.debug.inject_nan_at_step == Some(step) {
+        loss_g = loss_g * f64::NAN;
+    }
+    stats.l1 = check("l1", &recon.l1)?;
+    stats.ssim = check("ssim", &recon.ssim)?;
+    stats.adv_g = check("adversarial (G)", &adv_g)?;
+    if let Some(s) = &smooth {
+        stats.smooth = check("smoothness", s)?;
+    }
+    stats.loss_g = check("total G+R", &loss_g)?;
+    loss_g.backward();
+    if want_grad_norms {
+        stats.grad_g = grad_norm(&nets.gr_variables(GENERATOR));
+        stats.grad_r = grad_norm(&nets.gr_variables(REGISTRATION));
+    }
+    opts.gr.step();
+    nets.d_store.unfreeze();
+
+    // 2. D on real vs the detached fake.
+    opts.d.zero_grad();
+    let fake = fake.detach();
+    let d_real = nets.d.forward_t(&nets.d.input(&batch.y, &batch.x), true);
+    let d_fake = nets.d.forward_t(&nets.d.input(&fake, &batch.x), true);
+    let loss_d = discriminator_adversarial(loss_cfg.adversarial, &d_real, &d_fake)
+        * loss_cfg.adversarial_weight;
+    stats.loss_d = check("discriminator", &loss_d)?;
+    stats.d_real = scalar(&d_real.detach().mean(Kind::Float));
+    stats.d_fake = scalar(&d_fake.detach().mean(Kind::Float));
+    loss_d.backward();
+    if want_grad_norms {
+        stats.grad_d = grad_norm(&nets.d_store.trainable_variables());
+    }
+    opts.d.step();
+    Ok(stats)
+}
+
+/// libtorch's seed for step `step` of a run seeded `seed` (splitmix64 of the pair, kept
+/// non-negative for `manual_seed`).
+pub fn step_seed(seed: u64, step: u64) -> i64 {
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(step.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 1) as i64
+}

@@ -1,0 +1,352 @@
+//! Validation on whole volumes, in HU, beside the NCCT-as-prediction baseline; and the sample
+//! grids.
+//!
+//! Each validation case is translated slice by slice by G in eval mode (slices padded with air
+//! to the networks' size multiple and cropped back), mapped back to HU with the run's window,
+//! and scored with [`metrics::score_regions`] inside the body and lung masks: MAE (HU), PSNR
+//! (data range of the metrics' HU window, [-1024, 3071] = 4095) and SSIM (2D, per axial slice,
+//! like the 2D network is trained). The same scores of the NCCT itself (the baseline every
+//! paper reports beside the model) are computed once.
+
+use crate::canvas::{Canvas, BLACK, WHITE};
+use crate::nets::Nets;
+use crate::tensors::{array_to_tensor, tensor_to_array};
+use anyhow::Context;
+use dataset::manifest::{HuWindow, Split};
+use dataset::store::PreparedDataset;
+use metrics::{score_regions, RegionScores, ScoreConfig, SsimMode};
+use model::warp::warp;
+use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3};
+use serde::Serialize;
+use std::path::Path;
+use tch::nn::ModuleT;
+use tch::{Device, Kind, Tensor};
+use volume::{Mask, Volume};
+
+/// One validation case in HU.
+#[derive(Debug, Clone)]
+pub struct ValCase {
+    pub name: String,
+    pub ncct: Volume,
+    pub ctpa: Volume,
+    pub body: Mask,
+    pub lung: Mask,
+}
+
+/// Mean scores over the validation cases (`None` where no case had voxels in the region).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Scores {
+    pub mae_body: Option<f64>,
+    pub mae_lung: Option<f64>,
+    pub psnr_body: Option<f64>,
+    pub psnr_lung: Option<f64>,
+    pub ssim_body: Option<f64>,
+    pub ssim_lung: Option<f64>,
+}
+
+impl Scores {
+    /// `(name, value)` pairs in a fixed order, for logs and tables.
+    pub fn fields(&self) -> [(&'static str, Option<f64>); 6] {
+        [
+            ("mae_body", self.mae_body),
+            ("mae_lung", self.mae_lung),
+            ("psnr_body", self.psnr_body),
+            ("psnr_lung", self.psnr_lung),
+            ("ssim_body", self.ssim_body),
+            ("ssim_lung", self.ssim_lung),
+        ]
+    }
+
+    /// The value of the field called `key`.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.fields()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v)
+    }
+
+    /// Means of per-case `[body, lung]` region scores.
+    fn mean_of(cases: &[[RegionScores; 2]]) -> Self {
+        let mean = |f: &dyn Fn(&[RegionScores; 2]) -> Option<f64>| -> Option<f64> {
+            let v: Vec<f64> = cases.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        Self {
+            mae_body: mean(&|c| c[0].mae),
+            mae_lung: mean(&|c| c[1].mae),
+            psnr_body: mean(&|c| c[0].psnr),
+            psnr_lung: mean(&|c| c[1].psnr),
+            ssim_body: mean(&|c| c[0].ssim),
+            ssim_lung: mean(&|c| c[1].ssim),
+        }
+    }
+}
+
+/// Validation data and settings, loaded once per run.
+#[derive(Debug)]
+pub struct Validator {
+    pub cases: Vec<ValCase>,
+    window: HuWindow,
+    multiple: usize,
+    score_cfg: ScoreConfig,
+    /// The NCCT-as-prediction scores (fixed for the run).
+    pub baseline: Scores,
+    /// Slices per forward pass.
+    pub batch_slices: usize,
+}
+
+impl Validator {
+    /// Loads the validation split (at most `max_cases` cases, 0 = all) and scores the
+    /// baseline. Falls back to the test split, then the training split, when the dataset has
+    /// no validation cases (a warning says so).
+    pub fn load(
+        ds: &PreparedDataset,
+        window: HuWindow,
+        multiple: usize,
+        max_cases: usize,
+    ) -> anyhow::Result<Self> {
+        let mut split = Split::Val;
+        for candidate in [Split::Val, Split::Test, Split::Train] {
+            if !ds.cases(candidate).is_empty() {
+                split = candidate;
+                break;
+            }
+        }
+        if split != Split::Val {
+            tracing::warn!(
+                "the prepared dataset has no validation cases: validating on the {split:?} split \
+                 (scores will be optimistic)"
+            );
+        }
+        let mut names: Vec<String> = ds
+            .cases(split)
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        if max_cases > 0 {
+            names.truncate(max_cases);
+        }
+        let mut cases = Vec::with_capacity(names.len());
+        for name in names {
+            let v = ds
+                .volume(&name)
+                .with_context(|| format!("loading validation case {name}"))?;
+            cases.push(ValCase {
+                name,
+                ncct: v.ncct,
+                ctpa: v.ctpa,
+                body: v.body,
+                lung: v.lung,
+            });
+        }
+        let score_cfg = ScoreConfig {
+            ssim_mode: SsimMode::Axial,
+            ..ScoreConfig::default()
+        };
+        let per_case: Vec<[RegionScores; 2]> = cases
+            .iter()
+            .map(|c| score_case(c.ncct.data.view(), c, &score_cfg))
+            .collect::<anyhow::Result<_>>()?;
+        let baseline = Scores::mean_of(&per_case);
+        tracing::debug!(cases = cases.len(), ?baseline, "validation set loaded");
+        Ok(Self {
+            cases,
+            window,
+            multiple: multiple.max(1),
+            score_cfg,
+            baseline,
+            batch_slices: 8,
+        })
+    }
+
+    /// Translates every validation case with G and scores it.
+    pub fn run(&self, nets: &Nets, device: Device) -> anyhow::Result<Scores> {
+        let mut per_case = Vec::with_capacity(self.cases.len());
+        for c in &self.cases {
+            let pred = self.translate(nets, &c.ncct.data, device)?;
+            per_case.push(score_case(pred.view(), c, &self.score_cfg)?);
+        }
+        Ok(Scores::mean_of(&per_case))
+    }
+
+    /// G over a `[z, y, x]` HU volume, slice by slice, in eval mode; returns HU.
+    pub fn translate(
+        &self,
+        nets: &Nets,
+        ncct: &Array3<f32>,
+        device: Device,
+    ) -> anyhow::Result<Array3<f32>> {
+        let _guard = tch::no_grad_guard();
+        let (nz, ny, nx) = ncct.dim();
+        let mut out = Array3::<f32>::zeros((nz, ny, nx));
+        let mut z0 = 0;
+        while z0 < nz {
+            let z1 = (z0 + self.batch_slices.max(1)).min(nz);
+            let slices: Vec<ArrayView2<'_, f32>> =
+                (z0..z1).map(|z| ncct.slice(s![z, .., ..])).collect();
+            let x = self.to_tensor(&slices, device)?;
+            let fake = nets.g.forward_t(&x, false);
+            let hu = self.from_tensor(&fake, ny, nx)?;
+            out.slice_mut(s![z0..z1, .., ..])
+                .assign(&hu.slice(s![.., 0, .., ..]));
+            z0 = z1;
+        }
+        Ok(out)
+    }
+
+    /// Normalised, padded `[n, 1, H', W']` tensor of HU slices (padding with -1, air).
+    fn to_tensor(&self, slices: &[ArrayView2<'_, f32>], device: Device) -> anyhow::Result<Tensor> {
+        let (ny, nx) = slices.first().map(|s| s.dim()).unwrap_or((0, 0));
+        let (py, px) = (pad_to(ny, self.multiple), pad_to(nx, self.multiple));
+        let mut a = Array4::<f32>::from_elem((slices.len(), 1, py, px), -1.0);
+        let w = self.window;
+        for (i, sl) in slices.iter().enumerate() {
+            a.slice_mut(s![i, 0, ..ny, ..nx])
+                .assign(&sl.mapv(|v| w.normalize(v)));
+        }
+        array_to_tensor(&a, device)
+    }
+
+    /// `[n, c, H', W']` network output -> `[n, c, ny, nx]` HU, cropped.
+    fn from_tensor(&self, t: &Tensor, ny: usize, nx: usize) -> anyhow::Result<Array4<f32>> {
+        let a = tensor_to_array(t)?;
+        let w = self.window;
+        Ok(a.slice(s![.., .., ..ny, ..nx]).mapv(|v| w.denormalize(v)))
+    }
+
+    /// Draws the sample grid for `slices` (indices into the first validation case's z) to
+    /// `path`: one row per slice, columns NCCT | G(x) | warp(G(x)) | CTPA | |G(x) - CTPA| |
+    /// |flow|. Images use a soft-tissue-and-contrast display window [-200, 600] HU, the error
+    /// [0, 300] HU, the flow [0, max] pixels with the max printed.
+    pub fn sample_grid(
+        &self,
+        nets: &Nets,
+        device: Device,
+        step: u64,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        let Some(case) = self.cases.first() else {
+            return Ok(());
+        };
+        let _guard = tch::no_grad_guard();
+        let zs = sample_slices(case);
+        let (_, ny, nx) = case.ncct.data.dim();
+        let ncct: Vec<ArrayView2<'_, f32>> = zs
+            .iter()
+            .map(|&z| case.ncct.data.slice(s![z, .., ..]))
+            .collect();
+        let ctpa: Vec<ArrayView2<'_, f32>> = zs
+            .iter()
+            .map(|&z| case.ctpa.data.slice(s![z, .., ..]))
+            .collect();
+        let x = self.to_tensor(&ncct, device)?;
+        let y = self.to_tensor(&ctpa, device)?;
+        let fake = nets.g.forward_t(&x, false);
+        let (registered, flow_mag) = match &nets.r {
+            Some(r) => {
+                let flow = r.forward_t(&fake, &y, false);
+                let mag = flow.square().sum_dim_intlist(1, true, Kind::Float).sqrt();
+                (warp(&fake, &flow), Some(tensor_to_array(&mag)?))
+            }
+            None => (fake.shallow_clone(), None),
+        };
+        let fake_hu = self.from_tensor(&fake, ny, nx)?;
+        let reg_hu = self.from_tensor(&registered, ny, nx)?;
+
+        let (tile_w, tile_h, label_h) = (nx, ny, 14usize);
+        let titles = [
+            "NCCT",
+            "G(x)",
+            "WARP(G(x))",
+            "CTPA",
+            "|G(x)-CTPA|",
+            "|FLOW|",
+        ];
+        let header = 16usize;
+        let mut canvas = Canvas::new(
+            6 * tile_w + 7 * 2,
+            header + zs.len() * (tile_h + label_h) + 2,
+            WHITE,
+        );
+        canvas.text(2, 4, &format!("STEP {step}  CASE {}", case.name), BLACK, 1);
+        let (lo, hi) = (-200.0, 600.0);
+        for (row, &z) in zs.iter().enumerate() {
+            let y0 = (header + row * (tile_h + label_h)) as i64;
+            let err: Array2<f32> = (&fake_hu.slice(s![row, 0, .., ..]) - &ctpa[row]).mapv(f32::abs);
+            let flow = flow_mag
+                .as_ref()
+                .map(|m| m.slice(s![row, 0, ..ny, ..nx]).to_owned());
+            let fmax = flow
+                .as_ref()
+                .map_or(0.0, |f| f.iter().copied().fold(0.0f32, f32::max));
+            let tiles = [
+                (ncct[row].view(), lo, hi),
+                (fake_hu.slice(s![row, 0, .., ..]), lo, hi),
+                (reg_hu.slice(s![row, 0, .., ..]), lo, hi),
+                (ctpa[row].view(), lo, hi),
+                (err.view(), 0.0, 300.0),
+            ];
+            for (col, (img, a, b)) in tiles.iter().enumerate() {
+                let x0 = (2 + col * (tile_w + 2)) as i64;
+                canvas.gray_tile(x0, y0 + label_h as i64, *img, *a, *b);
+            }
+            let x5 = (2 + 5 * (tile_w + 2)) as i64;
+            match &flow {
+                Some(f) => canvas.gray_tile(x5, y0 + label_h as i64, f.view(), 0.0, fmax.max(1e-3)),
+                None => canvas.text(x5 + 4, y0 + label_h as i64 + 4, "NO R", BLACK, 1),
+            }
+            for (col, t) in titles.iter().enumerate() {
+                let label = if col == 5 && flow.is_some() {
+                    format!("|FLOW| MAX {fmax:.1}PX")
+                } else if col == 0 {
+                    format!("{t} Z={z}")
+                } else {
+                    (*t).to_owned()
+                };
+                canvas.text((2 + col * (tile_w + 2)) as i64, y0 + 3, &label, BLACK, 1);
+            }
+        }
+        canvas.save_png(path)
+    }
+}
+
+/// Two slices of a case to show: the lung slices at 40 % and 60 % of the lung's extent, or
+/// the middle slice if the case has no lung.
+fn sample_slices(case: &ValCase) -> Vec<usize> {
+    let nz = case.lung.data.dim().0;
+    let with_lung: Vec<usize> = (0..nz)
+        .filter(|&z| case.lung.data.slice(s![z, .., ..]).iter().any(|&v| v != 0))
+        .collect();
+    match (with_lung.first(), with_lung.last()) {
+        (Some(&a), Some(&b)) if b > a => {
+            let pick = |f: f64| a + ((b - a) as f64 * f).round() as usize;
+            let (p, q) = (pick(0.4), pick(0.6));
+            if p == q {
+                vec![p]
+            } else {
+                vec![p, q]
+            }
+        }
+        _ => vec![nz / 2],
+    }
+}
+
+/// `[body, lung]` scores of `pred` (HU) against the case's CTPA.
+fn score_case(
+    pred: ArrayView3<'_, f32>,
+    c: &ValCase,
+    cfg: &ScoreConfig,
+) -> anyhow::Result<[RegionScores; 2]> {
+    let r = score_regions(
+        pred,
+        c.ctpa.data.view(),
+        &[c.body.data.view(), c.lung.data.view()],
+        cfg,
+    )
+    .with_context(|| format!("scoring validation case {}", c.name))?;
+    Ok([r[0], r[1]])
+}
+
+fn pad_to(n: usize, m: usize) -> usize {
+    n.div_ceil(m) * m
+}

@@ -276,7 +276,9 @@ fn map_planes<T: Send>(
         .collect())
 }
 
-/// The five local sums (`a`, `b`, `a^2`, `b^2`, `ab`) of one plane, row-major `[y, x]`.
+/// The five local sums (`a`, `b`, `a^2`, `b^2`, `ab`) of one plane, each row-major `[y, x]`.
+/// Kept as five planes (not interleaved): the filter passes then run as contiguous
+/// multiply-adds over rows, which the compiler vectorises.
 struct Stats {
     ny: usize,
     nx: usize,
@@ -295,12 +297,37 @@ fn plane_stats(
     let n = ny * nx;
     let mut s: [Vec<f64>; 5] = std::array::from_fn(|_| vec![0.0; n]);
     for (t, &wt) in zw.iter().enumerate() {
-        let pa = a.index_axis(Axis(0), z0 + t);
-        let pb = b.index_axis(Axis(0), z0 + t);
+        let va = a.index_axis(Axis(0), z0 + t);
+        let vb = b.index_axis(Axis(0), z0 + t);
+        // Standard-layout volumes give plain slices; anything else is copied once.
+        let (own_a, own_b): (Vec<f32>, Vec<f32>);
+        let pa = match va.as_slice() {
+            Some(p) => p,
+            None => {
+                own_a = va.iter().copied().collect();
+                &own_a
+            }
+        };
+        let pb = match vb.as_slice() {
+            Some(p) => p,
+            None => {
+                own_b = vb.iter().copied().collect();
+                &own_b
+            }
+        };
         let [sa, sb, saa, sbb, sab] = &mut s;
-        for (i, (&va, &vb)) in pa.iter().zip(pb.iter()).enumerate() {
-            let x = f64::from(va) + offset;
-            let y = f64::from(vb) + offset;
+        // Equal lengths let the compiler drop the bounds checks.
+        let (pa, pb) = (&pa[..n], &pb[..n]);
+        let (sa, sb, saa, sbb, sab) = (
+            &mut sa[..n],
+            &mut sb[..n],
+            &mut saa[..n],
+            &mut sbb[..n],
+            &mut sab[..n],
+        );
+        for i in 0..n {
+            let x = f64::from(pa[i]) + offset;
+            let y = f64::from(pb[i]) + offset;
             sa[i] += wt * x;
             sb[i] += wt * y;
             saa[i] += wt * (x * x);

@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod config;
 pub mod device;
 pub mod discriminator;
+pub mod flops;
 pub mod generator;
 pub mod losses;
 pub mod optim;

@@ -1,0 +1,129 @@
+//! `ncct2ctpa prepare` end to end: the real binary on a phantom set in temporary folders.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ncct2ctpa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
+        .args(args)
+        .output()
+        .expect("run ncct2ctpa")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn prepare_a_phantom_set_then_rerun_keeps_every_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, out) = (dir.path().join("raw"), dir.path().join("prep"));
+    let o = ncct2ctpa(&["synth", "--out", s(&raw), "--cases", "2", "--seed", "3"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+
+    let o = ncct2ctpa(&[
+        "prepare",
+        s(&raw),
+        "--out",
+        s(&out),
+        "--window",
+        "-1000,1000",
+        "--split",
+        "0.5,0.5,0",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    for case in ["case_000", "case_001"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(case))
+            .unwrap_or_else(|| panic!("no row for {case}:\n{stdout}"));
+        assert!(line.contains("prepared") && line.contains("->"), "{line}");
+    }
+    assert!(stdout.contains("2 prepared"), "{stdout}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["status"], "complete");
+    assert_eq!(m["window"]["min"], -1000.0);
+    let splits: Vec<&str> = m["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["split"].as_str().unwrap())
+        .collect();
+    assert_eq!(splits.len(), 2);
+    assert!(
+        splits.contains(&"train") && splits.contains(&"val"),
+        "{splits:?}"
+    );
+
+    let o = ncct2ctpa(&[
+        "prepare",
+        s(&raw),
+        "--out",
+        s(&out),
+        "--window",
+        "-1000,1000",
+        "--split",
+        "0.5,0.5,0",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("2 kept as already prepared"), "{stdout}");
+}
+
+#[test]
+fn no_usable_pairs_fails_naming_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    std::fs::create_dir_all(raw.join("ncct")).unwrap();
+    std::fs::create_dir_all(raw.join("ctpa")).unwrap();
+    std::fs::write(raw.join("ncct/a.nii.gz"), b"x").unwrap();
+    let out = dir.path().join("prep");
+    let o = ncct2ctpa(&["prepare", s(&raw), "--out", s(&out)]);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains(s(&raw)) && stderr.contains("no CTPA"),
+        "{stderr}"
+    );
+    assert!(!out.join("manifest.json").exists());
+
+    // Pairs that all fail to read: also an error, with the file named.
+    std::fs::write(raw.join("ctpa/a.nii.gz"), b"not nifti").unwrap();
+    let o = ncct2ctpa(&["prepare", s(&raw), "--out", s(&out)]);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("no case could be prepared") && stderr.contains("a.nii.gz"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        ["--window", "500,-500"],
+        ["--spacing", "1,1"],
+        ["--split", "0.9,0.9,0.1"],
+    ] {
+        let o = ncct2ctpa(&[
+            "prepare",
+            s(dir.path()),
+            "--out",
+            s(dir.path()),
+            bad[0],
+            bad[1],
+        ]);
+        assert!(!o.status.success(), "{bad:?} accepted");
+        assert!(text(&o).1.contains(bad[0]), "{bad:?}: {}", text(&o).1);
+    }
+}

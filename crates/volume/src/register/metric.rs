@@ -9,6 +9,7 @@
 //! The sums run over fixed-size chunks in parallel and are added in chunk order, so the result
 //! is bit-for-bit the same whatever the thread count or scheduling.
 
+use crate::resample::trilinear;
 use crate::transform::{matvec3, Rigid3};
 use crate::{Geometry, Volume};
 use ndarray::ArrayView3;
@@ -26,23 +27,33 @@ pub struct Samples {
 
 impl Samples {
     /// Voxels of `fixed` above `threshold`, evenly thinned to at most `max_samples` (every
-    /// `n / max`-th in scan order; deterministic).
+    /// `n / max`-th in scan order), each moved by a pseudo-random sub-voxel jitter (value read
+    /// there by trilinear interpolation). Deterministic.
+    ///
+    /// The jitter matters: when both images share a grid, unjittered points sit exactly on the
+    /// moving image's voxel centres at the identity, where interpolation does not blur the noise,
+    /// and NCC gets a spurious kink there (ITK jitters its random samples for the same reason).
     pub fn from_fixed(fixed: &Volume, threshold: f32, max_samples: usize) -> Self {
         let g = fixed.geometry;
-        let candidates: Vec<((usize, usize, usize), f32)> = fixed
+        let data = fixed.data.view();
+        let dims = fixed.size_xyz();
+        let candidates: Vec<(usize, usize, usize)> = fixed
             .data
             .indexed_iter()
             .filter(|(_, &v)| v > threshold)
-            .map(|(i, &v)| (i, v))
+            .map(|(i, _)| i)
             .collect();
         let n = candidates.len();
         let take = n.min(max_samples.max(1));
         let mut points = Vec::with_capacity(take);
         let mut values = Vec::with_capacity(take);
         for s in 0..take {
-            let ((k, j, i), v) = candidates[s * n / take];
-            points.push(g.index_to_point([i as f64, j as f64, k as f64]));
-            values.push(v);
+            let (k, j, i) = candidates[s * n / take];
+            let jitter = jitter3(s as u64);
+            let idx = [i as f64, j as f64, k as f64];
+            let idx = [0, 1, 2].map(|a| (idx[a] + jitter[a]).clamp(0.0, (dims[a] - 1) as f64));
+            points.push(g.index_to_point(idx));
+            values.push(trilinear(&data, idx));
         }
         Self { points, values }
     }
@@ -70,24 +81,51 @@ impl Samples {
     }
 }
 
-/// Trilinear value and index-space gradient at a continuous index strictly inside the voxel
-/// centres (`0 <= idx < n - 1` on every axis); `None` elsewhere.
+/// Trilinear value and index-space gradient at a continuous index, extended beyond the image
+/// by repeating its edge voxels (the gradient across a clamped axis is 0); `None` for a NaN
+/// index.
+///
+/// Extending instead of dropping points that leave the image keeps the sample set fixed, so the
+/// similarity is a continuous function of the transform: with dropping, an anatomy cut by the
+/// first and last slices (every CT) loses a whole slice of samples as soon as the transform
+/// tilts by 1e-9 rad, and the optimiser sees a cliff at the identity.
 #[inline]
 fn sample_with_gradient(data: &ArrayView3<f32>, idx: [f64; 3]) -> Option<(f64, [f64; 3])> {
     let (nz, ny, nx) = data.dim();
     let n = [nx, ny, nz];
     let mut b = [0usize; 3];
     let mut w = [0.0f64; 3];
+    let mut inside = [true; 3];
     for a in 0..3 {
-        // `!(x >= 0)` also rejects NaN
-        if !(idx[a] >= 0.0) || idx[a] >= (n[a] - 1) as f64 {
+        if idx[a].is_nan() {
             return None;
+        }
+        let last = (n[a] - 1) as f64;
+        if n[a] == 1 || idx[a] <= 0.0 || idx[a] >= last {
+            // clamped: read the edge voxel (pairs with itself)
+            inside[a] = false;
+            b[a] = if idx[a] <= 0.0 || n[a] == 1 {
+                0
+            } else {
+                n[a] - 2
+            };
+            w[a] = if idx[a] <= 0.0 || n[a] == 1 { 0.0 } else { 1.0 };
+            continue;
         }
         let f = idx[a].floor();
         b[a] = f as usize;
         w[a] = idx[a] - f;
     }
-    let v = |dx: usize, dy: usize, dz: usize| f64::from(data[[b[2] + dz, b[1] + dy, b[0] + dx]]);
+    let step = [0, 1, 2].map(|a| usize::from(n[a] > 1));
+    let v = |dx: usize, dy: usize, dz: usize| {
+        f64::from(
+            data[[
+                b[2] + dz * step[2],
+                b[1] + dy * step[1],
+                b[0] + dx * step[0],
+            ]],
+        )
+    };
     let (v000, v100, v010, v110) = (v(0, 0, 0), v(1, 0, 0), v(0, 1, 0), v(1, 1, 0));
     let (v001, v101, v011, v111) = (v(0, 0, 1), v(1, 0, 1), v(0, 1, 1), v(1, 1, 1));
     let [wx, wy, wz] = w;
@@ -104,7 +142,22 @@ fn sample_with_gradient(data: &ArrayView3<f32>, idx: [f64; 3]) -> Option<(f64, [
     let gx = gx0 * (1.0 - wz) + gx1 * wz;
     let gy = (c10 - c00) * (1.0 - wz) + (c11 - c01) * wz;
     let gz = c1 - c0;
-    Some((value, [gx, gy, gz]))
+    let g = [gx, gy, gz];
+    Some((value, [0, 1, 2].map(|a| if inside[a] { g[a] } else { 0.0 })))
+}
+
+/// Three numbers in `[-0.45, 0.45)` from a counter (splitmix64): a reproducible sub-voxel
+/// offset.
+fn jitter3(counter: u64) -> [f64; 3] {
+    let mut state = counter.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    [0, 1, 2].map(|_| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.9
+    })
 }
 
 /// Running sums of one chunk.

@@ -21,9 +21,12 @@ pub struct Args {
     /// For a DICOM folder: the SeriesInstanceUID to describe (default: the largest CT series).
     #[arg(long)]
     pub series: Option<String>,
-    /// Print a model's parameter counts instead of a file's header.
+    /// Print a model's parameter counts (G, R, D) instead of a file's header.
     #[arg(long, conflicts_with = "input")]
     pub model: bool,
+    /// With --model: the preset to describe (default, tiny, reggan).
+    #[arg(long, requires = "model", default_value = "default")]
+    pub preset: String,
 }
 
 /// The report `info` prints for a volume.
@@ -53,7 +56,7 @@ struct VolumeInfo {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.model {
-        return model_summary();
+        return model_summary(&args.preset, args.json);
     }
     let input = args.input.context("no input given")?;
     let info = describe(&input, args.series.as_deref())?;
@@ -65,9 +68,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The model branch (filled by the model work).
-fn model_summary() -> anyhow::Result<ExitCode> {
-    anyhow::bail!("model summary: not available yet")
+/// The model branch: parameter counts of each network of a preset, counted on the real
+/// modules (`model::summary`).
+fn model_summary(preset: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = model::config::ModelConfig::preset(preset)?;
+    let summary = model::summary::ModelSummary::for_config(&cfg);
+    if json {
+        let value = serde_json::json!({ "preset": preset, "summary": summary });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("preset: {preset}");
+        println!("{summary}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn describe(input: &Path, series: Option<&str>) -> anyhow::Result<VolumeInfo> {

@@ -80,7 +80,7 @@ pub enum SourceKind {
 
 impl fmt::Display for SourceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             SourceKind::Nifti => "NIfTI",
             SourceKind::DicomDir => "DICOM folder",
         })

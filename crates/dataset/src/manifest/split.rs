@@ -35,7 +35,8 @@ impl Split {
 
 impl fmt::Display for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // `pad` so that width and alignment flags work in report tables.
+        f.pad(match self {
             Split::Train => "train",
             Split::Val => "val",
             Split::Test => "test",

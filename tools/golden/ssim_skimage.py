@@ -11,8 +11,10 @@ computed in float64 on the float32 inputs that are stored (so the Rust test sees
 same inputs). For some cases the script also stores:
   * `weighted`: sum(w * S) / sum(w) over the valid region, S being skimage's full SSIM map
     (full=True) and w a lung-like weight map 1 + 9 * mask, both cropped by (win - 1) / 2;
-  * `grad_a`: skimage's analytic gradient of the mean SSIM with respect to the first image
-    (gradient=True, Avanaki 2009), to check autograd against an independent derivation.
+  * `fd_grad`: central finite differences (step 1e-5, float64) of skimage's mean SSIM with
+    respect to chosen pixels of the first image, to check autograd independently. (skimage's
+    own `gradient=True` output is not used: it is the gradient of the uncropped mean, and it
+    does not agree with finite differences of skimage's own value.)
 
 Run: /work/pyref/bin/python tools/golden/ssim_skimage.py   (deterministic: fixed seeds)
 """
@@ -99,7 +101,7 @@ def main():
         y32 = y.astype(np.float32)
         x64, y64 = x32.astype(np.float64), y32.astype(np.float64)
         kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=rng_)
-        value, grad, full = structural_similarity(x64, y64, gradient=True, full=True, **kw)
+        value, full = structural_similarity(x64, y64, full=True, **kw)
         entry = {
             "name": name,
             "data_range": rng_,
@@ -112,8 +114,19 @@ def main():
             wc, sc = w[PAD:-PAD, PAD:-PAD], full[PAD:-PAD, PAD:-PAD]
             entry["weight"] = put(w.astype(np.float32), np.float32)
             entry["weighted"] = float((wc * sc).sum() / wc.sum())
-        if name in ("ct_unit", "random_correlated"):
-            entry["grad_a"] = put(grad, np.float64)
+        if name in ("ct_unit", "random_correlated", "constant_region"):
+            h, w = x.shape
+            pixels = [(0, 0), (3, 7), (5, 5), (h // 2, w // 2), (h - 1, w - 2), (h // 3, 2 * w // 3)]
+            pixels += [tuple(int(v) for v in rng.integers(0, (h, w))) for _ in range(6)]
+            fd = []
+            for i, j in pixels:
+                step = 1e-5
+                xp, xm = x64.copy(), x64.copy()
+                xp[i, j] += step
+                xm[i, j] -= step
+                d = (structural_similarity(xp, y64, **kw) - structural_similarity(xm, y64, **kw)) / (2 * step)
+                fd.append([i, j, float(d)])
+            entry["fd_grad"] = fd
         out_cases.append(entry)
 
     os.makedirs(OUT, exist_ok=True)

@@ -1,0 +1,297 @@
+//! Our Adam against torch.optim.Adam step for step (goldens from `tools/golden/adam_torch.py`),
+//! and the exact resume through its saved state.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use model::optim::{Adam, AdamConfig, OptimError};
+use serde_json::Value;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+const NAMES: [&str; 4] = [
+    "layer1.bias",
+    "layer1.weight",
+    "layer2.bias",
+    "layer2.weight",
+];
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+fn golden(file: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(data_dir().join(file))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The golden's two-layer network in a VarStore, with variables named as in torch.
+fn network(init: &HashMap<String, Tensor>) -> VarStore {
+    let vs = VarStore::new(Device::Cpu);
+    let root = vs.root();
+    for layer in ["layer1", "layer2"] {
+        let p = root.sub(layer);
+        for part in ["weight", "bias"] {
+            let _ = p.var_copy(part, &init[&format!("init.{layer}.{part}")]);
+        }
+    }
+    // A non-trainable variable (like a spectral-norm u vector): Adam must leave it alone.
+    let _ = root.sub("layer1").ones_no_train("u", &[4]);
+    vs
+}
+
+/// The golden's loss: mean((tanh(x W1^T + b1) W2^T + b2 - y)^2).
+fn loss(vs: &VarStore, x: &Tensor, y: &Tensor) -> Tensor {
+    let v = vs.variables();
+    let hidden = (x.matmul(&v["layer1.weight"].tr()) + &v["layer1.bias"]).tanh();
+    let pred = hidden.matmul(&v["layer2.weight"].tr()) + &v["layer2.bias"];
+    (pred - y).square().mean(Kind::Float)
+}
+
+fn train_step(vs: &VarStore, opt: &mut Adam, x: &Tensor, y: &Tensor) {
+    opt.zero_grad();
+    loss(vs, x, y).backward();
+    opt.step();
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn adam_reproduces_torch_step_for_step() {
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(data_dir().join("adam_torch.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["generator"], "tools/golden/adam_torch.py");
+    let steps = meta["steps"].as_i64().unwrap();
+    for (setting, s) in meta["settings"].as_object().unwrap() {
+        let g = golden(s["file"].as_str().unwrap());
+        let vs = network(&g);
+        let cfg = AdamConfig {
+            lr: s["lr"].as_f64().unwrap(),
+            beta1: s["beta1"].as_f64().unwrap(),
+            beta2: s["beta2"].as_f64().unwrap(),
+            eps: s["eps"].as_f64().unwrap(),
+            weight_decay: s["weight_decay"].as_f64().unwrap(),
+        };
+        let mut opt = Adam::new(&vs, cfg).unwrap();
+        assert_eq!(
+            opt.variable_names().collect::<Vec<_>>(),
+            NAMES,
+            "trainable variables only, sorted"
+        );
+        let halve = s["halve_lr_before_step"].as_i64();
+        for step in 1..=steps {
+            if halve == Some(step) {
+                opt.set_lr(cfg.lr / 2.0);
+                assert_eq!(opt.lr(), cfg.lr / 2.0);
+            }
+            train_step(&vs, &mut opt, &g["x"], &g["y"]);
+            let vars = vs.variables();
+            for name in NAMES {
+                let expected = &g[&format!("step{step}.{name}")];
+                let d = max_abs_diff(&vars[name], expected);
+                assert!(
+                    d < 1e-6,
+                    "{setting} step {step} {name}: differs from torch by {d}"
+                );
+                // The parameters really moved (the comparison is not vacuous).
+                assert!(max_abs_diff(&vars[name], &g[&format!("init.{name}")]) > 1e-4);
+            }
+            assert_eq!(
+                vars["layer1.u"].sum(Kind::Float).double_value(&[]),
+                4.0,
+                "non-trainable variable changed"
+            );
+        }
+        assert_eq!(opt.steps(), steps);
+
+        // The saved moments are torch's `exp_avg` / `exp_avg_sq` state.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("adam.safetensors");
+        opt.save(&path).unwrap();
+        let state = golden_from(&path);
+        for name in NAMES {
+            for moment in ["exp_avg", "exp_avg_sq"] {
+                let key = format!("{moment}.{name}");
+                let scale = g[&key].abs().max().double_value(&[]).max(1e-12);
+                let d = max_abs_diff(&state[&key], &g[&key]) / scale;
+                assert!(d < 1e-5, "{setting} {key}: relative difference {d}");
+            }
+            assert_eq!(state[&format!("step.{name}")].int64_value(&[]), steps);
+        }
+    }
+}
+
+fn golden_from(path: &std::path::Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn save_load_resume_is_bitwise_identical() {
+    let g = golden("adam_torch_reggan.safetensors");
+    let cfg = AdamConfig {
+        lr: 1e-2,
+        ..AdamConfig::default()
+    };
+
+    // Five steps straight.
+    let vs_a = network(&g);
+    let mut opt_a = Adam::new(&vs_a, cfg).unwrap();
+    for _ in 0..5 {
+        train_step(&vs_a, &mut opt_a, &g["x"], &g["y"]);
+    }
+
+    // Three steps, save weights and optimizer, restore both into fresh objects, two more.
+    let dir = tempfile::tempdir().unwrap();
+    let vs_b = network(&g);
+    let mut opt_b = Adam::new(&vs_b, cfg).unwrap();
+    for _ in 0..3 {
+        train_step(&vs_b, &mut opt_b, &g["x"], &g["y"]);
+    }
+    opt_b.set_lr(cfg.lr); // unchanged, but exercised
+    let weights = dir.path().join("w.safetensors");
+    let state = dir.path().join("adam.safetensors");
+    vs_b.save(&weights).unwrap();
+    opt_b.save(&state).unwrap();
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().count() == 2,
+        "no temporary file left behind"
+    );
+    drop(opt_b);
+
+    let mut vs_c = network(&g);
+    vs_c.load(&weights).unwrap();
+    // A fresh optimizer with another lr: load restores the saved hyperparameters, like torch.
+    let mut opt_c = Adam::new(&vs_c, AdamConfig { lr: 0.5, ..cfg }).unwrap();
+    opt_c.load(&state).unwrap();
+    assert_eq!(opt_c.lr(), cfg.lr);
+    assert_eq!(opt_c.steps(), 3);
+    for _ in 0..2 {
+        train_step(&vs_c, &mut opt_c, &g["x"], &g["y"]);
+    }
+    let (va, vc) = (vs_a.variables(), vs_c.variables());
+    for name in NAMES {
+        assert!(
+            va[name].equal(&vc[name]),
+            "{name}: resumed run differs from the straight run"
+        );
+    }
+    // Without the state, the resumed run would differ (the test can fail).
+    let mut vs_d = network(&g);
+    vs_d.load(&weights).unwrap();
+    let mut opt_d = Adam::new(&vs_d, cfg).unwrap();
+    for _ in 0..2 {
+        train_step(&vs_d, &mut opt_d, &g["x"], &g["y"]);
+    }
+    assert!(!vs_d.variables()["layer1.weight"].equal(&va["layer1.weight"]));
+}
+
+#[test]
+fn load_rejects_a_different_variable_set_without_changing_state() {
+    let g = golden("adam_torch_reggan.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adam.safetensors");
+    let vs = network(&g);
+    let mut opt = Adam::new(&vs, AdamConfig::default()).unwrap();
+    train_step(&vs, &mut opt, &g["x"], &g["y"]);
+    opt.save(&path).unwrap();
+
+    // Another model: one variable more, one renamed.
+    let other = VarStore::new(Device::Cpu);
+    let _ = other
+        .root()
+        .sub("layer1")
+        .var_copy("weight", &g["init.layer1.weight"]);
+    let _ = other
+        .root()
+        .sub("layer3")
+        .var_copy("bias", &g["init.layer2.bias"]);
+    let mut opt_other = Adam::new(&other, AdamConfig::default()).unwrap();
+    let err = opt_other.load(&path).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, OptimError::Mismatch { .. }), "{msg}");
+    assert!(msg.contains("adam.safetensors"), "names the file: {msg}");
+    assert!(
+        msg.contains("layer3.bias") && msg.contains("layer2.weight"),
+        "names the variables: {msg}"
+    );
+    assert_eq!(opt_other.steps(), 0, "a failed load changes nothing");
+
+    // Same names, another shape.
+    let shaped = VarStore::new(Device::Cpu);
+    for name in NAMES {
+        let (layer, part) = name.split_once('.').unwrap();
+        let t = if name == "layer2.weight" {
+            Tensor::zeros([3, 4], (Kind::Float, Device::Cpu))
+        } else {
+            g[&format!("init.{name}")].copy()
+        };
+        let _ = shaped.root().sub(layer).var_copy(part, &t);
+    }
+    let err = Adam::new(&shaped, AdamConfig::default())
+        .unwrap()
+        .load(&path)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("layer2.weight") && err.to_string().contains("shape"),
+        "{err}"
+    );
+
+    // Not a safetensors file, and a missing file.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a safetensors file").unwrap();
+    assert!(matches!(opt.load(&junk), Err(OptimError::Torch { .. })));
+    assert!(opt.load(dir.path().join("missing.safetensors")).is_err());
+    assert_eq!(opt.steps(), 1);
+}
+
+#[test]
+fn variables_without_gradient_are_skipped_and_config_is_checked() {
+    let g = golden("adam_torch_reggan.safetensors");
+    let vs = network(&g);
+    let mut opt = Adam::new(&vs, AdamConfig::default()).unwrap();
+    let before = vs.variables()["layer2.bias"].copy();
+    // No backward yet: no gradient anywhere, nothing moves.
+    opt.step();
+    assert!(vs.variables()["layer2.bias"].equal(&before));
+
+    for bad in [
+        AdamConfig {
+            lr: -1.0,
+            ..AdamConfig::default()
+        },
+        AdamConfig {
+            beta1: 1.0,
+            ..AdamConfig::default()
+        },
+        AdamConfig {
+            beta2: -0.1,
+            ..AdamConfig::default()
+        },
+        AdamConfig {
+            eps: f64::NAN,
+            ..AdamConfig::default()
+        },
+        AdamConfig {
+            weight_decay: -1e-3,
+            ..AdamConfig::default()
+        },
+    ] {
+        assert!(
+            matches!(Adam::new(&vs, bad), Err(OptimError::InvalidConfig(_))),
+            "{bad:?}"
+        );
+    }
+    let d = AdamConfig::default();
+    assert_eq!(
+        (d.lr, d.beta1, d.beta2, d.eps, d.weight_decay),
+        (1e-4, 0.5, 0.999, 1e-8, 0.0)
+    );
+}

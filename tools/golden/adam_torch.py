@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Golden trajectories of torch.optim.Adam for the model crate's own Adam (crates/model/src/optim.rs).
+
+A tiny two-layer network (names as in a tch VarStore: layer1.weight, layer1.bias,
+layer2.weight, layer2.bias) is trained for 5 steps on a fixed batch with
+    loss = mean((tanh(x W1^T + b1) W2^T + b2 - y)^2)
+by torch.optim.Adam (foreach=False: the single-tensor path, the CPU default), in two settings:
+  * "reggan": lr 1e-2, betas (0.5, 0.999), eps 1e-8, no weight decay; the learning rate is
+    halved before step 4 (checks that a changed lr takes effect);
+  * "decay_eps": lr 1e-2, betas (0.9, 0.99), eps 1e-3 (large, so that where eps enters the
+    denominator matters), weight_decay 0.1.
+
+Writes crates/model/tests/data/adam_torch.json (settings) and adam_torch_<setting>.safetensors
+holding x, y, init.<name>, step<k>.<name> (parameters after step k = 1..5) and
+exp_avg.<name>, exp_avg_sq.<name> (the moments after step 5).
+
+Run: /work/pyref/bin/python tools/golden/adam_torch.py   (deterministic: fixed seed, CPU)
+"""
+
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "..", "crates", "model", "tests", "data")
+
+SETTINGS = {
+    "reggan": dict(lr=1e-2, betas=(0.5, 0.999), eps=1e-8, weight_decay=0.0, halve_lr_before_step=4),
+    "decay_eps": dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-3, weight_decay=0.1, halve_lr_before_step=None),
+}
+STEPS = 5
+
+
+def main():
+    torch.use_deterministic_algorithms(True)
+    gen = torch.Generator().manual_seed(1234)
+    init = {
+        "layer1.weight": torch.randn(4, 3, generator=gen) * 0.5,
+        "layer1.bias": torch.randn(4, generator=gen) * 0.1,
+        "layer2.weight": torch.randn(2, 4, generator=gen) * 0.5,
+        "layer2.bias": torch.randn(2, generator=gen) * 0.1,
+    }
+    x = torch.randn(5, 3, generator=gen)
+    y = torch.randn(5, 2, generator=gen)
+    meta = {"generator": "tools/golden/adam_torch.py", "torch": torch.__version__, "steps": STEPS, "settings": {}}
+
+    for name, s in SETTINGS.items():
+        params = {k: v.clone().requires_grad_(True) for k, v in init.items()}
+        opt = torch.optim.Adam(
+            list(params.values()), lr=s["lr"], betas=s["betas"], eps=s["eps"],
+            weight_decay=s["weight_decay"], foreach=False,
+        )
+        out = {"x": x, "y": y}
+        out.update({f"init.{k}": v for k, v in init.items()})
+        for step in range(1, STEPS + 1):
+            if s["halve_lr_before_step"] == step:
+                for group in opt.param_groups:
+                    group["lr"] = s["lr"] / 2
+            opt.zero_grad()
+            hidden = torch.tanh(x @ params["layer1.weight"].T + params["layer1.bias"])
+            pred = hidden @ params["layer2.weight"].T + params["layer2.bias"]
+            loss = ((pred - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            out.update({f"step{step}.{k}": v.detach().clone() for k, v in params.items()})
+        for k, v in params.items():
+            st = opt.state[v]
+            assert float(st["step"]) == STEPS
+            out[f"exp_avg.{k}"] = st["exp_avg"].clone()
+            out[f"exp_avg_sq.{k}"] = st["exp_avg_sq"].clone()
+        file = f"adam_torch_{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, file),
+                  metadata={"generator": "tools/golden/adam_torch.py"})
+        meta["settings"][name] = {
+            "file": file, "lr": s["lr"], "beta1": s["betas"][0], "beta2": s["betas"][1],
+            "eps": s["eps"], "weight_decay": s["weight_decay"],
+            "halve_lr_before_step": s["halve_lr_before_step"],
+        }
+        moved = max((params[k] - init[k]).abs().max().item() for k in init)
+        print(f"{name}: largest parameter change over {STEPS} steps {moved:.4g}")
+
+    with open(os.path.join(OUT, "adam_torch.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

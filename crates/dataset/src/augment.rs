@@ -178,7 +178,8 @@ impl Affine2 {
 pub struct GeometricDraw {
     pub flip_x: bool,
     pub flip_y: bool,
-    /// Rotation of the content, radians (counter-clockwise on screen, y pointing down).
+    /// Rotation of the content, radians (positive turns it clockwise as displayed, with y
+    /// pointing down).
     pub angle: f64,
     /// Content magnification (> 1 zooms in).
     pub scale: f64,
@@ -390,7 +391,8 @@ mod tests {
 
     #[test]
     fn quarter_turn_is_a_transpose_with_flip() {
-        // Rotating by 90 degrees counter-clockwise on screen (y down): out[y][x] = src[x][n-1-y].
+        // A quarter turn clockwise as displayed (y down): the top edge moves to the right,
+        // out[y][x] = src[n-1-x][y].
         let n = 5;
         let src = ramp(n, n);
         let geo = GeometricDraw {
@@ -406,7 +408,7 @@ mod tests {
         let out = warp_bilinear(&src, &map, (n, n), -1.0);
         for y in 0..n {
             for x in 0..n {
-                let want = src[[x, n - 1 - y]];
+                let want = src[[n - 1 - x, y]];
                 assert!(
                     (out[[y, x]] - want).abs() < 1e-3,
                     "({y},{x}): {} vs {want}",

@@ -216,6 +216,10 @@ pub struct DebugConfig {
     /// Replace the generator's loss with NaN at this step, to exercise the non-finite-loss
     /// stop (snapshot, message, non-zero exit). Default: unset.
     pub inject_nan_at_step: Option<u64>,
+    /// Stop (without the final checkpoint) after this step, as if the process had been
+    /// killed there: tests of `--resume` use it. Ignored once the run has passed it.
+    /// Default: unset.
+    pub stop_after_step: Option<u64>,
 }
 
 /// Command-line overrides, applied after the file. `None` leaves the field as it is.

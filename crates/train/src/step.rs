@@ -6,7 +6,7 @@
 //!    `loss = recon(reg, y; lung weights) + adv_w * adv_G(D(fake)) + smooth_w * smooth(flow)`.
 //!    Without registration (`registration = false`): `recon(fake, y)` and no smoothness.
 //! 2. **D**, on real vs the detached fake of step 1:
-//!    `loss_D = adv_w * adv_D(D(y), D(fake.detach()))`. (RegGAN re-runs the updated G under
+//!    `loss_D = adv_w * adv_D(D(y), D(fake.detach()))`, real and fake in one forward pass. (RegGAN re-runs the updated G under
 //!    `no_grad` for this; reusing step 1's output saves a forward pass and is the
 //!    pix2pix/CycleGAN practice.)
 //!
@@ -189,8 +189,22 @@ pub fn train_step(
     // 2. D on real vs the detached fake.
     opts.d.zero_grad();
     let fake = fake.detach();
-    let d_real = nets.d.forward_t(&nets.d.input(&batch.y, &batch.x), true);
-    let d_fake = nets.d.forward_t(&nets.d.input(&fake, &batch.x), true);
+    // Real and fake go through D in one forward pass (concatenated along the batch; D's
+    // instance norm is per image, so this equals two passes): one power iteration per D
+    // update, and the spectral-norm vectors the graph saved are not changed in place by a
+    // second forward before the backward pass.
+    let n = batch.y.size()[0];
+    let d_in = Tensor::cat(
+        &[
+            nets.d.input(&batch.y, &batch.x),
+            nets.d.input(&fake, &batch.x),
+        ],
+        0,
+    );
+    // [2 * batch, 1, h', w']
+    let d_out = nets.d.forward_t(&d_in, true);
+    let d_real = d_out.narrow(0, 0, n);
+    let d_fake = d_out.narrow(0, n, n);
     let loss_d = discriminator_adversarial(loss_cfg.adversarial, &d_real, &d_fake)
         * loss_cfg.adversarial_weight;
     stats.loss_d = check("discriminator", &loss_d)?;

@@ -324,6 +324,22 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
                 events.write(step, "checkpoint", &[("name", "final".into())])?;
             }
         }
+        if cfg.debug.stop_after_step == Some(step) && step < total {
+            human.line(&format!(
+                "stopping after step {step} (debug.stop_after_step)"
+            ));
+            pb.abandon();
+            return Ok(TrainOutcome {
+                run: run.root().to_path_buf(),
+                steps: step,
+                started_at: start,
+                last,
+                baseline: validator.baseline,
+                best,
+                device: format!("{device:?}"),
+                wall: t0.elapsed(),
+            });
+        }
     }
     pb.finish_and_clear();
     drop(loader);

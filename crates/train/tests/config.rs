@@ -1,0 +1,125 @@
+//! The training config: defaults, presets, TOML round trip, unknown keys, overrides, checks.
+
+use train::config::{Overrides, TrainConfig};
+
+#[test]
+fn defaults_round_trip_through_toml() {
+    for preset in ["default", "tiny", "reggan"] {
+        let cfg = TrainConfig::with_preset(preset).unwrap();
+        let text = cfg.to_toml_string().unwrap();
+        let back = TrainConfig::from_toml_str(&text, "default").unwrap();
+        assert_eq!(back, cfg, "{preset}:\n{text}");
+    }
+}
+
+#[test]
+fn documented_defaults() {
+    let c = TrainConfig::default();
+    assert_eq!(c.preset, "default");
+    assert!(c.registration);
+    assert_eq!(c.seed, 42);
+    assert_eq!(c.device, "auto");
+    assert_eq!(c.optim.generator.lr, 1e-4);
+    assert_eq!(
+        (c.optim.generator.beta1, c.optim.generator.beta2),
+        (0.5, 0.999)
+    );
+    assert_eq!(c.schedule.steps, 100_000);
+    assert_eq!(c.schedule.decay_start, 0.5);
+    assert_eq!(c.data.batch_size, 4);
+    assert_eq!(c.data.crop_size, 256);
+    assert_eq!(c.loss.lung_weight, 10.0);
+    assert!(c.validate().is_ok());
+}
+
+#[test]
+fn a_file_names_only_what_it_changes_and_starts_from_its_preset() {
+    let text = "preset = \"tiny\"\n[model.generator]\nbase_channels = 12\n[data]\ncrop_size = 64\n";
+    let cfg = TrainConfig::from_toml_str(text, "default").unwrap();
+    let tiny = model::config::ModelConfig::preset("tiny").unwrap();
+    assert_eq!(cfg.model.generator.base_channels, 12);
+    // The other generator keys are the tiny preset's, not the default's.
+    assert_eq!(cfg.model.generator.depth, tiny.generator.depth);
+    assert_eq!(cfg.model.registration, tiny.registration);
+    assert_eq!(cfg.data.crop_size, 64);
+    assert_eq!(cfg.data.batch_size, 4);
+}
+
+#[test]
+fn unknown_keys_are_errors_at_every_level() {
+    for text in [
+        "sed = 1\n",
+        "[data]\nbatch = 2\n",
+        "[model.generator]\nbase_chanels = 8\n",
+        "[optim.generator]\nlearning_rate = 0.1\n",
+        "[data.augment]\nrotate = 3\n",
+    ] {
+        let err = TrainConfig::from_toml_str(text, "tiny").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("unknown field"), "{text:?}: {msg}");
+    }
+    let err = TrainConfig::from_toml_str("preset = \"huge\"\n", "tiny").unwrap_err();
+    assert!(format!("{err:#}").contains("huge"));
+}
+
+#[test]
+fn flags_override_the_file() {
+    let mut cfg =
+        TrainConfig::from_toml_str("preset = \"tiny\"\n[schedule]\nsteps = 10\n", "default")
+            .unwrap();
+    cfg.apply(&Overrides {
+        steps: Some(99),
+        lr: Some(3e-4),
+        registration: Some(false),
+        preset: Some("reggan".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(cfg.schedule.steps, 99);
+    assert_eq!(cfg.optim.generator.lr, 3e-4);
+    assert_eq!(cfg.optim.discriminator.lr, 3e-4);
+    assert!(!cfg.registration);
+    assert_eq!(cfg.preset, "reggan");
+    assert_eq!(
+        cfg.model,
+        model::config::ModelConfig::preset("reggan").unwrap()
+    );
+}
+
+#[test]
+fn crop_must_be_a_multiple_of_the_networks_and_epochs_resolve_to_steps() {
+    let mut cfg = TrainConfig::with_preset("tiny").unwrap();
+    cfg.data.crop_size = 36; // tiny G has depth 3: multiple of 8
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("crop_size") && err.contains('8'), "{err}");
+    cfg.data.crop_size = 32;
+    cfg.schedule.epochs = Some(2.5);
+    cfg.data.batch_size = 4;
+    cfg.resolve(dataset::manifest::HuWindow::default(), 10)
+        .unwrap();
+    // 2.5 epochs of 10 slices in batches of 4: ceil(6.25) steps.
+    assert_eq!(cfg.schedule.steps, 7);
+    assert_eq!(cfg.schedule.epochs, None);
+    assert_eq!(
+        cfg.data.window,
+        Some(dataset::manifest::HuWindow::default())
+    );
+}
+
+#[test]
+fn the_demo_and_default_config_files_parse() {
+    let demo = train::demo::train_config().unwrap();
+    assert_eq!(demo.preset, "tiny");
+    assert!(demo.validate().is_ok());
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/default.toml"
+    ))
+    .unwrap();
+    let file = TrainConfig::from_toml_str(&text, "default").unwrap();
+    assert_eq!(
+        file,
+        TrainConfig::default(),
+        "configs/default.toml must state the defaults"
+    );
+}

@@ -11,6 +11,11 @@
 //!    that any input size works, run through G in eval mode without gradients, cropped back;
 //! 4. the output is mapped back to HU and, if step 1 resampled, resampled back to the input
 //!    grid. The result carries the input's geometry, so it overlays the NCCT in any viewer.
+//!
+//! Test-time augmentation ([`Tta`]) runs G on transformed copies of each batch (left-right
+//! flip, small in-plane rotations: the transforms the trainer augments with), maps each
+//! prediction back, and averages them, each weighted by where its back-mapped field of view
+//! is valid (a rotation leaves the corners without a prediction).
 
 use anyhow::{bail, Context, Result};
 use dataset::manifest::HuWindow;
@@ -25,20 +30,66 @@ use model::generator::Generator;
 pub const SPACING_TOLERANCE: f64 = 0.05;
 
 /// How to run the generator over a volume.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PredictOptions {
-    /// Slices per forward pass.
+    /// Slices per forward pass (0 is taken as 1).
     pub batch_size: usize,
     /// In-plane spacing `(x, y)` in mm the model was trained at; `None` uses the input as is.
     pub model_spacing_xy: Option<[f64; 2]>,
+    /// Test-time augmentation; `None` runs G once per slice.
+    pub tta: Option<Tta>,
 }
 
-impl Default for PredictOptions {
-    fn default() -> Self {
+impl PredictOptions {
+    /// Batches of 8 slices, no resampling, no TTA.
+    pub fn new() -> Self {
         Self {
             batch_size: 8,
-            model_spacing_xy: None,
+            ..Self::default()
         }
+    }
+}
+
+/// Test-time augmentation: the identity plus, optionally, a left-right flip and in-plane
+/// rotations by each angle in `rotations_deg` (about the slice centre).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tta {
+    pub flip_x: bool,
+    pub rotations_deg: Vec<f64>,
+}
+
+impl Default for Tta {
+    /// Flip + rotations by +-5 degrees: four passes, inside the trainer's default augmentation
+    /// (flips with p = 0.5, rotations up to 10 degrees), so every view is one G was trained on.
+    fn default() -> Self {
+        Self {
+            flip_x: true,
+            rotations_deg: vec![-5.0, 5.0],
+        }
+    }
+}
+
+/// One view of a batch: how to transform G's input and map its output back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum View {
+    Identity,
+    FlipX,
+    Rotate(f64),
+}
+
+impl Tta {
+    fn views(&self) -> Vec<View> {
+        let mut v = vec![View::Identity];
+        if self.flip_x {
+            v.push(View::FlipX);
+        }
+        v.extend(
+            self.rotations_deg
+                .iter()
+                .filter(|a| **a != 0.0)
+                .map(|a| View::Rotate(*a)),
+        );
+        v
     }
 }
 
@@ -85,7 +136,17 @@ impl Translator<'_> {
                 .context("resampling the input to the model's spacing")?,
             None => ncct.clone(),
         };
-        let data = self.translate_slices(&working.data, opts.batch_size.max(1), &mut on_slices)?;
+        let views = opts
+            .tta
+            .as_ref()
+            .map(Tta::views)
+            .unwrap_or_else(|| vec![View::Identity]);
+        let data = self.translate_slices(
+            &working.data,
+            opts.batch_size.max(1),
+            &views,
+            &mut on_slices,
+        )?;
         let out = Volume {
             data,
             geometry: working.geometry,
@@ -102,6 +163,7 @@ impl Translator<'_> {
         &self,
         hu: &Array3<f32>,
         batch_size: usize,
+        tta_views: &[View],
         on_slices: &mut impl FnMut(usize),
     ) -> Result<Array3<f32>> {
         let (nz, ny, nx) = hu.dim();
@@ -150,7 +212,7 @@ impl Translator<'_> {
             let x = Tensor::from_slice(&batch)
                 .reshape([b as i64, in_channels, py as i64, px as i64])
                 .to_device(self.device);
-            let y = tch::no_grad(|| self.generator.forward_t(&x, false));
+            let y = tch::no_grad(|| self.forward_views(&x, tta_views));
             // [batch, 1, padded height, padded width] -> [batch, height, width]
             let y = y
                 .narrow(2, oy as i64, ny as i64)
@@ -172,6 +234,79 @@ impl Translator<'_> {
         }
         Ok(out)
     }
+}
+
+impl Translator<'_> {
+    /// G over every view of `x`, mapped back and averaged with validity weights.
+    ///
+    /// # Shapes
+    /// `x`: [batch, in_channels, height, width] -> [batch, 1, height, width]
+    fn forward_views(&self, x: &Tensor, views: &[View]) -> Tensor {
+        let mut sum: Option<Tensor> = None;
+        let mut weight: Option<Tensor> = None;
+        for view in views {
+            let (pred, w) = match *view {
+                View::Identity => (self.generator.forward_t(x, false), None),
+                View::FlipX => {
+                    let y = self.generator.forward_t(&x.flip([3]), false);
+                    (y.flip([3]), None)
+                }
+                View::Rotate(deg) => {
+                    let rotated = rotate(x, deg, -1.0);
+                    let y = rotate(&self.generator.forward_t(&rotated, false), -deg, 0.0);
+                    // Where the back-rotated prediction saw real input: ones through both maps.
+                    let ones = x.ones_like().narrow(1, 0, 1);
+                    let valid = rotate(&rotate(&ones, deg, 0.0), -deg, 0.0);
+                    (y, Some(valid))
+                }
+            };
+            let (contribution, w) = match w {
+                Some(w) => (&pred * &w, w),
+                None => (pred.shallow_clone(), pred.ones_like()),
+            };
+            sum = Some(match sum {
+                Some(s) => s + contribution,
+                None => contribution,
+            });
+            weight = Some(match weight {
+                Some(acc) => acc + w,
+                None => w,
+            });
+        }
+        match (sum, weight) {
+            (Some(s), Some(w)) => s / w.clamp_min(1e-6),
+            _ => self.generator.forward_t(x, false),
+        }
+    }
+}
+
+/// Rotates each image of a batch by `deg` degrees about its centre in pixel space (bilinear,
+/// align_corners = true), filling outside the field of view with `fill`.
+///
+/// # Shapes
+/// `x`: [batch, channels, height, width] -> same
+fn rotate(x: &Tensor, deg: f64, fill: f64) -> Tensor {
+    let (b, _c, h, w) = x.size4().unwrap_or((1, 1, 1, 1));
+    let (sin, cos) = deg.to_radians().sin_cos();
+    // Normalised coordinates scale x by (w-1)/2 and y by (h-1)/2, so a pixel-space rotation
+    // becomes [[cos, -sin*sy/sx], [sin*sx/sy, cos]].
+    let sx = ((w - 1).max(1)) as f64 / 2.0;
+    let sy = ((h - 1).max(1)) as f64 / 2.0;
+    let theta = Tensor::from_slice(&[
+        cos as f32,
+        (-sin * sy / sx) as f32,
+        0.0,
+        (sin * sx / sy) as f32,
+        cos as f32,
+        0.0,
+    ])
+    .reshape([1, 2, 3])
+    .expand([b, 2, 3], true)
+    .to_device(x.device());
+    let grid = Tensor::affine_grid_generator(&theta, x.size(), true);
+    // grid_sampler(input, grid, interpolation 0 = bilinear, padding 0 = zeros, align_corners)
+    let shifted = x - fill;
+    shifted.grid_sampler(&grid, 0, 0, true) + fill
 }
 
 fn pad_to(n: usize, multiple: usize) -> usize {
@@ -219,7 +354,7 @@ mod tests {
                 &vol,
                 &PredictOptions {
                     batch_size: 2,
-                    model_spacing_xy: None,
+                    ..PredictOptions::new()
                 },
                 |n| seen += n,
             )
@@ -250,11 +385,72 @@ mod tests {
             device: Device::Cpu,
         };
         let out = t
-            .translate_volume(&vol, &PredictOptions::default(), |_| {})
+            .translate_volume(&vol, &PredictOptions::new(), |_| {})
             .unwrap();
         assert_eq!(out.data.dim(), (2, 21, 13));
         let w = HuWindow::default();
         assert!(out.data.iter().all(|v| *v >= w.min && *v <= w.max));
+    }
+
+    /// Rotating by an angle and back reproduces the interior (bilinear twice is a mild blur),
+    /// and a 90-degree rotation of a square image equals the exact index rotation.
+    #[test]
+    fn rotation_round_trip_and_exact_quarter_turn() {
+        let img = Tensor::arange(36, (Kind::Float, Device::Cpu)).reshape([1, 1, 6, 6]);
+        let quarter = rotate(&img, 90.0, 0.0);
+        let exact = img.rot90(1, [2, 3]);
+        let diff = (&quarter - &exact).abs().max().double_value(&[]);
+        let diff_other = (&quarter - img.rot90(-1, [2, 3]))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            diff < 1e-4 || diff_other < 1e-4,
+            "quarter turn off by {diff} / {diff_other}"
+        );
+        let smooth = Tensor::from_slice(
+            &(0..32 * 32)
+                .map(|i| ((i % 32) as f32 * 0.1).sin() + (i / 32) as f32 * 0.05)
+                .collect::<Vec<_>>(),
+        )
+        .reshape([1, 1, 32, 32]);
+        let back = rotate(&rotate(&smooth, 5.0, 0.0), -5.0, 0.0);
+        let centre = |t: &Tensor| t.narrow(2, 8, 16).narrow(3, 8, 16);
+        let err = (centre(&back) - centre(&smooth))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(err < 0.05, "rotate there and back differs by {err}");
+    }
+
+    /// Each view is mapped back to where it came from before averaging: flip TTA equals its
+    /// definition, the identity view alone equals plain G.
+    #[test]
+    fn tta_views_are_mapped_back() {
+        tch::manual_seed(2);
+        let vs = VarStore::new(Device::Cpu);
+        let g = tiny_generator(&vs);
+        let t = Translator {
+            generator: &g,
+            window: HuWindow::default(),
+            device: Device::Cpu,
+        };
+        let x = Tensor::randn([2, 1, 32, 32], (Kind::Float, Device::Cpu)).clamp(-1.0, 1.0);
+        // Flip only: the average of G(x) and flip(G(flip(x))).
+        let flip = tch::no_grad(|| t.forward_views(&x, &[View::Identity, View::FlipX]));
+        let expected = tch::no_grad(|| {
+            (g.forward_t(&x, false) + g.forward_t(&x.flip([3]), false).flip([3])) / 2.0
+        });
+        let err = (&flip - &expected).abs().max().double_value(&[]);
+        assert!(err < 1e-6, "flip TTA differs from its definition by {err}");
+        // The identity view alone is plain G.
+        let single = tch::no_grad(|| t.forward_views(&x, &[View::Identity]));
+        let plain = tch::no_grad(|| g.forward_t(&x, false));
+        assert!((single - plain).abs().max().double_value(&[]) < 1e-7);
+        // All views: output stays in G's range and differs from plain G (the views add information).
+        let all = tch::no_grad(|| t.forward_views(&x, &Tta::default().views()));
+        assert_eq!(all.size(), vec![2, 1, 32, 32]);
+        assert!(all.abs().max().double_value(&[]) <= 1.0 + 1e-5);
     }
 
     #[test]

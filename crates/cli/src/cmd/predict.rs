@@ -48,6 +48,10 @@ pub struct Args {
     /// DICOM input: the SeriesInstanceUID to use when the folder holds several series.
     #[arg(long, value_name = "UID")]
     series: Option<String>,
+    /// Test-time augmentation: average G over the identity, a left-right flip and rotations by
+    /// -5 and +5 degrees, each mapped back (4 forward passes per slice).
+    #[arg(long)]
+    tta: bool,
     /// Replace outputs that already exist.
     #[arg(long)]
     force: bool,
@@ -89,6 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let opts = PredictOptions {
         batch_size: args.batch_size,
         model_spacing_xy: args.model_spacing,
+        tta: args.tta.then(infer::predict::Tta::default),
     };
 
     for job in &jobs {

@@ -1,10 +1,200 @@
-//! `ncct2ctpa train` (not implemented yet).
+//! `ncct2ctpa train`: train RegGAN on a prepared dataset, or, with no `--data`, the built-in
+//! phantom demo (the README's first command).
+//!
+//! Configuration: `--config FILE.toml` over the defaults of `--preset` (or the file's
+//! `preset`), then the flags below. A new run goes into `--run` (which must not hold another
+//! run: that is an error, never an overwrite); `--resume` continues the run in `--run` from its
+//! latest checkpoint with the run's own config, exactly as if it had not stopped.
 
+use anyhow::{bail, Context};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use train::config::{Overrides, TrainConfig};
+use train::trainer::{scores_line, RunSpec};
+use train::validate::Scores;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Prepared dataset (from `ncct2ctpa prepare`). Without it: the built-in phantom demo
+    /// (generated once under --demo-data, then the tiny preset on the CPU).
+    #[arg(long, value_name = "PREPARED_DIR")]
+    data: Option<PathBuf>,
+    /// Training configuration (TOML; see configs/default.toml). Flags override it.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Run folder. Default: runs/demo (demo; runs/demo-2, ... if taken) or runs/train.
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
+    /// Continue the run in --run from checkpoints/latest, with its own config.
+    #[arg(long, requires = "run")]
+    resume: bool,
+    /// Model preset: default, tiny or reggan.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Total training steps (overrides schedule.steps and schedule.epochs).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Training length in epochs (passes over the training slices) instead of steps.
+    #[arg(long, conflicts_with = "steps")]
+    epochs: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Square crop side in pixels (a multiple of the networks' 2^depth).
+    #[arg(long)]
+    crop_size: Option<usize>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Learning rate of both optimizers.
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// libtorch CPU threads (0: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Train without the registration network R (the R-off arm of the RegGAN experiment).
+    #[arg(long)]
+    no_registration: bool,
+    /// Validate (and redraw curves.png) every N steps.
+    #[arg(long)]
+    val_every: Option<u64>,
+    /// Save checkpoints/latest every N steps.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Write a sample grid every N steps.
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Log training metrics every N steps.
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Where the demo keeps its phantom dataset (raw/ and prepared/).
+    #[arg(long, value_name = "DIR", default_value = "data/phantom-demo")]
+    demo_data: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`train` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let demo = args.data.is_none();
+    let overrides = Overrides {
+        preset: args.preset.clone(),
+        steps: args.steps,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        crop_size: args.crop_size,
+        device: args.device.clone(),
+        lr: args.lr,
+        seed: args.seed,
+        threads: args.threads,
+        registration: args.no_registration.then_some(false),
+        val_every: args.val_every,
+        checkpoint_every: args.checkpoint_every,
+        sample_every: args.sample_every,
+        log_every: args.log_every,
+        progress: Some(!args.no_progress && std::io::stderr().is_terminal()),
+    };
+    if args.resume && has_model_overrides(&overrides) {
+        bail!(
+            "--resume continues a run with its own config.toml; flags that change training \
+             (--preset, --steps, --lr, ...) cannot be combined with it"
+        );
+    }
+    let mut cfg = match (&args.config, demo) {
+        (Some(path), _) => TrainConfig::load(path, if demo { "tiny" } else { "default" })?,
+        (None, true) => train::demo::train_config()?,
+        (None, false) => TrainConfig::with_preset("default")?,
+    };
+    cfg.apply(&overrides)?;
+
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => {
+            eprintln!("ncct2ctpa train: no --data given, running the built-in phantom demo");
+            train::demo::ensure_dataset(&args.demo_data, &|s| eprintln!("  {s}"))?
+        }
+    };
+    let run = match (&args.run, demo) {
+        (Some(r), _) => r.clone(),
+        (None, true) => train::run_dir::next_free(&PathBuf::from("runs/demo")),
+        (None, false) => train::run_dir::next_free(&PathBuf::from("runs/train")),
+    };
+    eprintln!(
+        "{} run {} ...",
+        if args.resume {
+            "resuming"
+        } else {
+            "training into"
+        },
+        run.display()
+    );
+    let spec = RunSpec {
+        data,
+        run,
+        resume: args.resume,
+    };
+    let outcome =
+        train::train(cfg, &spec).with_context(|| format!("training run {}", spec.run.display()))?;
+
+    println!("{}", summary_table(&outcome.last, &outcome.baseline));
+    println!(
+        "run {}: {} steps on {} in {:.1} s{}",
+        outcome.run.display(),
+        outcome.steps,
+        outcome.device,
+        outcome.wall.as_secs_f64(),
+        outcome
+            .best
+            .as_ref()
+            .map(|b| format!("; best {} {:.2} at step {}", b.metric, b.value, b.step))
+            .unwrap_or_default()
+    );
+    println!(
+        "  final validation: {}",
+        scores_line(&outcome.last, &outcome.baseline)
+    );
+    println!(
+        "  look at {0}/samples/, {0}/curves.png; checkpoints in {0}/checkpoints/",
+        outcome.run.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn has_model_overrides(o: &Overrides) -> bool {
+    o.preset.is_some()
+        || o.steps.is_some()
+        || o.epochs.is_some()
+        || o.batch_size.is_some()
+        || o.crop_size.is_some()
+        || o.lr.is_some()
+        || o.seed.is_some()
+        || o.registration.is_some()
+}
+
+/// The final table: model vs the NCCT-as-prediction baseline, per metric and region.
+fn summary_table(model: &Scores, base: &Scores) -> String {
+    let rows = [
+        ("MAE body (HU)", model.mae_body, base.mae_body, false),
+        ("MAE lung (HU)", model.mae_lung, base.mae_lung, false),
+        ("PSNR body (dB)", model.psnr_body, base.psnr_body, true),
+        ("PSNR lung (dB)", model.psnr_lung, base.psnr_lung, true),
+        ("SSIM body", model.ssim_body, base.ssim_body, true),
+        ("SSIM lung", model.ssim_lung, base.ssim_lung, true),
+    ];
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.4}"));
+    let mut out = format!(
+        "{:<16} {:>12} {:>12}  {}\n",
+        "validation", "model", "NCCT", "better"
+    );
+    for (name, m, b, higher) in rows {
+        let better = match (m, b) {
+            (Some(m), Some(b)) if (higher && m > b) || (!higher && m < b) => "model",
+            (Some(_), Some(_)) => "NCCT",
+            _ => "-",
+        };
+        out.push_str(&format!("{name:<16} {:>12} {:>12}  {better}\n", f(m), f(b)));
+    }
+    out
 }

@@ -19,7 +19,8 @@ The step (identical to train::step::train_step, in its order):
      computation as crates/model/src/ssim.rs); every loss term and the flow statistics are read
      back to the host (`.item()`) before backward, as ours does to check them for NaN;
      Adam(lr 1e-4, betas (0.5, 0.999)) over G and R.
-  2. D on real vs the detached fake: loss_D = LSGAN_D(D(y), D(fake)); its own Adam.
+  2. D on real vs the detached fake, in one pass over cat([y, fake]):
+     loss_D = LSGAN_D(D(y), D(fake)); its own Adam.
 Inference: G in eval mode under no_grad, batches of slices normalised from HU and mapped
 back, as infer::predict::Translator does.
 
@@ -166,8 +167,10 @@ class Step:
         # 2. D on real vs the detached fake
         self.opt_d.zero_grad()
         fake = fake.detach()
-        d_real = self.d(self.d.input(y, x))
-        d_fake = self.d(self.d.input(fake, x))
+        # real and fake in one D pass (one power iteration), as train_step does
+        n = y.shape[0]
+        d_out = self.d(torch.cat([self.d.input(y, x), self.d.input(fake, x)], 0))
+        d_real, d_fake = d_out[:n], d_out[n:]
         loss_d = (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake))) \
             * LOSS["adversarial_weight"]
         stats["loss_d"] = loss_d.item()

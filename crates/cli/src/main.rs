@@ -36,6 +36,8 @@ enum Command {
     Predict(cmd::predict::Args),
     /// Score predictions against targets (MAE, PSNR, SSIM in HU, inside masks).
     Evaluate(cmd::evaluate::Args),
+    /// Benchmark training, inference, data loading and memory, side by side with PyTorch.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,5 +65,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Train(args) => cmd::train::run(args),
         Command::Predict(args) => cmd::predict::run(args),
         Command::Evaluate(args) => cmd::evaluate::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     }
 }

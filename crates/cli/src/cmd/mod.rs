@@ -1,5 +1,6 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
+pub mod bench;
 pub mod convert;
 pub mod evaluate;
 pub mod info;

@@ -1,0 +1,356 @@
+//! `ncct2ctpa bench`: how fast ncct2ctpa trains, infers and loads data, and how that compares
+//! with the same model and step in PyTorch, measured in one run on one machine.
+//!
+//! For each configuration (preset, crop size, batch) the Rust side measures
+//! 1. the training step (`train::step::train_step`): median, p10, p90 of `steps` steps after
+//!    `warmup`, and its parts ([`step::PARTS`]) from a timed mirror of the step that is tested
+//!    to compute the same thing;
+//! 2. FLOPs of the step from the architecture ([`model::flops`]) and the achieved FLOP/s;
+//! 3. inference through `infer::predict::Translator` on a few 512x512 slices, extrapolated to a
+//!    512x512x300 volume;
+//! 4. data loading from a prepared store with augmentation, alone and while training runs;
+//! 5. peak resident memory of each phase ([`memory`]).
+//!
+//! With a Python that has PyTorch, it then runs `tools/pytorch_twin/bench.py` with the same
+//! preset, sizes, thread count, step counts and *initial weights* (ours, saved to a temporary
+//! folder), and reports ours / PyTorch. Both first steps start from the same weights and batch,
+//! so their losses must agree: the table prints them as a check that the two sides compute the
+//! same thing.
+
+pub mod data;
+pub mod infer;
+pub mod memory;
+pub mod pytorch;
+pub mod report;
+pub mod stats;
+pub mod step;
+pub mod workload;
+
+use anyhow::Context;
+use dataset::manifest::HuWindow;
+use model::flops::{generator_forward_flops, step_flops};
+use report::{BenchReport, ConfigReport, REPORT_SCHEMA};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tch::Device;
+use train::config::TrainConfig;
+use train::nets::Nets;
+
+/// One benchmark configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchConfig {
+    pub preset: String,
+    pub size: usize,
+    pub batch: usize,
+}
+
+impl std::str::FromStr for BenchConfig {
+    type Err = String;
+
+    /// `PRESET:SIZE:BATCH`, e.g. `tiny:128:4`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [preset, size, batch] = parts.as_slice() else {
+            return Err(format!(
+                "{s:?}: expected PRESET:SIZE:BATCH, e.g. tiny:128:4"
+            ));
+        };
+        let num = |v: &str, what: &str| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{s:?}: {what} must be a positive integer, got {v:?}"))
+        };
+        model::config::ModelConfig::preset(preset).map_err(|e| e.to_string())?;
+        Ok(Self {
+            preset: (*preset).to_owned(),
+            size: num(size, "SIZE")?,
+            batch: num(batch, "BATCH")?,
+        })
+    }
+}
+
+/// Where the PyTorch side comes from.
+#[derive(Debug, Clone)]
+pub struct TorchSide {
+    pub python: PathBuf,
+    pub script: PathBuf,
+}
+
+/// Everything `ncct2ctpa bench` takes.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub configs: Vec<BenchConfig>,
+    pub steps: usize,
+    pub warmup: usize,
+    /// Intra-op threads on both sides.
+    pub threads: usize,
+    pub device: Device,
+    /// 512 in the report's figures.
+    pub infer_size: usize,
+    /// Slices actually run (0 skips inference).
+    pub infer_slices: usize,
+    pub infer_batch: usize,
+    /// Prepared dataset for data loading; `None` builds a 2-case phantom in a temporary folder.
+    pub data: Option<PathBuf>,
+    /// Skip data loading.
+    pub no_data: bool,
+    pub loader_threads: usize,
+    /// Batches for the loading-alone figure.
+    pub data_batches: u64,
+    pub torch: Option<TorchSide>,
+}
+
+/// Runs the benchmark. `progress` receives one line per phase.
+pub fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> anyhow::Result<BenchReport> {
+    tch::set_num_threads(opts.threads as i32);
+    let tmp = tempfile::tempdir().context("creating a temporary folder")?;
+    let store = if opts.no_data {
+        None
+    } else {
+        let root = match &opts.data {
+            Some(p) => p.clone(),
+            None => {
+                progress("building a 2-case phantom store for the data-loading figures");
+                data::phantom_store(tmp.path(), 2)?
+            }
+        };
+        Some(data::Store::open(&root)?)
+    };
+    let mut configs = Vec::new();
+    for c in &opts.configs {
+        configs.push(run_config(opts, c, store.as_ref(), tmp.path(), progress)?);
+    }
+    Ok(BenchReport {
+        schema: REPORT_SCHEMA,
+        device: format!("{:?}", opts.device),
+        threads: opts.threads,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average: load_average(),
+        configs,
+        pytorch_skipped: match &opts.torch {
+            Some(_) => None,
+            None => Some("no --pytorch PYTHON (or NCCT2CTPA_PYTHON) given".into()),
+        },
+    })
+}
+
+fn run_config(
+    opts: &BenchOptions,
+    c: &BenchConfig,
+    store: Option<&data::Store>,
+    tmp: &std::path::Path,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<ConfigReport> {
+    let label = format!("{}:{}:{}", c.preset, c.size, c.batch);
+    let mut cfg = TrainConfig::with_preset(&c.preset)?;
+    cfg.data.batch_size = c.batch;
+    cfg.data.crop_size = c.size;
+    cfg.threads = opts.threads;
+    let multiple = cfg.model.size_multiple() as usize;
+    anyhow::ensure!(
+        c.size % multiple == 0,
+        "{label}: the crop size must be a multiple of {multiple} for preset {}",
+        c.preset
+    );
+    let device = opts.device;
+    let mut nets = Nets::new(&cfg, device);
+    let mut optims = nets.optimizers(&cfg)?;
+    let init = tmp.join(format!("init-{}-{}-{}", c.preset, c.size, c.batch));
+    std::fs::create_dir_all(&init)?;
+    nets.save(&init)
+        .context("saving the initial weights for the PyTorch side")?;
+    let batch = workload::synthetic_batch(c.batch, c.size, device)?;
+    let mut memory = BTreeMap::new();
+
+    // 1. the whole step
+    progress(&format!(
+        "{label}: {} training steps after {} warm-up",
+        opts.steps, opts.warmup
+    ));
+    let (timed, mem) = memory::measure(|| {
+        step::time_train_steps(
+            &mut nets,
+            &mut optims,
+            &batch,
+            &cfg,
+            opts.warmup,
+            opts.steps,
+            device,
+        )
+    });
+    let (step_summary, first) = timed?;
+    if let Some(m) = mem {
+        memory.insert("step".to_owned(), m);
+    }
+
+    // 2. its parts
+    progress(&format!("{label}: the step's parts"));
+    let parts = step::time_parts(
+        &mut nets,
+        &mut optims,
+        &batch,
+        &cfg,
+        1,
+        opts.steps,
+        (opts.warmup + opts.steps) as u64 + 1,
+    )?;
+    let flops = step_flops(
+        &cfg.model,
+        true,
+        c.batch as u64,
+        c.size as u64,
+        c.size as u64,
+    );
+
+    // 3. inference
+    let window = HuWindow::default();
+    let infer = if opts.infer_slices > 0 {
+        progress(&format!(
+            "{label}: inference on {} slices of {}x{}",
+            opts.infer_slices, opts.infer_size, opts.infer_size
+        ));
+        let (r, mem) = memory::measure(|| {
+            infer::measure(
+                &nets.g,
+                window,
+                device,
+                opts.infer_size,
+                opts.infer_slices,
+                opts.infer_batch,
+            )
+        });
+        if let Some(m) = mem {
+            memory.insert("infer".to_owned(), m);
+        }
+        Some(r?)
+    } else {
+        None
+    };
+    let infer_g_flops = infer.as_ref().map(|_| {
+        generator_forward_flops(
+            &cfg.model.generator,
+            1,
+            opts.infer_size as u64,
+            opts.infer_size as u64,
+        )
+    });
+
+    // 4. data loading
+    let data = match store {
+        Some(store) => {
+            progress(&format!("{label}: data loading"));
+            let (r, mem) = memory::measure(|| {
+                data::measure(
+                    store,
+                    c.size,
+                    c.batch,
+                    opts.loader_threads,
+                    opts.data_batches,
+                    opts.steps.max(2),
+                    step_summary.median,
+                    |k| {
+                        let t0 = std::time::Instant::now();
+                        train::step::train_step(
+                            &mut nets,
+                            &mut optims,
+                            &batch,
+                            &cfg,
+                            10_000 + k as u64,
+                            1.0,
+                            false,
+                        )?;
+                        step::sync(device);
+                        Ok(t0.elapsed().as_secs_f64())
+                    },
+                )
+            });
+            if let Some(m) = mem {
+                memory.insert("data".to_owned(), m);
+            }
+            Some(r?)
+        }
+        None => None,
+    };
+
+    // 5. PyTorch
+    let pytorch = match &opts.torch {
+        Some(t) => {
+            progress(&format!(
+                "{label}: the PyTorch side ({})",
+                t.python.display()
+            ));
+            Some(pytorch::run(&pytorch::TorchArgs {
+                python: &t.python,
+                script: &t.script,
+                preset: &c.preset,
+                size: c.size,
+                batch: c.batch,
+                threads: opts.threads,
+                steps: opts.steps,
+                warmup: opts.warmup,
+                init: &init,
+                infer_size: opts.infer_size,
+                infer_slices: opts.infer_slices,
+                infer_batch: opts.infer_batch,
+                window: (window.min, window.max),
+            })?)
+        }
+        None => None,
+    };
+    Ok(ConfigReport {
+        preset: c.preset.clone(),
+        size: c.size,
+        batch: c.batch,
+        steps: opts.steps,
+        warmup: opts.warmup,
+        achieved_flops_per_s: flops.total as f64 / step_summary.median,
+        step: step_summary,
+        parts,
+        first_loss_g: first.loss_g,
+        first_loss_d: first.loss_d,
+        flops,
+        infer,
+        infer_g_flops,
+        data,
+        memory,
+        pytorch,
+    })
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_configs() {
+        let c: BenchConfig = "tiny:128:4".parse().unwrap();
+        assert_eq!(
+            c,
+            BenchConfig {
+                preset: "tiny".into(),
+                size: 128,
+                batch: 4
+            }
+        );
+        assert!("tiny:128".parse::<BenchConfig>().is_err());
+        assert!("huge:128:4"
+            .parse::<BenchConfig>()
+            .unwrap_err()
+            .contains("unknown model preset"));
+        assert!("tiny:0:4"
+            .parse::<BenchConfig>()
+            .unwrap_err()
+            .contains("SIZE"));
+    }
+}

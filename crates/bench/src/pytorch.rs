@@ -1,0 +1,174 @@
+//! The PyTorch side: runs `tools/pytorch_twin/bench.py` with the Rust side's settings and reads
+//! the JSON it prints.
+
+use crate::memory::PhaseMemory;
+use crate::stats::Summary;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The `schema` this reader understands.
+pub const SCHEMA: u32 = 1;
+
+/// What `bench.py` prints (see its docstring).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TorchReport {
+    pub schema: u32,
+    pub torch: String,
+    pub threads: usize,
+    pub preset: String,
+    pub size: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub step: Summary,
+    /// Losses and statistics of the first step (from the same initial weights as ours).
+    pub first_step: BTreeMap<String, f64>,
+    pub infer: Option<TorchInfer>,
+    pub flops: TorchFlops,
+    pub memory: BTreeMap<String, PhaseMemory>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TorchInfer {
+    pub size: usize,
+    pub slices: usize,
+    pub batch: usize,
+    pub seconds: f64,
+    pub slices_per_s: f64,
+}
+
+/// FLOPs counted by `torch.utils.flop_counter.FlopCounterMode`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TorchFlops {
+    pub step: Option<u64>,
+    pub g_forward_infer: Option<u64>,
+}
+
+/// Parses `bench.py`'s output: the last line that is a JSON object (warnings may precede it).
+pub fn parse(stdout: &str) -> anyhow::Result<TorchReport> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("bench.py printed no JSON object"))?;
+    let report: TorchReport =
+        serde_json::from_str(line).context("bench.py's JSON does not match the expected schema")?;
+    anyhow::ensure!(
+        report.schema == SCHEMA,
+        "bench.py wrote schema {}, this binary reads schema {SCHEMA}",
+        report.schema
+    );
+    Ok(report)
+}
+
+/// The settings passed to `bench.py`.
+#[derive(Debug, Clone)]
+pub struct TorchArgs<'a> {
+    pub python: &'a Path,
+    pub script: &'a Path,
+    pub preset: &'a str,
+    pub size: usize,
+    pub batch: usize,
+    pub threads: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    /// Folder with our initial weights (`Nets::save`).
+    pub init: &'a Path,
+    pub infer_size: usize,
+    pub infer_slices: usize,
+    pub infer_batch: usize,
+    pub window: (f32, f32),
+}
+
+/// Runs `bench.py` and parses its report.
+pub fn run(a: &TorchArgs) -> anyhow::Result<TorchReport> {
+    let mut cmd = Command::new(a.python);
+    cmd.arg(a.script)
+        .args(["--preset", a.preset])
+        .args(["--size", &a.size.to_string()])
+        .args(["--batch", &a.batch.to_string()])
+        .args(["--threads", &a.threads.to_string()])
+        .args(["--steps", &a.steps.to_string()])
+        .args(["--warmup", &a.warmup.to_string()])
+        .arg("--init")
+        .arg(a.init)
+        .args(["--infer-size", &a.infer_size.to_string()])
+        .args(["--infer-slices", &a.infer_slices.to_string()])
+        .args(["--infer-batch", &a.infer_batch.to_string()])
+        .arg("--window")
+        .args([a.window.0.to_string(), a.window.1.to_string()])
+        // the same thread count for every pool torch may use
+        .env("OMP_NUM_THREADS", a.threads.to_string())
+        .env("MKL_NUM_THREADS", a.threads.to_string());
+    tracing::debug!(?cmd, "running the PyTorch side");
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {} {}", a.python.display(), a.script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+        anyhow::bail!(
+            "{} failed ({}):\n{}",
+            a.script.display(),
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    parse(&stdout)
+}
+
+/// Where `bench.py` is: `NCCT2CTPA_BENCH_SCRIPT`, else `tools/pytorch_twin/bench.py` under the
+/// current folder, else under the source tree this binary was built from.
+pub fn default_script() -> PathBuf {
+    if let Some(p) = std::env::var_os("NCCT2CTPA_BENCH_SCRIPT") {
+        return PathBuf::from(p);
+    }
+    let rel = Path::new("tools/pytorch_twin/bench.py");
+    if rel.is_file() {
+        return rel.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/pytorch_twin/bench.py")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report captured from `bench.py` (tiny, 64 px, batch 2) parses, after a warning line.
+    #[test]
+    fn parses_a_captured_report() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/bench_py_sample.json"
+        ))
+        .unwrap();
+        let r = parse(&format!("UserWarning: something\n{text}")).unwrap();
+        assert_eq!(
+            (r.preset.as_str(), r.size, r.batch, r.threads),
+            ("tiny", 64, 2, 2)
+        );
+        assert_eq!(r.step.samples.len(), r.steps);
+        assert!(r.step.p10 <= r.step.median && r.step.median <= r.step.p90);
+        assert!(r.first_step["loss_g"].is_finite());
+        assert!(r.flops.step.unwrap() > 0);
+        assert!(r.memory["step"].peak_mb >= r.memory["step"].base_mb);
+        assert!(r.infer.as_ref().unwrap().slices_per_s > 0.0);
+    }
+
+    #[test]
+    fn rejects_other_schemas_and_garbage() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/bench_py_sample.json"
+        ))
+        .unwrap();
+        let other = text.replacen("\"schema\": 1", "\"schema\": 99", 1);
+        assert!(parse(&other).unwrap_err().to_string().contains("schema 99"));
+        assert!(parse("Traceback (most recent call last):\n").is_err());
+        assert!(parse("{\"schema\": 1}").is_err());
+    }
+}

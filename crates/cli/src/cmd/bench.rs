@@ -1,0 +1,107 @@
+//! `ncct2ctpa bench`: training step, inference, data loading, memory and FLOPs, ours and (with
+//! `--pytorch`) PyTorch's side by side. The logic lives in the `bench` crate.
+
+use anyhow::Context;
+use bench::{BenchConfig, BenchOptions, TorchSide};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configurations to measure, PRESET:SIZE:BATCH (repeatable).
+    #[arg(long = "config", value_name = "PRESET:SIZE:BATCH",
+          default_values = ["tiny:128:4", "default:256:1"])]
+    configs: Vec<BenchConfig>,
+    /// Timed training steps per configuration (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Intra-op threads, the same on both sides (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Device of the Rust side: cpu, cuda, cuda:N or auto (PyTorch's side runs on the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Slices run through inference at --infer-size (0 skips it); the 512x512x300 figure is
+    /// extrapolated from them.
+    #[arg(long, default_value_t = 4)]
+    infer_slices: usize,
+    /// Side of the inference slices.
+    #[arg(long, default_value_t = 512)]
+    infer_size: usize,
+    /// Slices per inference forward pass.
+    #[arg(long, default_value_t = 4)]
+    infer_batch: usize,
+    /// Prepared dataset for the data-loading figures (default: a 2-case phantom built in a
+    /// temporary folder).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Skip the data-loading figures.
+    #[arg(long)]
+    no_data: bool,
+    /// Data-loader threads.
+    #[arg(long, default_value_t = 2)]
+    loader_threads: usize,
+    /// Batches loaded for the loading-alone figure.
+    #[arg(long, default_value_t = 20)]
+    data_batches: u64,
+    /// A Python with PyTorch 2.13 (e.g. .venv-bench/bin/python): runs the PyTorch twin too.
+    #[arg(long, env = "NCCT2CTPA_PYTHON", value_name = "PYTHON")]
+    pytorch: Option<PathBuf>,
+    /// The PyTorch side's script (default: tools/pytorch_twin/bench.py).
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench.json")]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
+    let device = model::device::select(&args.device)?;
+    let torch = match args.pytorch {
+        Some(python) => {
+            let script = args.script.unwrap_or_else(bench::pytorch::default_script);
+            anyhow::ensure!(
+                script.is_file(),
+                "{}: the PyTorch benchmark script is missing (pass --script)",
+                script.display()
+            );
+            Some(TorchSide { python, script })
+        }
+        None => None,
+    };
+    if let Some(load) = bench::load_average() {
+        if load > threads as f64 * 0.5 {
+            tracing::warn!("load average {load:.2}: other processes compete for the cores; figures will be noisy");
+        }
+    }
+    let opts = BenchOptions {
+        configs: args.configs,
+        steps: args.steps,
+        warmup: args.warmup,
+        threads,
+        device,
+        infer_size: args.infer_size,
+        infer_slices: args.infer_slices,
+        infer_batch: args.infer_batch,
+        data: args.data,
+        no_data: args.no_data,
+        loader_threads: args.loader_threads,
+        data_batches: args.data_batches,
+        torch,
+    };
+    let report = bench::run(&opts, &|line| tracing::info!("{line}"))?;
+    print!("{}", report.table());
+    report
+        .write_json(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    tracing::info!("wrote {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -40,8 +40,11 @@ fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
+/// Rows, columns and orientation (in units of 1e-4).
+type FrameKey = (usize, usize, [i64; 6]);
+
 /// The key that slices of one volume share: size and orientation (rounded to 1e-4).
-fn frame_key(s: &SliceHeader) -> (usize, usize, [i64; 6]) {
+fn frame_key(s: &SliceHeader) -> FrameKey {
     let o = s.orientation.unwrap_or_default();
     (s.rows, s.columns, o.map(|v| (v * 1e4).round() as i64))
 }
@@ -80,7 +83,7 @@ pub fn assemble(dir: &Path, series_uid: &str, headers: Vec<SliceHeader>) -> Resu
 
     // Keep the slices sharing the majority size + orientation; a clear majority lets us drop
     // stray outliers (e.g. a reformat in the same series), a tie is an inconsistent series.
-    let mut counts: Vec<((usize, usize, [i64; 6]), usize)> = Vec::new();
+    let mut counts: Vec<(FrameKey, usize)> = Vec::new();
     for s in &slices {
         let k = frame_key(s);
         match counts.iter_mut().find(|(key, _)| *key == k) {
@@ -88,7 +91,7 @@ pub fn assemble(dir: &Path, series_uid: &str, headers: Vec<SliceHeader>) -> Resu
             None => counts.push((k, 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     if counts.len() > 1 {
         if counts[0].1 == counts[1].1 {
             let (r0, c0, _) = counts[0].0;

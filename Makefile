@@ -22,3 +22,7 @@ lint: setup
 
 fmt:
 	$(CARGO) fmt --all
+
+# Benchmark ours vs the PyTorch twin (NCCT2CTPA_PYTHON=a python with torch 2.13; see README).
+bench: build
+	./target/release/ncct2ctpa bench --out bench.json

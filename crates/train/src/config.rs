@@ -79,22 +79,13 @@ impl Default for TrainConfig {
 }
 
 /// One Adam for G and R together (they are updated by one loss), one for D.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
     /// Adam of G + R. Default: lr 1e-4, betas (0.5, 0.999), eps 1e-8 (RegGAN).
     pub generator: AdamConfig,
     /// Adam of D. Default: as for G.
     pub discriminator: AdamConfig,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self {
-            generator: AdamConfig::default(),
-            discriminator: AdamConfig::default(),
-        }
-    }
 }
 
 /// How batches are made.
@@ -386,7 +377,7 @@ impl TrainConfig {
             bail!("data.batch_size must be at least 1");
         }
         let multiple = self.size_multiple();
-        if d.crop_size == 0 || d.crop_size % multiple != 0 {
+        if d.crop_size == 0 || !d.crop_size.is_multiple_of(multiple) {
             bail!(
                 "data.crop_size = {} must be a positive multiple of {multiple} (2^depth of the \
                  model's UNets)",

@@ -138,7 +138,7 @@ pub fn synthetic_dataset(root: &Path, cases: usize) -> anyhow::Result<PathBuf> {
     let chest = |contrast: f32, shift: usize| -> anyhow::Result<Volume> {
         let data = Array3::from_shape_fn((6, 32, 40), |(_z, y, x)| {
             let (fy, fx) = ((y as f32 - 15.5) / 14.0, (x as f32 - 19.5) / 19.0);
-            let vessel = (x + shift) % 5 == 0 && (y + shift) % 4 < 2;
+            let vessel = (x + shift).is_multiple_of(5) && (y + shift) % 4 < 2;
             if fy * fy + fx * fx >= 1.0 {
                 -1000.0
             } else if in_lung(y, x) && vessel {

@@ -166,10 +166,10 @@ pub fn train_step(
     let adv_g = generator_adversarial(loss_cfg.adversarial, &d_fake_for_g);
     let mut loss_g = &recon.total + &adv_g * loss_cfg.adversarial_weight;
     if let Some(s) = &smooth {
-        loss_g = loss_g + s * loss_cfg.smoothness_weight;
+        loss_g += s * loss_cfg.smoothness_weight;
     }
     if cfg.debug.inject_nan_at_step == Some(step) {
-        loss_g = loss_g * f64::NAN;
+        loss_g *= f64::NAN;
     }
     stats.l1 = check("l1", &recon.l1)?;
     stats.ssim = check("ssim", &recon.ssim)?;

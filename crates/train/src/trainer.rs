@@ -221,7 +221,7 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
         // The first batch always waits for the loader to start.
         if step > start + 1 && loader.last_wait() > warn_after {
             starved += 1;
-            if starved == 1 || starved % 100 == 0 {
+            if starved == 1 || starved.is_multiple_of(100) {
                 tracing::warn!(
                     "step {step} waited {:.0} ms for its batch ({starved} starved steps so far): \
                      the data loader is slower than training; raise data.loader_threads",
@@ -374,7 +374,7 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
 
 /// Whether a periodic event with interval `every` falls on `step` (the last step always).
 fn is_due(step: u64, every: u64, total: u64) -> bool {
-    step == total || (every > 0 && step % every == 0)
+    step == total || (every > 0 && step.is_multiple_of(every))
 }
 
 fn progress_bar(cfg: &TrainConfig, start: u64, total: u64) -> ProgressBar {

@@ -186,7 +186,7 @@ impl Validator {
                 (z0..z1).map(|z| ncct.slice(s![z, .., ..])).collect();
             let x = self.to_tensor(&slices, device)?;
             let fake = nets.g.forward_t(&x, false);
-            let hu = self.from_tensor(&fake, ny, nx)?;
+            let hu = self.to_hu(&fake, ny, nx)?;
             out.slice_mut(s![z0..z1, .., ..])
                 .assign(&hu.slice(s![.., 0, .., ..]));
             z0 = z1;
@@ -208,7 +208,7 @@ impl Validator {
     }
 
     /// `[n, c, H', W']` network output -> `[n, c, ny, nx]` HU, cropped.
-    fn from_tensor(&self, t: &Tensor, ny: usize, nx: usize) -> anyhow::Result<Array4<f32>> {
+    fn to_hu(&self, t: &Tensor, ny: usize, nx: usize) -> anyhow::Result<Array4<f32>> {
         let a = tensor_to_array(t)?;
         let w = self.window;
         Ok(a.slice(s![.., .., ..ny, ..nx]).mapv(|v| w.denormalize(v)))
@@ -250,8 +250,8 @@ impl Validator {
             }
             None => (fake.shallow_clone(), None),
         };
-        let fake_hu = self.from_tensor(&fake, ny, nx)?;
-        let reg_hu = self.from_tensor(&registered, ny, nx)?;
+        let fake_hu = self.to_hu(&fake, ny, nx)?;
+        let reg_hu = self.to_hu(&registered, ny, nx)?;
 
         let (tile_w, tile_h, label_h) = (nx, ny, 14usize);
         let titles = [

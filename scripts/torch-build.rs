@@ -26,7 +26,9 @@ fn main() {
     }
     if link_cuda(&torch) {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-        println!("cargo:warning=linking libtorch_cuda: the binaries will use CUDA when a GPU is present");
+        println!(
+            "cargo:warning=linking libtorch_cuda: the binaries will use CUDA when a GPU is present"
+        );
     }
 }
 
@@ -51,7 +53,9 @@ fn link_cuda(torch: &Path) -> bool {
     nvidia_lib_dirs(&site.join("nvidia")).iter().any(|dir| {
         std::fs::read_dir(dir)
             .map(|entries| {
-                entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcudnn.so"))
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("libcudnn.so"))
             })
             .unwrap_or(false)
     })

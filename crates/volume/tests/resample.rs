@@ -179,10 +179,10 @@ fn matches_simpleitk_resample_with_euler3d_transform() {
 
     // The Euler convention: same matrix and same mapped points as ITK.
     let m = t.matrix();
-    for r in 0..3 {
-        for c in 0..3 {
+    for (r, row) in m.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
             assert!(
-                (m[r][c] - gt.matrix[3 * r + c]).abs() < 1e-12,
+                (v - gt.matrix[3 * r + c]).abs() < 1e-12,
                 "matrix [{r}][{c}]"
             );
         }

@@ -247,10 +247,10 @@ pub fn ncc(
                         dm[a] = gp[0] * dq[0] + gp[1] * dq[1] + gp[2] * dq[2];
                     }
                     dm[3..].copy_from_slice(&gp);
-                    for k in 0..6 {
-                        s.a[k] += f * dm[k];
-                        s.b[k] += dm[k];
-                        s.c[k] += m * dm[k];
+                    for (k, &d) in dm.iter().enumerate() {
+                        s.a[k] += f * d;
+                        s.b[k] += d;
+                        s.c[k] += m * d;
                     }
                 }
             }
@@ -276,10 +276,10 @@ pub fn ncc(
     let value = cov / denom;
     let mut grad = [0.0; 6];
     if with_gradient {
-        for k in 0..6 {
+        for (k, g) in grad.iter_mut().enumerate() {
             let dcov = t.a[k] - mf * t.b[k];
             let dvm_half = t.c[k] - mm * t.b[k];
-            grad[k] = (dcov - cov / vm * dvm_half) / denom;
+            *g = (dcov - cov / vm * dvm_half) / denom;
         }
     }
     (value, grad, used)
@@ -310,7 +310,7 @@ mod tests {
         assert!((val - 1.0).abs() < 1e-9, "{val}");
         let t = Rigid3::new(center, [0.03, -0.02, 0.05], [1.1, -0.7, 0.4]);
         let (_, grad, _) = ncc(&samples, &v, &t, true);
-        for k in 0..6 {
+        for (k, &gk) in grad.iter().enumerate() {
             let h = if k < 3 { 1e-5 } else { 1e-4 };
             let (mut tp, mut tm) = (t, t);
             if k < 3 {
@@ -323,9 +323,8 @@ mod tests {
             let fd =
                 (ncc(&samples, &v, &tp, false).0 - ncc(&samples, &v, &tm, false).0) / (2.0 * h);
             assert!(
-                (fd - grad[k]).abs() < 1e-3 * fd.abs().max(1e-2),
-                "param {k}: analytic {} vs finite difference {fd}",
-                grad[k]
+                (fd - gk).abs() < 1e-3 * fd.abs().max(1e-2),
+                "param {k}: analytic {gk} vs finite difference {fd}"
             );
         }
     }

@@ -133,10 +133,9 @@ impl RigidConfig {
                 self.shrink_factors.len()
             ));
         }
-        if !(self.initial_step_mm > 0.0 && self.min_step_mm > 0.0)
-            || !(self.relaxation > 0.0 && self.relaxation < 1.0)
-            || self.max_samples < 8
-        {
+        let positive = self.initial_step_mm > 0.0 && self.min_step_mm > 0.0;
+        let relaxation_ok = self.relaxation > 0.0 && self.relaxation < 1.0;
+        if !positive || !relaxation_ok || self.max_samples < 8 {
             return bad(format!(
                 "steps must be positive, relaxation in (0, 1) and max_samples >= 8 (got step {}, min step {}, relaxation {}, samples {})",
                 self.initial_step_mm, self.min_step_mm, self.relaxation, self.max_samples

@@ -153,18 +153,37 @@ fn produce(
     Ok((done.load(Ordering::Relaxed), t0.elapsed().as_secs_f64()))
 }
 
-/// Loading throughput alone (`batches` batches) and while `train(k)` runs `steps` training
-/// steps on this thread (returning each step's seconds).
+/// What to load in [`measure`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSpec {
+    /// Crop side, pixels.
+    pub crop: usize,
+    /// Slices per batch.
+    pub batch: usize,
+    /// Loader threads.
+    pub workers: usize,
+    /// Batches for the loading-alone figure.
+    pub batches: u64,
+    /// Training steps run while loading.
+    pub steps: usize,
+}
+
+/// Loading throughput alone (`spec.batches` batches) and while `train(k)` runs `spec.steps`
+/// training steps on this thread (returning each step's seconds); `step_alone_s` is the
+/// step's median without the loader.
 pub fn measure(
     store: &Store,
-    crop: usize,
-    batch: usize,
-    workers: usize,
-    batches: u64,
-    steps: usize,
+    spec: &LoadSpec,
     step_alone_s: f64,
     mut train: impl FnMut(usize) -> anyhow::Result<f64>,
 ) -> anyhow::Result<DataReport> {
+    let LoadSpec {
+        crop,
+        batch,
+        workers,
+        batches,
+        steps,
+    } = *spec;
     let sampler = store.sampler(crop, batch)?;
     let never = AtomicBool::new(false);
     // warm the page cache and the allocator

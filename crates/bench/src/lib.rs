@@ -149,7 +149,7 @@ fn run_config(
     cfg.threads = opts.threads;
     let multiple = cfg.model.size_multiple() as usize;
     anyhow::ensure!(
-        c.size % multiple == 0,
+        c.size.is_multiple_of(multiple),
         "{label}: the crop size must be a multiple of {multiple} for preset {}",
         c.preset
     );
@@ -243,11 +243,13 @@ fn run_config(
             let (r, mem) = memory::measure(|| {
                 data::measure(
                     store,
-                    c.size,
-                    c.batch,
-                    opts.loader_threads,
-                    opts.data_batches,
-                    opts.steps.max(2),
+                    &data::LoadSpec {
+                        crop: c.size,
+                        batch: c.batch,
+                        workers: opts.loader_threads,
+                        batches: opts.data_batches,
+                        steps: opts.steps.max(2),
+                    },
                     step_summary.median,
                     |k| {
                         let t0 = std::time::Instant::now();

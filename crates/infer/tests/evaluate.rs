@@ -26,7 +26,7 @@ fn inside(y: usize, x: usize, cy: f64, cx: f64, ry: f64, rx: f64) -> bool {
 }
 
 /// Body ellipse (40 HU with a gentle texture), two lungs (-850 HU), an artery (350 HU) in the
-/// left lung; air (-1000 HU) around. `shift` moves the anatomy so two cases differ.
+/// left lung, a rib (400 HU) one voxel outside the right lung; air (-1000 HU) around. `shift` moves the anatomy so two cases differ.
 fn chest(shift: usize) -> Chest {
     let mut target = Array3::<f32>::from_elem(SHAPE, -1000.0);
     let mut pred = target.clone();
@@ -40,8 +40,11 @@ fn chest(shift: usize) -> Chest {
         let lung = inside(y, x, 19.0, 12.0 + shift as f64, 8.0, 5.0)
             || inside(y, x, 19.0, 28.0 + shift as f64, 8.0, 5.0);
         let artery = inside(y, x, 19.0, 12.0 + shift as f64, 2.0, 1.5);
+        let rib = y == 19 && x == 34 + shift;
         let texture = ((z * 7 + y * 3 + x * 5) % 11) as f32;
-        *t = if artery {
+        *t = if rib {
+            400.0
+        } else if artery {
             350.0 + texture
         } else if lung {
             -850.0 + texture

@@ -1,10 +1,164 @@
-//! `ncct2ctpa evaluate` (not implemented yet).
+//! `ncct2ctpa evaluate`: score predicted CTPA volumes against targets in HU (MAE, PSNR, SSIM)
+//! inside body, lung and vessel masks, beside the NCCT-as-prediction baseline
+//! (see `infer::evaluate`). Prints the summary table; writes `evaluation.csv` (per case) and
+//! `evaluation.json` (summary). Exits non-zero on zero pairs, mismatched grids or unreadable
+//! files.
 
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use infer::evaluate::{evaluate_with_progress, EvaluateConfig, Region};
+use metrics::{HuWindow, SsimMode};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Predicted CTPA volumes: CASE.nii.gz (or CASE/ DICOM folders).
+    #[arg(long, value_name = "DIR")]
+    pred: PathBuf,
+    /// Target CTPA volumes, paired with the predictions by case name.
+    #[arg(long, value_name = "DIR")]
+    target: PathBuf,
+    /// NCCT volumes: scored as if they were predictions, the baseline every paper reports.
+    #[arg(long, value_name = "DIR")]
+    ncct: Option<PathBuf>,
+    /// Region to score in: body, lung, vessel, or a folder of masks (DIR/CASE.nii.gz, reported
+    /// under the folder's name). Repeat for several; default: body, lung and vessel.
+    #[arg(long = "mask", value_name = "body|lung|vessel|DIR")]
+    masks: Vec<String>,
+    /// Body masks to use instead of computing them from the target.
+    #[arg(long, value_name = "DIR")]
+    body: Option<PathBuf>,
+    /// Lung masks to use instead of computing them from the target.
+    #[arg(long, value_name = "DIR")]
+    lung: Option<PathBuf>,
+    /// Vessel masks (e.g. a phantom's truth/vessels) to use instead of deriving them from the
+    /// target (target > --vessel-threshold inside the lung mask, dilated by --vessel-dilation).
+    #[arg(long, value_name = "DIR")]
+    vessels: Option<PathBuf>,
+    /// Target HU above which a voxel near the lungs is an enhanced vessel.
+    #[arg(
+        long,
+        value_name = "HU",
+        default_value_t = 150.0,
+        allow_hyphen_values = true
+    )]
+    vessel_threshold: f32,
+    /// Dilation of the lung mask (mm) before the vessel threshold, to take in hilar vessels;
+    /// it takes in rib and spine cortex too, so it is off by default.
+    #[arg(long, value_name = "MM", default_value_t = 0.0)]
+    vessel_dilation: f64,
+    /// HU window LO,HI both volumes are clipped to; its width is the PSNR/SSIM data range.
+    /// SynthRAD 2023 uses -1024,3000.
+    #[arg(long, value_name = "LO,HI", default_value = "-1024,3071",
+          value_parser = parse_window, allow_hyphen_values = true)]
+    window: HuWindow,
+    /// SSIM window: a 3D Gaussian over the volume (SynthRAD; needs 11+ slices) or 2D per
+    /// axial slice.
+    #[arg(long, value_enum, default_value_t = SsimArg::Volume)]
+    ssim: SsimArg,
+    /// Where evaluation.csv and evaluation.json go (default: the --pred folder, as nnU-Net
+    /// does).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`evaluate` is not implemented yet")
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SsimArg {
+    Volume,
+    Axial,
+}
+
+fn parse_window(s: &str) -> Result<HuWindow, String> {
+    let (lo, hi) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected LO,HI (two numbers), got {s:?}"))?;
+    let num = |p: &str| {
+        p.trim()
+            .parse::<f32>()
+            .map_err(|e| format!("{p:?} in {s:?} is not a number: {e}"))
+    };
+    HuWindow::new(num(lo)?, num(hi)?).map_err(|e| e.to_string())
+}
+
+/// `--mask` values to regions; a value that is not a region name must be an existing folder.
+fn regions(values: &[String]) -> anyhow::Result<Vec<Region>> {
+    if values.is_empty() {
+        return Ok(Region::defaults());
+    }
+    values
+        .iter()
+        .map(|v| match v.as_str() {
+            "body" => Ok(Region::Body),
+            "lung" => Ok(Region::Lung),
+            "vessel" | "vessels" => Ok(Region::Vessel),
+            dir => {
+                let path = PathBuf::from(dir);
+                anyhow::ensure!(
+                    path.is_dir(),
+                    "--mask {dir}: not body, lung, vessel or an existing folder of masks"
+                );
+                Ok(Region::custom(&path))
+            }
+        })
+        .collect()
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut cfg = EvaluateConfig::new(args.pred.clone(), args.target.clone());
+    cfg.ncct_dir = args.ncct;
+    cfg.regions = regions(&args.masks)?;
+    cfg.masks.body_dir = args.body;
+    cfg.masks.lung_dir = args.lung;
+    cfg.masks.vessel_dir = args.vessels;
+    cfg.masks.vessel.threshold_hu = args.vessel_threshold;
+    cfg.masks.vessel.lung_dilation_mm = args.vessel_dilation;
+    cfg.score.window = args.window;
+    cfg.score.ssim_mode = match args.ssim {
+        SsimArg::Volume => SsimMode::Volume,
+        SsimArg::Axial => SsimMode::Axial,
+    };
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let eval = evaluate_with_progress(&cfg, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(p.case.unwrap_or("").to_owned());
+    })
+    .with_context(|| {
+        format!(
+            "evaluating {} against {}",
+            args.pred.display(),
+            args.target.display()
+        )
+    })?;
+    bar.finish_and_clear();
+
+    if !eval.unpaired.is_empty() {
+        eprintln!(
+            "note: {} prediction(s) without a target of the same name were not scored: {}",
+            eval.unpaired.len(),
+            eval.unpaired.join(", ")
+        );
+    }
+    let out = args.out.unwrap_or(args.pred);
+    let (csv, json) = eval.write(&out)?;
+    println!(
+        "{} case(s); SSIM {:?}, HU window [{}, {}]",
+        eval.cases.len(),
+        cfg.score.ssim_mode,
+        cfg.score.window.lo,
+        cfg.score.window.hi
+    );
+    for r in &eval.regions {
+        println!("  {}: {}", r.name, r.masks);
+    }
+    print!("{}", eval.table());
+    println!("per case: {}\nsummary:  {}", csv.display(), json.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -90,8 +90,8 @@ impl SpectralNorm {
     /// The current estimate `u . (W v)` of the largest singular value (differentiable with
     /// respect to `weight_orig`; u and v are constants).
     pub fn sigma(&self) -> Tensor {
-        let u = self.u.detach();
-        let v = self.v.detach();
+        let u = self.u.detach().copy();
+        let v = self.v.detach().copy();
         u.dot(&self.matrix().mv(&v))
     }
 

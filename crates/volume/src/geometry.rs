@@ -63,6 +63,8 @@ impl Geometry {
     }
 
     /// Physical LPS point of a continuous index `(i, j, k)`.
+    // Matrix arithmetic reads best with explicit row/column indices.
+    #[allow(clippy::needless_range_loop)]
     pub fn index_to_point(&self, index: [f64; 3]) -> [f64; 3] {
         let mut p = self.origin;
         for (r, pr) in p.iter_mut().enumerate() {
@@ -90,6 +92,7 @@ impl Geometry {
     }
 
     /// 4x4 index-to-LPS affine (row-major).
+    #[allow(clippy::needless_range_loop)]
     pub fn affine_lps(&self) -> [[f64; 4]; 4] {
         let mut a = [[0.0; 4]; 4];
         for r in 0..3 {

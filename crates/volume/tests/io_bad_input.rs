@@ -47,6 +47,8 @@ fn expect_err(path: &Path, name: &str, want: &str, read: fn(&Path) -> volume::Re
 }
 
 #[test]
+// The corpus is built case by case, each with its own comment and derivation.
+#[allow(clippy::vec_init_then_push)]
 fn broken_nifti_files_are_refused_with_their_name() {
     let d = tempfile::tempdir().unwrap();
     let good = good_nii();

@@ -242,7 +242,8 @@ pub fn discriminator_adversarial(
                 + d_fake.mse_loss(&d_fake.zeros_like(), Reduction::Mean)
         }
         AdversarialKind::Hinge => {
-            (d_real.neg() + 1.0).relu().mean(d_real.kind()) + (d_fake + 1.0).relu().mean(d_fake.kind())
+            (d_real.neg() + 1.0).relu().mean(d_real.kind())
+                + (d_fake + 1.0).relu().mean(d_fake.kind())
         }
         AdversarialKind::Bce => bce_with_logits(d_real, 1.0) + bce_with_logits(d_fake, 0.0),
     }

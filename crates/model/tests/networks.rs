@@ -221,3 +221,25 @@ fn config_serde_round_trips_and_rejects_unknown_keys() {
     let typo = serde_json::from_str::<ModelConfig>(r#"{"generator": {"dept": 3}}"#);
     assert!(typo.unwrap_err().to_string().contains("dept"));
 }
+
+/// Regression: two training forwards of D before one backward (real and fake judged in
+/// separate passes, as pix2pix does) must not trip autograd's in-place check: sigma must not
+/// share storage with the u and v that the second power iteration overwrites.
+#[test]
+fn discriminator_two_train_forwards_then_backward() {
+    use tch::nn::ModuleT;
+    let cfg = model::config::ModelConfig::preset("tiny").unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let d = model::discriminator::Discriminator::new(&vs.root(), &cfg.discriminator);
+    let opts = (tch::Kind::Float, tch::Device::Cpu);
+    let real = tch::Tensor::randn([1, 1, 64, 64], opts);
+    let fake = tch::Tensor::randn([1, 1, 64, 64], opts);
+    let loss = d.forward_t(&real, true).mean(None) - d.forward_t(&fake, true).mean(None);
+    loss.backward();
+    let grads: f64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|v| v.grad().abs().sum(tch::Kind::Double).double_value(&[]))
+        .sum();
+    assert!(grads.is_finite() && grads > 0.0, "gradient sum {grads}");
+}

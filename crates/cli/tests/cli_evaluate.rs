@@ -6,25 +6,9 @@
 //! NCCT baseline must be worst in the contrast-filled vessels.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn ncct2ctpa(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
-        .args(args)
-        .output()
-        .expect("run ncct2ctpa")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{ncct2ctpa, s, text};
 
 /// One row of evaluation.csv: (case, region, metric, model, baseline).
 type Row = (String, String, String, Option<f64>, Option<f64>);

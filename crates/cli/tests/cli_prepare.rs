@@ -1,25 +1,7 @@
 //! `ncct2ctpa prepare` end to end: the real binary on a phantom set in temporary folders.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn ncct2ctpa(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
-        .args(args)
-        .output()
-        .expect("run ncct2ctpa")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{ncct2ctpa, s, text};
 
 #[test]
 fn prepare_a_phantom_set_then_rerun_keeps_every_case() {

@@ -1,0 +1,27 @@
+//! Helpers shared by the binary tests: run the real `ncct2ctpa` and read what it printed.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the built binary with `args` and waits for it.
+pub fn ncct2ctpa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
+        .args(args)
+        .output()
+        .expect("run ncct2ctpa")
+}
+
+/// (stdout, stderr) as text.
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A temporary path as an argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -249,6 +249,16 @@ impl TrainConfig {
     /// names none), overlaid key by key with the file.
     pub fn from_toml_str(text: &str, default_preset: &str) -> anyhow::Result<Self> {
         let user: toml::Table = toml::from_str(text).context("invalid TOML")?;
+        Self::from_layers(vec![user], default_preset)
+    }
+
+    /// Builds the config from TOML tables applied in order over the defaults (a later table
+    /// wins key by key). The preset is the last one any table names, else `default_preset`.
+    fn from_layers(layers: Vec<toml::Table>, default_preset: &str) -> anyhow::Result<Self> {
+        let mut user = toml::Table::new();
+        for layer in layers {
+            merge(&mut user, layer);
+        }
         let preset = match user.get("preset") {
             Some(toml::Value::String(s)) => s.clone(),
             Some(other) => bail!("`preset` must be a string, got {other}"),
@@ -265,10 +275,30 @@ impl TrainConfig {
 
     /// Reads a TOML file (see [`Self::from_toml_str`]); errors name the file.
     pub fn load(path: &Path, default_preset: &str) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        Self::from_toml_str(&text, default_preset)
-            .with_context(|| format!("config {}", path.display()))
+        Self::load_layered(&[path], default_preset)
+    }
+
+    /// Reads several TOML files and merges them in order, key by key, over the defaults: the
+    /// way an ablation arm (`--config configs/demo.toml --config configs/ablation/r1.toml`)
+    /// names only what it changes. Errors name the file at fault.
+    pub fn load_layered<P: AsRef<Path>>(paths: &[P], default_preset: &str) -> anyhow::Result<Self> {
+        let mut layers = Vec::with_capacity(paths.len());
+        for path in paths {
+            let path = path.as_ref();
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text)
+                .context("invalid TOML")
+                .with_context(|| format!("config {}", path.display()))?;
+            tracing::debug!(config = %path.display(), keys = table.len(), "config layer");
+            layers.push(table);
+        }
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| p.as_ref().display().to_string())
+            .collect();
+        Self::from_layers(layers, default_preset)
+            .with_context(|| format!("config {}", names.join(" + ")))
     }
 
     /// The config as commented-free TOML (what `RUN/config.toml` holds).

@@ -123,3 +123,47 @@ fn the_demo_and_default_config_files_parse() {
         "configs/default.toml must state the defaults"
     );
 }
+
+#[test]
+fn layered_files_merge_in_order_and_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.toml");
+    let arm = dir.path().join("arm.toml");
+    std::fs::write(
+        &base,
+        "preset = \"tiny\"\nseed = 7\n[schedule]\nsteps = 1500\n[data]\ncrop_size = 64\n",
+    )
+    .unwrap();
+    std::fs::write(&arm, "seed = 9\n[data]\nbatch_size = 2\n").unwrap();
+    let cfg = TrainConfig::load_layered(&[&base, &arm], "default").unwrap();
+    assert_eq!(cfg.preset, "tiny");
+    assert_eq!(cfg.seed, 9, "the later file wins");
+    assert_eq!(
+        cfg.schedule.steps, 1500,
+        "keys only the first file names survive"
+    );
+    assert_eq!((cfg.data.crop_size, cfg.data.batch_size), (64, 2));
+    assert_eq!(
+        cfg.model,
+        model::config::ModelConfig::preset("tiny").unwrap()
+    );
+
+    std::fs::write(&arm, "[data]\nbatch_sise = 2\n").unwrap();
+    let err = format!(
+        "{:#}",
+        TrainConfig::load_layered(&[&base, &arm], "default").unwrap_err()
+    );
+    assert!(
+        err.contains("arm.toml") && err.contains("batch_sise"),
+        "{err}"
+    );
+    std::fs::write(&arm, "seed = \n").unwrap();
+    let err = format!(
+        "{:#}",
+        TrainConfig::load_layered(&[&base, &arm], "default").unwrap_err()
+    );
+    assert!(
+        err.contains("arm.toml") && err.contains("invalid TOML"),
+        "{err}"
+    );
+}

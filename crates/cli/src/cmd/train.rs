@@ -20,9 +20,11 @@ pub struct Args {
     /// (generated once under --demo-data, then the tiny preset on the CPU).
     #[arg(long, value_name = "PREPARED_DIR")]
     data: Option<PathBuf>,
-    /// Training configuration (TOML; see configs/default.toml). Flags override it.
+    /// Training configuration (TOML; see configs/default.toml). Repeatable: later files
+    /// override earlier ones key by key (e.g. configs/demo.toml then an ablation arm). Flags
+    /// override them all.
     #[arg(long, value_name = "FILE.toml")]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     /// Run folder. Default: runs/demo (demo; runs/demo-2, ... if taken) or runs/train.
     #[arg(long, value_name = "DIR")]
     run: Option<PathBuf>,
@@ -102,10 +104,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              (--preset, --steps, --lr, ...) cannot be combined with it"
         );
     }
-    let mut cfg = match (&args.config, demo) {
-        (Some(path), _) => TrainConfig::load(path, if demo { "tiny" } else { "default" })?,
-        (None, true) => train::demo::train_config()?,
-        (None, false) => TrainConfig::with_preset("default")?,
+    let mut cfg = match (args.config.is_empty(), demo) {
+        (false, _) => {
+            TrainConfig::load_layered(&args.config, if demo { "tiny" } else { "default" })?
+        }
+        (true, true) => train::demo::train_config()?,
+        (true, false) => TrainConfig::with_preset("default")?,
     };
     cfg.apply(&overrides)?;
 

@@ -1,0 +1,129 @@
+// C ABI over the few libtorch functions tch 0.26 does not bind (see src/lib.rs).
+//
+// Every function catches C++ exceptions and returns them as a malloc'ed message (NULL on
+// success) that the caller frees with torchext_free_error: no exception crosses into Rust.
+// Tensors are passed as tch's handles, which are `at::Tensor*` (torch-sys's torch_api.h).
+#include <ATen/autocast_mode.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
+#include <ATen/ops/_fused_adam.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace {
+
+char *error_message(const char *what) {
+  size_t n = std::strlen(what);
+  char *out = static_cast<char *>(std::malloc(n + 1));
+  if (out != nullptr) {
+    std::memcpy(out, what, n + 1);
+  }
+  return out;
+}
+
+#define TORCHEXT_PROTECT(...)                                                 \
+  try {                                                                        \
+    __VA_ARGS__;                                                                  \
+    return nullptr;                                                            \
+  } catch (const std::exception &e) {                                          \
+    return error_message(e.what());                                            \
+  } catch (...) {                                                              \
+    return error_message("unknown C++ exception");                             \
+  }
+
+std::vector<at::Tensor> list(at::Tensor **ts, size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(*ts[i]);
+  }
+  return out;
+}
+
+// Device codes: 0 = CPU, 1 = CUDA.
+c10::DeviceType device_type(int code) {
+  switch (code) {
+  case 0:
+    return c10::DeviceType::CPU;
+  case 1:
+    return c10::DeviceType::CUDA;
+  default:
+    throw std::invalid_argument("torchext: unknown autocast device code");
+  }
+}
+
+} // namespace
+
+extern "C" {
+
+void torchext_free_error(char *message) { std::free(message); }
+
+// at::_fused_adam_ over n parameters (torch.optim.Adam(fused=True)); no amsgrad, no maximize.
+// grad_scale and found_inf may be NULL.
+char *torchext_fused_adam(at::Tensor **params, at::Tensor **grads,
+                          at::Tensor **exp_avgs, at::Tensor **exp_avg_sqs,
+                          at::Tensor **state_steps, size_t n, double lr,
+                          double beta1, double beta2, double weight_decay,
+                          double eps, at::Tensor *grad_scale,
+                          at::Tensor *found_inf) {
+  TORCHEXT_PROTECT({
+    std::optional<at::Tensor> scale, inf;
+    if (grad_scale != nullptr) {
+      scale = *grad_scale;
+    }
+    if (found_inf != nullptr) {
+      inf = *found_inf;
+    }
+    at::_fused_adam_(list(params, n), list(grads, n), list(exp_avgs, n),
+                     list(exp_avg_sqs, n), {}, list(state_steps, n), lr, beta1,
+                     beta2, weight_decay, eps, /*amsgrad=*/false,
+                     /*maximize=*/false, scale, inf);
+  })
+}
+
+// at::_amp_foreach_non_finite_check_and_unscale_: grads *= inv_scale in place, found_inf
+// set to 1 when any of them holds an inf or NaN.
+char *torchext_unscale_check(at::Tensor **grads, size_t n,
+                             at::Tensor *found_inf, at::Tensor *inv_scale) {
+  TORCHEXT_PROTECT({
+    at::_amp_foreach_non_finite_check_and_unscale_(list(grads, n), *found_inf,
+                                                   *inv_scale);
+  })
+}
+
+// Reads the autocast state of a device: enabled flag and dtype (c10::ScalarType code).
+char *torchext_autocast_get(int device, bool *enabled, int *dtype) {
+  TORCHEXT_PROTECT({
+    auto d = device_type(device);
+    *enabled = at::autocast::is_autocast_enabled(d);
+    *dtype = static_cast<int>(at::autocast::get_autocast_dtype(d));
+  })
+}
+
+// Sets the autocast state of a device.
+char *torchext_autocast_set(int device, bool enabled, int dtype) {
+  TORCHEXT_PROTECT({
+    auto d = device_type(device);
+    at::autocast::set_autocast_dtype(d, static_cast<c10::ScalarType>(dtype));
+    at::autocast::set_autocast_enabled(d, enabled);
+  })
+}
+
+// Nesting counter of autocast regions (the cast cache is cleared when it returns to 0).
+char *torchext_autocast_enter(int *depth) {
+  TORCHEXT_PROTECT({ *depth = at::autocast::increment_nesting(); })
+}
+
+char *torchext_autocast_exit(int *depth) {
+  TORCHEXT_PROTECT({
+    *depth = at::autocast::decrement_nesting();
+    if (*depth == 0) {
+      at::autocast::clear_cache();
+    }
+  })
+}
+
+} // extern "C"

@@ -72,6 +72,13 @@ pub struct GeneratorConfig {
     pub activation: Activation,
     /// Negative slope when `activation = "leaky_relu"`.
     pub leaky_slope: f64,
+    /// Residual output: G predicts a correction of its input (the centre NCCT slice) instead of
+    /// the whole image, `out = tanh(atanh(x_centre) + unet(x))`, with the UNet's 1x1 head
+    /// initialised to zero so an untrained G is the identity (the NCCT-as-prediction baseline)
+    /// and training only has to learn what contrast changes: the pulmonary arteries, the right
+    /// heart. `false` is the product owner's plain `tanh(unet(x))`. Same parameter count.
+    /// Default: false.
+    pub residual: bool,
 }
 
 impl Default for GeneratorConfig {
@@ -86,6 +93,7 @@ impl Default for GeneratorConfig {
             norm: Norm::Instance,
             activation: Activation::Relu,
             leaky_slope: 0.2,
+            residual: false,
         }
     }
 }
@@ -117,6 +125,10 @@ pub struct RegistrationConfig {
     /// Standard deviation of the last (1x1) conv's weights; its bias starts at zero, so R
     /// starts at (nearly) the identity transform.
     pub head_init_std: f64,
+    /// A self-attention block (Zhang et al. 2019, SAGAN) between the bottleneck and the
+    /// decoder; its residual scale starts at 0, so R starts as without it. Memory grows with
+    /// the square of the bottleneck's positions (see [`crate::attention`]). Default: false.
+    pub attention: bool,
 }
 
 impl Default for RegistrationConfig {

@@ -5,9 +5,11 @@
 //! - [`assemble`]: localizers and outliers dropped, slices sorted along the normal, spacing
 //!   checked, ITK geometry;
 //! - [`pixels`]: pixel data decoded (compressed syntaxes included) and rescaled to HU;
+//! - [`j2k`]: JPEG 2000 codestreams validated against the header, then decoded memory-safely;
 //! - [`write`]: an uncompressed CT series carrying a reference series' patient and study.
 
 pub mod assemble;
+pub mod j2k;
 pub mod pixels;
 pub mod scan;
 pub mod write;

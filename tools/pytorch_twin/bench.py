@@ -24,6 +24,10 @@ The step (identical to train::step::train_step, in its order):
 Inference: G in eval mode under no_grad, batches of slices normalised from HU and mapped
 back, as infer::predict::Translator does.
 
+The parts (PARTS, the names of bench::step::PARTS) are timed in `steps` further steps after
+one warm-up, with a clock read between parts (after torch.cuda.synchronize on a GPU), as
+bench::step::phased_step does on our side.
+
 Peak memory: /proc/self/clear_refs ("5") resets VmHWM to the current RSS before a phase, and
 VmHWM is read after it; the same method as the Rust side.
 
@@ -31,7 +35,9 @@ Output (all times in seconds; `null` where a figure was not measured):
 {
   "schema": 1, "torch": "2.13.0", "threads": 2, "preset": "tiny", "size": 128, "batch": 4,
   "steps": 20, "warmup": 3,
+  "channels_last": false,
   "step": {"samples": [...], "median": s, "p10": s, "p90": s, "mean": s},
+  "parts": {"g_forward": {summary}, ...} (PARTS, timed in separate steps; null with --no-parts),
   "first_step": {"loss_g": f, "loss_d": f, "l1": f, "ssim": f, "adv_g": f, "smooth": f},
   "infer": {"size": 512, "slices": n, "batch": b, "seconds": s, "slices_per_s": f},
   "memory": {"step": {"base_mb": f, "peak_mb": f}, "infer": {...}},
@@ -57,7 +63,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reggan_twin as twin  # noqa: E402
 
-SCHEMA = 1
+SCHEMA = 2
 
 # crates/model/src/losses.rs LossConfig::default
 LOSS = dict(l1_weight=20.0, ssim_weight=10.0, lung_weight=10.0, ssim_data_range=2.0,
@@ -126,58 +132,106 @@ def smoothness(flow):
 class Step:
     """G, R, D, their two Adams, and one RegGAN step (train::step::train_step)."""
 
-    def __init__(self, cfg: dict, init_dir: str | None):
+    def __init__(self, cfg: dict, init_dir: str | None, channels_last: bool = False):
         self.g, self.r, self.d = twin.build(cfg)
         if init_dir:
             for net, name in ((self.g, "generator"), (self.r, "registration"), (self.d, "discriminator")):
                 load_exact(net, Path(init_dir) / f"{name}.safetensors")
         for m in (self.g, self.r, self.d):
             m.train()
+            if channels_last:
+                # 4-D weights NHWC in memory (the optimizers' moments follow: zeros_like)
+                m.to(memory_format=torch.channels_last)
         self.d_params = list(self.d.parameters())
         self.opt_gr = torch.optim.Adam(list(self.g.parameters()) + list(self.r.parameters()), **ADAM)
         self.opt_d = torch.optim.Adam(self.d_params, **ADAM)
 
-    def __call__(self, x, y, lung, step: int) -> dict:
+    def __call__(self, x, y, lung, step: int, clock: "Clock | None" = None) -> dict:
+        """One step; with `clock`, the time of each part (PARTS) is charged to it."""
+        lap = clock.lap if clock is not None else (lambda _part: None)
         torch.manual_seed(step)  # ours reseeds libtorch every step too
         stats = {}
         # 1. G and R; D's weights take no gradient from this loss
         for p in self.d_params:
             p.requires_grad_(False)
         self.opt_gr.zero_grad()
+        lap("zero_grad")
         fake = self.g(x)
+        lap("g_forward")
         flow = self.r(fake, y)
-        mag = flow.detach().square().sum(1).sqrt()
-        stats["flow_mean"], stats["flow_max"] = mag.mean().item(), mag.max().item()
-        smooth = smoothness(flow)
         reg = twin.warp(fake, flow)
+        lap("r_forward")
+        mag = flow.detach().square().sum(1).sqrt()
+        flow_mean, flow_max = mag.mean(), mag.max()
+        smooth = smoothness(flow)
         l1, ssim_term, recon = reconstruction(reg, y, lung)
+        lap("losses")
         d_fake_for_g = self.d(self.d.input(fake, x))
+        lap("d_forward_for_g")
         adv_g = F.mse_loss(d_fake_for_g, torch.ones_like(d_fake_for_g))
         loss_g = recon + adv_g * LOSS["adversarial_weight"] + smooth * LOSS["smoothness_weight"]
+        lap("losses")
+        stats["flow_mean"], stats["flow_max"] = flow_mean.item(), flow_max.item()
         for name, t in (("l1", l1), ("ssim", ssim_term), ("adv_g", adv_g), ("smooth", smooth),
                         ("loss_g", loss_g)):
             v = t.item()
             if not math.isfinite(v):
                 raise FloatingPointError(f"{name} is not finite at step {step}")
             stats[name] = v
+        lap("readback")
         loss_g.backward()
+        lap("gr_backward")
         self.opt_gr.step()
         for p in self.d_params:
             p.requires_grad_(True)
+        lap("gr_adam")
         # 2. D on real vs the detached fake
         self.opt_d.zero_grad()
+        lap("zero_grad")
         fake = fake.detach()
         # real and fake in one D pass (one power iteration), as train_step does
         n = y.shape[0]
         d_out = self.d(torch.cat([self.d.input(y, x), self.d.input(fake, x)], 0))
         d_real, d_fake = d_out[:n], d_out[n:]
+        lap("d_forward")
         loss_d = (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake))) \
             * LOSS["adversarial_weight"]
+        lap("losses")
         stats["loss_d"] = loss_d.item()
         stats["d_real"], stats["d_fake"] = d_real.detach().mean().item(), d_fake.detach().mean().item()
+        lap("readback")
         loss_d.backward()
+        lap("d_backward")
         self.opt_d.step()
+        lap("d_adam")
         return stats
+
+
+# The parts of the step, in the order they first run (bench::step::PARTS, same names).
+PARTS = ("zero_grad", "g_forward", "r_forward", "d_forward_for_g", "losses", "readback",
+         "gr_backward", "gr_adam", "d_forward", "d_backward", "d_adam")
+
+
+def sync(device: torch.device) -> None:
+    """Waits for queued device work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Seconds per part within one step; each lap synchronises the device first."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        sync(device)
+        self.last = time.perf_counter()
+        self.acc = dict.fromkeys(PARTS, 0.0)
+
+    def lap(self, part: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.acc[part] += now - self.last
+        self.last = now
 
 
 def load_exact(net: torch.nn.Module, path: Path) -> None:
@@ -296,6 +350,9 @@ def main(argv=None) -> int:
     ap.add_argument("--infer-batch", type=int, default=8)
     ap.add_argument("--window", type=float, nargs=2, default=(-1024.0, 1500.0))
     ap.add_argument("--no-flops", action="store_true", help="skip the FlopCounterMode pass")
+    ap.add_argument("--no-parts", action="store_true", help="skip the per-part timing")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="weights and inputs in channels-last (NHWC) memory format")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -304,10 +361,12 @@ def main(argv=None) -> int:
     memory: dict = {}
     result = {"schema": SCHEMA, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "preset": args.preset, "size": args.size, "batch": args.batch,
-              "steps": args.steps, "warmup": args.warmup}
+              "steps": args.steps, "warmup": args.warmup, "channels_last": args.channels_last}
 
-    step = Step(cfg, args.init)
+    step = Step(cfg, args.init, args.channels_last)
     x, y, lung = synthetic_batch(args.batch, args.size)
+    if args.channels_last:
+        x, y, lung = (t.contiguous(memory_format=torch.channels_last) for t in (x, y, lung))
     with peak_memory(memory, "step"):
         samples = []
         for k in range(args.warmup + args.steps):
@@ -319,6 +378,18 @@ def main(argv=None) -> int:
             if k >= args.warmup:
                 samples.append(dt)
     result["step"] = summary(samples)
+
+    result["parts"] = None
+    if not args.no_parts:
+        per_part = {p: [] for p in PARTS}
+        first = args.warmup + args.steps + 1
+        for k in range(1 + args.steps):
+            clock = Clock(x.device)
+            step(x, y, lung, first + k, clock)
+            if k >= 1:
+                for p in PARTS:
+                    per_part[p].append(clock.acc[p])
+        result["parts"] = {p: summary(v) for p, v in per_part.items()}
 
     flops = {"step": None, "g_forward_infer": None}
     if not args.no_flops:

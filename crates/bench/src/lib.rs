@@ -11,6 +11,10 @@
 //! 4. data loading from a prepared store with augmentation, alone and while training runs;
 //! 5. peak resident memory of each phase ([`memory`]).
 //!
+//! Optionally the step runs with weights and inputs in channels-last memory format
+//! ([`layout`]) on both sides, and a whole epoch on a prepared store, data loading included,
+//! is compared with a PyTorch `DataLoader` epoch ([`epoch`]).
+//!
 //! With a Python that has PyTorch, it then runs `tools/pytorch_twin/bench.py` with the same
 //! preset, sizes, thread count, step counts and *initial weights* (ours, saved to a temporary
 //! folder), and reports ours / PyTorch. Both first steps start from the same weights and batch,
@@ -18,7 +22,9 @@
 //! same thing.
 
 pub mod data;
+pub mod epoch;
 pub mod infer;
+pub mod layout;
 pub mod memory;
 pub mod pytorch;
 pub mod report;
@@ -98,6 +104,12 @@ pub struct BenchOptions {
     pub loader_threads: usize,
     /// Batches for the loading-alone figure.
     pub data_batches: u64,
+    /// Weights and inputs of the step in channels-last memory format (both sides).
+    pub channels_last: bool,
+    /// Time the step's parts (both sides).
+    pub parts: bool,
+    /// A whole epoch with data loading (ours vs a PyTorch DataLoader).
+    pub epoch: Option<epoch::EpochSpec>,
     pub torch: Option<TorchSide>,
 }
 
@@ -121,6 +133,23 @@ pub fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Bench
     for c in &opts.configs {
         configs.push(run_config(opts, c, store.as_ref(), tmp.path(), progress)?);
     }
+    let epoch = match &opts.epoch {
+        Some(spec) => {
+            let script = pytorch::twin_script("epoch.py");
+            let torch = opts
+                .torch
+                .as_ref()
+                .map(|t| (t.python.as_path(), script.as_path()));
+            Some(epoch::measure(
+                spec,
+                opts.device,
+                tmp.path(),
+                torch,
+                progress,
+            )?)
+        }
+        None => None,
+    };
     Ok(BenchReport {
         schema: REPORT_SCHEMA,
         device: format!("{:?}", opts.device),
@@ -128,6 +157,7 @@ pub fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Bench
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average: load_average(),
         configs,
+        epoch,
         pytorch_skipped: match &opts.torch {
             Some(_) => None,
             None => Some("no --pytorch PYTHON (or NCCT2CTPA_PYTHON) given".into()),
@@ -160,7 +190,11 @@ fn run_config(
     std::fs::create_dir_all(&init)?;
     nets.save(&init)
         .context("saving the initial weights for the PyTorch side")?;
-    let batch = workload::synthetic_batch(c.batch, c.size, device)?;
+    let mut batch = workload::synthetic_batch(c.batch, c.size, device)?;
+    if opts.channels_last {
+        layout::nets_to_channels_last(&nets);
+        batch = layout::batch_to_channels_last(&batch);
+    }
     let mut memory = BTreeMap::new();
 
     // 1. the whole step
@@ -185,16 +219,20 @@ fn run_config(
     }
 
     // 2. its parts
-    progress(&format!("{label}: the step's parts"));
-    let parts = step::time_parts(
-        &mut nets,
-        &mut optims,
-        &batch,
-        &cfg,
-        1,
-        opts.steps,
-        (opts.warmup + opts.steps) as u64 + 1,
-    )?;
+    let parts = if opts.parts {
+        progress(&format!("{label}: the step's parts"));
+        step::time_parts(
+            &mut nets,
+            &mut optims,
+            &batch,
+            &cfg,
+            1,
+            opts.steps,
+            (opts.warmup + opts.steps) as u64 + 1,
+        )?
+    } else {
+        Vec::new()
+    };
     let flops = step_flops(
         &cfg.model,
         true,
@@ -296,6 +334,8 @@ fn run_config(
                 infer_slices: opts.infer_slices,
                 infer_batch: opts.infer_batch,
                 window: (window.min, window.max),
+                channels_last: opts.channels_last,
+                parts: opts.parts,
             })?)
         }
         None => None,
@@ -306,6 +346,7 @@ fn run_config(
         batch: c.batch,
         steps: opts.steps,
         warmup: opts.warmup,
+        channels_last: opts.channels_last,
         achieved_flops_per_s: flops.total as f64 / step_summary.median,
         step: step_summary,
         parts,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The `schema` this reader understands.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// What `bench.py` prints (see its docstring).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,7 +23,13 @@ pub struct TorchReport {
     pub batch: usize,
     pub steps: usize,
     pub warmup: usize,
+    /// Whether weights and inputs were channels-last (NHWC) in memory.
+    #[serde(default)]
+    pub channels_last: bool,
     pub step: Summary,
+    /// Per-part timings under the names of [`crate::step::PARTS`] (`None` with `--no-parts`).
+    #[serde(default)]
+    pub parts: Option<BTreeMap<String, Summary>>,
     /// Losses and statistics of the first step (from the same initial weights as ours).
     pub first_step: BTreeMap<String, f64>,
     pub infer: Option<TorchInfer>,
@@ -49,11 +55,7 @@ pub struct TorchFlops {
 
 /// Parses `bench.py`'s output: the last line that is a JSON object (warnings may precede it).
 pub fn parse(stdout: &str) -> anyhow::Result<TorchReport> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or_else(|| anyhow::anyhow!("bench.py printed no JSON object"))?;
+    let line = last_json_line(stdout).context("bench.py")?;
     let report: TorchReport =
         serde_json::from_str(line).context("bench.py's JSON does not match the expected schema")?;
     anyhow::ensure!(
@@ -81,6 +83,10 @@ pub struct TorchArgs<'a> {
     pub infer_slices: usize,
     pub infer_batch: usize,
     pub window: (f32, f32),
+    /// Weights and inputs in channels-last memory format.
+    pub channels_last: bool,
+    /// Time the step's parts too.
+    pub parts: bool,
 }
 
 /// Runs `bench.py` and parses its report.
@@ -99,26 +105,46 @@ pub fn run(a: &TorchArgs) -> anyhow::Result<TorchReport> {
         .args(["--infer-slices", &a.infer_slices.to_string()])
         .args(["--infer-batch", &a.infer_batch.to_string()])
         .arg("--window")
-        .args([a.window.0.to_string(), a.window.1.to_string()])
+        .args([a.window.0.to_string(), a.window.1.to_string()]);
+    if a.channels_last {
+        cmd.arg("--channels-last");
+    }
+    if !a.parts {
+        cmd.arg("--no-parts");
+    }
+    cmd
         // the same thread count for every pool torch may use
         .env("OMP_NUM_THREADS", a.threads.to_string())
         .env("MKL_NUM_THREADS", a.threads.to_string());
+    parse(&run_script(cmd, a.script)?)
+}
+
+/// Runs a twin script and returns its stdout; a failure carries the tail of its stderr.
+pub fn run_script(mut cmd: Command, script: &Path) -> anyhow::Result<String> {
     tracing::debug!(?cmd, "running the PyTorch side");
     let out = cmd
         .output()
-        .with_context(|| format!("running {} {}", a.python.display(), a.script.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
         anyhow::bail!(
             "{} failed ({}):\n{}",
-            a.script.display(),
+            script.display(),
             out.status,
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    parse(&stdout)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last line of `stdout` that is a JSON object (warnings may precede it).
+pub fn last_json_line(stdout: &str) -> anyhow::Result<&str> {
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("the script printed no JSON object"))
 }
 
 /// Where `bench.py` is: `NCCT2CTPA_BENCH_SCRIPT`, else `tools/pytorch_twin/bench.py` under the
@@ -127,11 +153,19 @@ pub fn default_script() -> PathBuf {
     if let Some(p) = std::env::var_os("NCCT2CTPA_BENCH_SCRIPT") {
         return PathBuf::from(p);
     }
-    let rel = Path::new("tools/pytorch_twin/bench.py");
+    twin_script("bench.py")
+}
+
+/// `tools/pytorch_twin/NAME` under the current folder, else under the source tree this binary
+/// was built from.
+pub fn twin_script(name: &str) -> PathBuf {
+    let rel = Path::new("tools/pytorch_twin").join(name);
     if rel.is_file() {
-        return rel.to_path_buf();
+        return rel;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/pytorch_twin/bench.py")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/pytorch_twin")
+        .join(name)
 }
 
 #[cfg(test)]
@@ -157,6 +191,12 @@ mod tests {
         assert!(r.flops.step.unwrap() > 0);
         assert!(r.memory["step"].peak_mb >= r.memory["step"].base_mb);
         assert!(r.infer.as_ref().unwrap().slices_per_s > 0.0);
+        // every part of ours is timed on the PyTorch side, under the same name
+        let parts = r.parts.as_ref().unwrap();
+        for (name, _) in crate::step::PARTS {
+            assert_eq!(parts[*name].samples.len(), r.steps, "{name}");
+        }
+        assert_eq!(parts.len(), crate::step::PARTS.len());
     }
 
     #[test]
@@ -166,9 +206,9 @@ mod tests {
             "/tests/data/bench_py_sample.json"
         ))
         .unwrap();
-        let other = text.replacen("\"schema\": 1", "\"schema\": 99", 1);
+        let other = text.replacen("\"schema\": 2", "\"schema\": 99", 1);
         assert!(parse(&other).unwrap_err().to_string().contains("schema 99"));
         assert!(parse("Traceback (most recent call last):\n").is_err());
-        assert!(parse("{\"schema\": 1}").is_err());
+        assert!(parse("{\"schema\": 2}").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The benchmark's results: the JSON document (`bench.json`) and the printed table.
 
 use crate::data::DataReport;
+use crate::epoch::EpochReport;
 use crate::infer::InferReport;
 use crate::memory::PhaseMemory;
 use crate::pytorch::TorchReport;
@@ -13,7 +14,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 /// Version of the `bench.json` layout.
-pub const REPORT_SCHEMA: u32 = 1;
+pub const REPORT_SCHEMA: u32 = 2;
 
 /// Everything measured in one `ncct2ctpa bench` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +29,9 @@ pub struct BenchReport {
     /// 1-minute load average when the run started (other processes competing for the cores).
     pub load_average: Option<f64>,
     pub configs: Vec<ConfigReport>,
+    /// The whole-epoch comparison, when run.
+    #[serde(default)]
+    pub epoch: Option<EpochReport>,
     /// Why PyTorch was not run, when it was not.
     pub pytorch_skipped: Option<String>,
 }
@@ -40,6 +44,9 @@ pub struct ConfigReport {
     pub batch: usize,
     pub steps: usize,
     pub warmup: usize,
+    /// Weights and inputs in channels-last memory format.
+    #[serde(default)]
+    pub channels_last: bool,
     /// The whole training step (`train::step::train_step`).
     pub step: Summary,
     /// The step's parts ([`crate::step::PARTS`]), from the timed mirror of the step.
@@ -96,37 +103,20 @@ impl BenchReport {
         for c in &self.configs {
             let _ = writeln!(
                 out,
-                "\n## preset {}, {}x{}, batch {} ({} steps after {} warm-up)",
-                c.preset, c.size, c.size, c.batch, c.steps, c.warmup
+                "\n## preset {}, {}x{}, batch {} ({} steps after {} warm-up{})",
+                c.preset,
+                c.size,
+                c.size,
+                c.batch,
+                c.steps,
+                c.warmup,
+                if c.channels_last {
+                    ", channels-last"
+                } else {
+                    ""
+                }
             );
-            let rows = c.rows();
-            let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(10).max(6);
-            let _ = writeln!(
-                out,
-                "| {:w$} | {:>12} | {:>12} | {:>12} |",
-                "figure", "ours", "PyTorch", "ours/PyTorch"
-            );
-            let _ = writeln!(
-                out,
-                "|{}|{}|{}|{}|",
-                "-".repeat(w + 2),
-                "-".repeat(14),
-                "-".repeat(14),
-                "-".repeat(14)
-            );
-            for (name, ours, theirs, unit) in rows {
-                let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format_value(v, unit));
-                let ratio = match (ours, theirs) {
-                    (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
-                    _ => "-".into(),
-                };
-                let _ = writeln!(
-                    out,
-                    "| {name:w$} | {:>12} | {:>12} | {ratio:>12} |",
-                    fmt(ours),
-                    fmt(theirs)
-                );
-            }
+            write_rows(&mut out, &c.rows());
             if let Some(t) = &c.pytorch {
                 let _ = writeln!(
                     out,
@@ -137,12 +127,33 @@ impl BenchReport {
                     t.first_step.get("loss_d").copied().unwrap_or(f64::NAN)
                 );
             }
-            let _ = writeln!(out, "step parts (ours, median):");
-            for (name, s) in &c.parts {
+            if !c.parts.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  {name:16} {:>10}",
-                    format_value(s.median, Unit::Seconds)
+                    "\nstep parts, median of {} steps (timed in separate steps):",
+                    c.steps
+                );
+                write_rows(&mut out, &c.part_rows());
+            }
+        }
+        if let Some(e) = &self.epoch {
+            let _ = writeln!(
+                out,
+                "\n## epoch on {}: preset {}, {}x{} crops, batch {}, {} loader workers, {} threads",
+                e.dataset.display(),
+                e.preset,
+                e.crop,
+                e.crop,
+                e.batch,
+                e.workers,
+                e.threads
+            );
+            write_rows(&mut out, &e.rows());
+            if let Some(t) = &e.pytorch {
+                let _ = writeln!(
+                    out,
+                    "first-step G loss (same weights, different random crops): {:.4} vs {:.4}",
+                    e.ours.first_loss_g, t.first_loss_g
                 );
             }
         }
@@ -173,7 +184,113 @@ fn format_value(v: f64, unit: Unit) -> String {
 
 type Row = (String, Option<f64>, Option<f64>, Unit);
 
+/// Writes `rows` as a Markdown table: figure | ours | PyTorch | ours/PyTorch.
+fn write_rows(out: &mut String, rows: &[Row]) {
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(10).max(6);
+    let _ = writeln!(
+        out,
+        "| {:w$} | {:>12} | {:>12} | {:>12} |",
+        "figure", "ours", "PyTorch", "ours/PyTorch"
+    );
+    let _ = writeln!(
+        out,
+        "|{}|{}|{}|{}|",
+        "-".repeat(w + 2),
+        "-".repeat(14),
+        "-".repeat(14),
+        "-".repeat(14)
+    );
+    for (name, ours, theirs, unit) in rows {
+        let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format_value(v, *unit));
+        let ratio = match (ours, theirs) {
+            (Some(a), Some(b)) if *b != 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {name:w$} | {:>12} | {:>12} | {ratio:>12} |",
+            fmt(*ours),
+            fmt(*theirs)
+        );
+    }
+}
+
+impl EpochReport {
+    /// The table rows of the epoch comparison.
+    pub fn rows(&self) -> Vec<Row> {
+        let t = self.pytorch.as_ref();
+        vec![
+            (
+                format!("epoch wall time ({} steps)", self.ours.steps),
+                Some(self.ours.seconds),
+                t.map(|t| t.seconds),
+                Unit::Seconds,
+            ),
+            (
+                "training slices/s over the epoch".into(),
+                Some(self.ours.slices_per_s(self.batch)),
+                t.map(|t| t.slices_per_s(self.batch)),
+                Unit::PerSecond,
+            ),
+            (
+                "step incl. waiting for data, median".into(),
+                Some(self.ours.step.median),
+                t.map(|t| t.step.median),
+                Unit::Seconds,
+            ),
+            (
+                "loader start to first batch".into(),
+                Some(self.ours.first_batch_s),
+                t.map(|t| t.first_batch_s),
+                Unit::Seconds,
+            ),
+            (
+                "time waiting for data (ours)".into(),
+                Some(self.ours_loader_wait_s),
+                None,
+                Unit::Seconds,
+            ),
+        ]
+    }
+}
+
 impl ConfigReport {
+    /// One row per part of the step ([`crate::step::PARTS`]), ours and PyTorch's medians.
+    pub fn part_rows(&self) -> Vec<Row> {
+        let theirs = self.pytorch.as_ref().and_then(|t| t.parts.as_ref());
+        let mut rows: Vec<Row> = self
+            .parts
+            .iter()
+            .map(|(name, s)| {
+                let label = crate::step::PARTS
+                    .iter()
+                    .find(|(p, _)| p == name)
+                    .map_or(name.clone(), |(p, what)| format!("{p}: {what}"));
+                (
+                    label,
+                    Some(s.median),
+                    theirs.and_then(|t| t.get(name)).map(|t| t.median),
+                    Unit::Seconds,
+                )
+            })
+            .collect();
+        let sum = |f: &dyn Fn(&str) -> Option<f64>| -> Option<f64> {
+            self.parts.iter().map(|(n, _)| f(n)).sum()
+        };
+        rows.push((
+            "sum of the parts".into(),
+            sum(&|n| {
+                self.parts
+                    .iter()
+                    .find(|(p, _)| p == n)
+                    .map(|(_, s)| s.median)
+            }),
+            theirs.and_then(|t| sum(&|n| t.get(n).map(|s| s.median))),
+            Unit::Seconds,
+        ));
+        rows
+    }
+
     /// The table rows of this configuration.
     pub fn rows(&self) -> Vec<Row> {
         let t = self.pytorch.as_ref();

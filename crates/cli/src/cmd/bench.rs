@@ -47,6 +47,32 @@ pub struct Args {
     /// Batches loaded for the loading-alone figure.
     #[arg(long, default_value_t = 20)]
     data_batches: u64,
+    /// Run the step with weights and inputs in channels-last (NHWC) memory format, both sides.
+    #[arg(long)]
+    channels_last: bool,
+    /// Skip the per-part timing of the step (both sides).
+    #[arg(long)]
+    no_parts: bool,
+    /// Also time a whole training epoch with data loading on a prepared store, ours vs a
+    /// PyTorch DataLoader epoch (tools/pytorch_twin/epoch.py).
+    #[arg(long)]
+    epoch: bool,
+    /// Only the epoch (implies --epoch; no step, inference or loading figures).
+    #[arg(long)]
+    epoch_only: bool,
+    /// Prepared store of the epoch (default: the demo's phantom set, data/phantom-demo,
+    /// generated once as `ncct2ctpa train` does).
+    #[arg(long, value_name = "PREPARED_DIR")]
+    epoch_data: Option<PathBuf>,
+    /// Preset, crop and batch of the epoch (default: the demo's).
+    #[arg(long, value_name = "PRESET:CROP:BATCH", default_value = "tiny:96:4")]
+    epoch_config: BenchConfig,
+    /// Cap on the epoch's steps (0: the whole epoch).
+    #[arg(long, default_value_t = 0)]
+    epoch_steps: usize,
+    /// Loader threads / DataLoader workers in the epoch (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    epoch_workers: usize,
     /// A Python with PyTorch 2.13 (e.g. .venv-bench/bin/python): runs the PyTorch twin too.
     #[arg(long, env = "NCCT2CTPA_PYTHON", value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
@@ -82,8 +108,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             tracing::warn!("load average {load:.2}: other processes compete for the cores; figures will be noisy");
         }
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let epoch = if args.epoch || args.epoch_only {
+        let data = match args.epoch_data {
+            Some(d) => d,
+            None => train::demo::ensure_dataset(std::path::Path::new("data/phantom-demo"), &|m| {
+                tracing::info!("{m}")
+            })?,
+        };
+        Some(bench::epoch::EpochSpec {
+            data,
+            preset: args.epoch_config.preset,
+            crop: args.epoch_config.size,
+            batch: args.epoch_config.batch,
+            max_steps: args.epoch_steps,
+            threads,
+            workers: if args.epoch_workers == 0 {
+                cpus
+            } else {
+                args.epoch_workers
+            },
+            prefetch: 2,
+        })
+    } else {
+        None
+    };
     let opts = BenchOptions {
-        configs: args.configs,
+        configs: if args.epoch_only {
+            Vec::new()
+        } else {
+            args.configs
+        },
         steps: args.steps,
         warmup: args.warmup,
         threads,
@@ -95,6 +150,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         no_data: args.no_data,
         loader_threads: args.loader_threads,
         data_batches: args.data_batches,
+        channels_last: args.channels_last,
+        parts: !args.no_parts,
+        epoch,
         torch,
     };
     let report = bench::run(&opts, &|line| tracing::info!("{line}"))?;

@@ -14,7 +14,11 @@ crates/model/tests/data/losses_torch.json (expected values, computed in float64)
     from an independent route: the L1 part with numpy, the SSIM part from scikit-image's full
     SSIM map (structural_similarity(..., gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=2, full=True)) cropped by 5 pixels and weighted by
-    w = 1 + (lung_weight - 1) * mask, for lung_weight 10 and 1.
+    w = 1 + (lung_weight - 1) * mask, for lung_weight 10 and 1;
+  * the multi-resolution reconstruction loss of a CT-like pair [1, 1, 64, 64]: images and lung
+    mask average-pooled by 2 (torch.nn.functional.avg_pool2d) once and twice, each level's
+    lung-weighted L1 and SSIM terms computed as above with w = 1 + (lung_weight - 1) *
+    pooled_mask, and the scale-weighted sums for scale weights [1, 0.5, 0.25] and [0, 1].
 
 Run: /work/pyref/bin/python tools/golden/losses_torch.py   (deterministic: fixed seeds)
 """
@@ -79,7 +83,48 @@ def main():
         values[f"recon_{tag}_l1"] = l1
         values[f"recon_{tag}_ssim"] = ssim_term
 
+    # Multi-resolution reconstruction (separate generator: the values above are unchanged).
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float64)
+    ms_target = np.full((64, 64), 0.1)
+    ms_mask = np.zeros((64, 64))
+    for cx in (20.0, 43.0):
+        lung = ((yy - 33) / 21) ** 2 + ((xx - cx) / 10) ** 2 < 1
+        ms_target[lung] = -0.75
+        ms_mask[lung] = 1.0
+    vessel = ((yy - 30) / 3) ** 2 + ((xx - 22) / 3) ** 2 < 1
+    ms_target[vessel] = 0.4
+    ms_target = np.clip(ndi.gaussian_filter(ms_target, 0.8) + rng.normal(0, 0.03, ms_target.shape), -1, 1)
+    ms_pred = np.clip(
+        ndi.gaussian_filter(ms_target, 1.5) + 0.08 * ms_mask + rng.normal(0, 0.02, ms_target.shape), -1, 1
+    )
+    ms32 = [a.astype(np.float32) for a in (ms_pred, ms_target, ms_mask)]
+    levels = [[torch.from_numpy(a.astype(np.float64)).view(1, 1, 64, 64) for a in ms32]]
+    for _ in range(2):
+        levels.append([torch.nn.functional.avg_pool2d(t, 2) for t in levels[-1]])
+    for lung_weight in (10.0, 1.0):
+        tag = f"lung{int(lung_weight)}"
+        terms = []
+        for lv, (p_t, t_t, m_t) in enumerate(levels):
+            p, t, m = (x[0, 0].numpy() for x in (p_t, t_t, m_t))
+            w = 1 + (lung_weight - 1) * m
+            l1 = float((w * np.abs(p - t)).sum() / w.sum())
+            _, smap = structural_similarity(
+                p, t, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=2.0, full=True
+            )
+            wc = w[PAD:-PAD, PAD:-PAD]
+            ssim_term = float(1 - (wc * smap[PAD:-PAD, PAD:-PAD]).sum() / wc.sum())
+            values[f"multires_{tag}_level{lv}_l1"] = l1
+            values[f"multires_{tag}_level{lv}_ssim"] = ssim_term
+            terms.append((l1, ssim_term))
+        for name, weights in (("w1_05_025", (1.0, 0.5, 0.25)), ("w0_1", (0.0, 1.0))):
+            values[f"multires_{tag}_{name}_l1"] = sum(a * x[0] for a, x in zip(weights, terms))
+            values[f"multires_{tag}_{name}_ssim"] = sum(a * x[1] for a, x in zip(weights, terms))
+
     tensors = {
+        "multires_pred": torch.from_numpy(ms32[0]).view(1, 1, 64, 64).contiguous(),
+        "multires_target": torch.from_numpy(ms32[1]).view(1, 1, 64, 64).contiguous(),
+        "multires_mask": torch.from_numpy(ms32[2]).view(1, 1, 64, 64).contiguous(),
         "d_real": d_real.contiguous(),
         "d_fake": d_fake.contiguous(),
         "flow": flow.contiguous(),

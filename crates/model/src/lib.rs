@@ -10,6 +10,7 @@ pub mod flops;
 pub mod generator;
 pub mod losses;
 pub mod optim;
+pub mod perceptual;
 pub mod registration;
 pub mod spectral_norm;
 pub mod ssim;

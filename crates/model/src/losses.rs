@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 use thiserror::Error;
 
+use crate::perceptual::PerceptualConfig;
 use crate::ssim;
 
 /// Invalid input to a loss or to SSIM (programming or configuration errors caught before
@@ -47,6 +48,9 @@ pub enum LossError {
 ///   the pulmonary arteries the CTPA is read for occupy a small part of the slice.
 /// * `adversarial = lsgan`, `adversarial_weight = 1`, `smoothness_weight = 10`: RegGAN.
 /// * `ssim_data_range = 2`: the network sees images in [-1, 1] (DESIGN.md).
+/// * `scale_weights = [1]`: the reconstruction loss at full resolution only (off until the
+///   multi-resolution variant is measured to help).
+/// * `perceptual`: off (`relative_weight = 0`); it needs a VGG weights file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LossConfig {
@@ -65,6 +69,14 @@ pub struct LossConfig {
     pub adversarial_weight: f64,
     /// Weight of the displacement-field smoothness term (the trainer applies it).
     pub smoothness_weight: f64,
+    /// Multi-resolution reconstruction: the weight of the L1 + SSIM terms at full resolution,
+    /// 1/2, 1/4, ... (each level average-pools the previous one by 2; see [`reconstruction`]).
+    /// `[1.0]` is the single-resolution loss; e.g. `[1.0, 0.5, 0.25]` adds the coarser levels.
+    /// Every level up to the last non-zero weight must keep SSIM's 11 px window inside the
+    /// image ([`LossConfig::check_image_size`]).
+    pub scale_weights: Vec<f64>,
+    /// The perceptual (VGG feature) loss, applied by the trainer (see [`crate::perceptual`]).
+    pub perceptual: PerceptualConfig,
 }
 
 impl Default for LossConfig {
@@ -77,6 +89,8 @@ impl Default for LossConfig {
             adversarial: AdversarialKind::Lsgan,
             adversarial_weight: 1.0,
             smoothness_weight: 10.0,
+            scale_weights: vec![1.0],
+            perceptual: PerceptualConfig::default(),
         }
     }
 }
@@ -108,20 +122,88 @@ impl LossConfig {
                 )));
             }
         }
+        if self.scale_weights.is_empty() || self.scale_weights.len() > MAX_SCALES {
+            return Err(LossError::InvalidParameter(format!(
+                "scale_weights must have 1 to {MAX_SCALES} values (full resolution first), got {}",
+                self.scale_weights.len()
+            )));
+        }
+        if self
+            .scale_weights
+            .iter()
+            .any(|w| !(w.is_finite() && *w >= 0.0))
+        {
+            return Err(LossError::InvalidParameter(format!(
+                "scale_weights must be finite and >= 0, got {:?}",
+                self.scale_weights
+            )));
+        }
+        self.perceptual
+            .validate()
+            .map_err(|e| LossError::InvalidParameter(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Number of resolution levels that are computed: up to the last non-zero scale weight.
+    pub fn active_scales(&self) -> usize {
+        self.scale_weights
+            .iter()
+            .rposition(|&w| w != 0.0)
+            .map_or(1, |i| i + 1)
+    }
+
+    /// Checks that training images of `height` x `width` suit the losses: the coarsest active
+    /// reconstruction level (`size / 2^(levels - 1)`, rounded down by each pooling) must hold
+    /// SSIM's window, and the perceptual layers need `2^poolings` pixels. The trainer calls this
+    /// with the crop size when the config is validated, so a misfit is reported before step 1.
+    pub fn check_image_size(&self, height: i64, width: i64) -> Result<(), LossError> {
+        let win = SsimParams::default().win_size() as i64;
+        let levels = self.active_scales();
+        let (mut h, mut w) = (height, width);
+        for _ in 1..levels {
+            h /= 2;
+            w /= 2;
+        }
+        if h < win || w < win {
+            return Err(LossError::InvalidParameter(format!(
+                "scale_weights has {levels} active levels: the coarsest (1/{}) of a {height}x{width} \
+                 image is {h}x{w}, smaller than SSIM's {win}x{win} window; use fewer levels (set \
+                 the trailing weights to 0) or images of at least {}x{} pixels",
+                1 << (levels - 1),
+                win << (levels - 1),
+                win << (levels - 1),
+            )));
+        }
+        if self.perceptual.enabled() {
+            let min = self.perceptual.min_image_size();
+            if height < min || width < min {
+                return Err(LossError::InvalidParameter(format!(
+                    "perceptual.layers need images of at least {min}x{min} pixels, got \
+                     {height}x{width}"
+                )));
+            }
+        }
         Ok(())
     }
 }
 
+/// Most resolution levels of the multi-resolution loss (full, 1/2, ..., 1/16).
+pub const MAX_SCALES: usize = 5;
+
 /// The reconstruction loss and its parts (scalar tensors, differentiable).
 #[derive(Debug)]
 pub struct Recon {
-    /// Lung-weighted mean absolute error, `sum(w |p - t|) / sum(w)` (before `l1_weight`).
+    /// Lung-weighted mean absolute error, `sum(w |p - t|) / sum(w)` (before `l1_weight`); with
+    /// several resolution levels, the scale-weighted sum `sum_s a_s l1_s`.
     pub l1: Tensor,
     /// Lung-weighted SSIM loss, `1 - sum(w S) / sum(w)` over SSIM's valid region (before
-    /// `ssim_weight`).
+    /// `ssim_weight`); with several levels, `sum_s a_s ssim_s`.
     pub ssim: Tensor,
     /// `l1_weight * l1 + ssim_weight * ssim`.
     pub total: Tensor,
+    /// The unweighted terms of each computed level (full resolution first), as (l1, ssim);
+    /// levels after the last non-zero scale weight are not computed.
+    pub levels: Vec<(Tensor, Tensor)>,
 }
 
 /// Per-pixel weights `w = 1 + (lung_weight - 1) * mask`.
@@ -132,8 +214,16 @@ pub fn lung_weights(lung_mask: &Tensor, lung_weight: f64) -> Tensor {
     lung_mask.to_kind(Kind::Float) * (lung_weight - 1.0) + 1.0
 }
 
+/// Halves the resolution: 2x2 average pooling, stride 2 (odd trailing rows/columns dropped).
+///
+/// # Shapes
+/// `x`: `[batch, c, height, width]` -> `[batch, c, height / 2, width / 2]`.
+pub fn downsample(x: &Tensor) -> Tensor {
+    x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+}
+
 /// The lung-weighted L1 + SSIM reconstruction loss between the (registered) generator output
-/// and the target.
+/// and the target, at one or several resolutions.
 ///
 /// Each pixel weighs `w = 1 + (lung_weight - 1) * mask`; both terms are weighted means
 /// (divided by the sum of the weights), so the loss stays on the scale of a plain mean whatever
@@ -141,6 +231,15 @@ pub fn lung_weights(lung_mask: &Tensor, lung_weight: f64) -> Tensor {
 /// uniform error gives the same L1 with any mask. The SSIM term uses the weight map cropped to
 /// SSIM's valid region (see [`ssim::weighted_ssim`]). A soft (fractional) mask works as a soft
 /// weight.
+///
+/// Multi-resolution (`cfg.scale_weights = [a_0, a_1, ...]`): level `s` compares the images
+/// average-pooled `s` times by 2; its mask is the mask pooled the same way (the fraction of
+/// lung in each coarse pixel), and its weight map `1 + (lung_weight - 1) * pooled_mask`, so a
+/// coarse pixel half in the lung weighs halfway. `l1 = sum_s a_s l1_s`, `ssim = sum_s a_s
+/// ssim_s` (not normalised by `sum a_s`: the weights say how much each level adds). With the
+/// default `[1]` this is exactly the single-resolution loss. Levels after the last non-zero
+/// weight are not computed; a zero-weight level before it is computed (its pooling feeds the
+/// next) but adds nothing.
 ///
 /// # Shapes
 /// * `pred`, `target`: `[batch, channels, height, width]` in [-1, 1] (channels = 1 here).
@@ -169,6 +268,53 @@ pub fn reconstruction(
             got: msize,
         });
     }
+    let levels = cfg.active_scales();
+    let (mut p, mut t) = (pred.shallow_clone(), target.shallow_clone());
+    let mut mask = lung_mask.shallow_clone();
+    let mut parts = Vec::with_capacity(levels);
+    let mut sums: Option<(Tensor, Tensor)> = None;
+    for (level, &a) in cfg.scale_weights.iter().enumerate().take(levels) {
+        if level > 0 {
+            // [batch, channels, height / 2^level, width / 2^level]
+            p = downsample(&p);
+            t = downsample(&t);
+            // [batch, 1, height / 2^level, width / 2^level]: lung fraction per coarse pixel
+            mask = downsample(&mask.to_kind(pred.kind()));
+            tracing::trace!(level, size = ?p.size(), "multi-resolution reconstruction level");
+        }
+        let (l1, ssim_term) = reconstruction_level(&p, &t, &mask, cfg)?;
+        if a != 0.0 {
+            // A weight of 1 adds the level unscaled, so the default `[1]` is bitwise today's loss.
+            let scale = |x: &Tensor| if a == 1.0 { x.shallow_clone() } else { x * a };
+            let (sl1, sssim) = (scale(&l1), scale(&ssim_term));
+            sums = Some(match sums {
+                Some((l, s)) => (l + sl1, s + sssim),
+                None => (sl1, sssim),
+            });
+        }
+        parts.push((l1, ssim_term));
+    }
+    let (l1, ssim_term) = match sums {
+        Some(s) => s,
+        // Every scale weight is 0: a zero loss that still depends on the prediction.
+        None => (pred.sum(pred.kind()) * 0.0, pred.sum(pred.kind()) * 0.0),
+    };
+    let total = &l1 * cfg.l1_weight + &ssim_term * cfg.ssim_weight;
+    Ok(Recon {
+        l1,
+        ssim: ssim_term,
+        total,
+        levels: parts,
+    })
+}
+
+/// The lung-weighted L1 and `1 - SSIM` at one resolution (shapes already checked).
+fn reconstruction_level(
+    pred: &Tensor,
+    target: &Tensor,
+    lung_mask: &Tensor,
+    cfg: &LossConfig,
+) -> Result<(Tensor, Tensor), LossError> {
     let kind = pred.kind();
     // [batch, 1, height, width]
     let w = lung_weights(lung_mask, cfg.lung_weight).to_kind(kind);
@@ -183,12 +329,7 @@ pub fn reconstruction(
             cfg.ssim_data_range,
             &SsimParams::default(),
         )?;
-    let total = &l1 * cfg.l1_weight + &ssim_term * cfg.ssim_weight;
-    Ok(Recon {
-        l1,
-        ssim: ssim_term,
-        total,
-    })
+    Ok((l1, ssim_term))
 }
 
 /// Which adversarial objective G and D play.

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use metrics::SsimParams;
 use model::losses::{
     discriminator_adversarial, generator_adversarial, lung_weights, reconstruction, smoothness,
-    AdversarialKind, LossConfig, LossError,
+    AdversarialKind, LossConfig, LossError, MAX_SCALES,
 };
-use model::ssim::ssim;
+use model::ssim::{ssim, weighted_ssim};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -434,4 +434,176 @@ fn loss_config_defaults_and_serde() {
     assert!(serde_json::from_str::<LossConfig>(r#"{"lung_wieght": 4}"#).is_err());
     let back: LossConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
     assert_eq!(back, c);
+}
+
+// ---------------------------------------------------------------- multi-resolution
+
+fn scales(lung_weight: f64, scale_weights: &[f64]) -> LossConfig {
+    LossConfig {
+        lung_weight,
+        scale_weights: scale_weights.to_vec(),
+        ..LossConfig::default()
+    }
+}
+
+#[test]
+fn default_reconstruction_is_bitwise_the_single_resolution_loss() {
+    // The single-resolution loss written out here (the formula before multi-resolution
+    // existed): weighted L1 over the weighted sum, 1 - weighted SSIM.
+    let gold = golden();
+    let (pred, target, mask) = (
+        &gold.tensors["multires_pred"],
+        &gold.tensors["multires_target"],
+        &gold.tensors["multires_mask"],
+    );
+    let c = LossConfig::default();
+    assert_eq!(c.scale_weights, [1.0]);
+    let w = lung_weights(mask, c.lung_weight);
+    let w_full = w.expand_as(pred);
+    let l1 = (&w_full * (pred - target).abs()).sum(Kind::Float) / w_full.sum(Kind::Float);
+    let s = 1.0 - weighted_ssim(pred, target, &w, 2.0, &SsimParams::default()).unwrap();
+    let total = &l1 * c.l1_weight + &s * c.ssim_weight;
+    let r = reconstruction(pred, target, mask, &c).unwrap();
+    assert!(r.l1.equal(&l1) && r.ssim.equal(&s) && r.total.equal(&total));
+    assert_eq!(r.levels.len(), 1);
+    // Trailing zero weights compute nothing more and change nothing.
+    let r0 = reconstruction(pred, target, mask, &scales(10.0, &[1.0, 0.0, 0.0])).unwrap();
+    assert!(r0.total.equal(&total));
+    assert_eq!(r0.levels.len(), 1);
+}
+
+#[test]
+fn multi_resolution_matches_pytorch_pooling_and_scikit_image_golden() {
+    let gold = golden();
+    let (pred, target, mask) = (
+        &gold.tensors["multires_pred"],
+        &gold.tensors["multires_target"],
+        &gold.tensors["multires_mask"],
+    );
+    for lw in [10.0, 1.0] {
+        let tag = format!("multires_lung{}", lw as i64);
+        for (name, weights) in [
+            ("w1_05_025", vec![1.0, 0.5, 0.25]),
+            ("w0_1", vec![0.0, 1.0]),
+        ] {
+            let c = scales(lw, &weights);
+            let r64 = reconstruction(
+                &pred.to_kind(Kind::Double),
+                &target.to_kind(Kind::Double),
+                &mask.to_kind(Kind::Double),
+                &c,
+            )
+            .unwrap();
+            assert_eq!(r64.levels.len(), weights.len());
+            for (lv, (l1, s)) in r64.levels.iter().enumerate() {
+                let el1 = gold.values[&format!("{tag}_level{lv}_l1")];
+                let es = gold.values[&format!("{tag}_level{lv}_ssim")];
+                assert!(
+                    (v(l1) - el1).abs() < 1e-12,
+                    "{tag} level {lv} l1: {} vs {el1}",
+                    v(l1)
+                );
+                assert!(
+                    (v(s) - es).abs() < 1e-10,
+                    "{tag} level {lv} ssim: {} vs {es}",
+                    v(s)
+                );
+            }
+            let (el1, es) = (
+                gold.values[&format!("{tag}_{name}_l1")],
+                gold.values[&format!("{tag}_{name}_ssim")],
+            );
+            assert!((v(&r64.l1) - el1).abs() < 1e-12, "{tag} {name} l1");
+            assert!((v(&r64.ssim) - es).abs() < 1e-10, "{tag} {name} ssim");
+            let expected_total = c.l1_weight * el1 + c.ssim_weight * es;
+            assert!((v(&r64.total) - expected_total).abs() < 1e-9);
+            // float32, as in training.
+            let r32 = reconstruction(pred, target, mask, &c).unwrap();
+            assert_eq!(r32.total.kind(), Kind::Float);
+            assert!(
+                (v(&r32.l1) - el1).abs() < 1e-5 * el1.max(1.0),
+                "{tag} {name} l1 f32"
+            );
+            assert!((v(&r32.ssim) - es).abs() < 1e-5, "{tag} {name} ssim f32");
+        }
+    }
+    // The coarse levels differ from the full one, so ignoring them would fail the golden.
+    assert!(
+        (gold.values["multires_lung10_level0_ssim"] - gold.values["multires_lung10_level2_ssim"])
+            .abs()
+            > 0.1
+    );
+}
+
+#[test]
+fn coarse_levels_pool_the_mask_into_fractional_weights() {
+    // A 1-pixel lung at (4, 4) of a 32x32 image: at 1/2 resolution it is a quarter of coarse
+    // pixel (2, 2), whose weight is 1 + (10 - 1) / 4 = 3.25. An error of 1 on the 2x2 block
+    // around it averages to 1 in that coarse pixel: L1 = 3.25 / (255 + 3.25).
+    let mask = Tensor::zeros([1, 1, 32, 32], (Kind::Double, Device::Cpu));
+    let _ = mask.get(0).get(0).get(4).get(4).fill_(1.0);
+    let target = Tensor::zeros_like(&mask);
+    let pred = Tensor::zeros_like(&mask);
+    let _ = pred.narrow(2, 4, 2).narrow(3, 4, 2).fill_(1.0);
+    let r = reconstruction(&pred, &target, &mask, &scales(10.0, &[0.0, 1.0])).unwrap();
+    let expected = 3.25 / (255.0 + 3.25);
+    assert!(
+        (v(&r.l1) - expected).abs() < 1e-15,
+        "{} vs {expected}",
+        v(&r.l1)
+    );
+}
+
+#[test]
+fn multi_resolution_gradients_are_finite() {
+    let gold = golden();
+    let pred = gold.tensors["multires_pred"].copy().set_requires_grad(true);
+    let r = reconstruction(
+        &pred,
+        &gold.tensors["multires_target"],
+        &gold.tensors["multires_mask"],
+        &scales(10.0, &[1.0, 0.5, 0.25]),
+    )
+    .unwrap();
+    r.total.backward();
+    assert!(is_finite(&pred.grad()));
+    assert!(v(&pred.grad().abs().sum(Kind::Float)) > 0.0);
+}
+
+#[test]
+fn scale_weights_and_image_sizes_are_validated() {
+    for bad in [
+        vec![],
+        vec![1.0, -0.5],
+        vec![1.0, f64::INFINITY],
+        vec![1.0; MAX_SCALES + 1],
+    ] {
+        let c = scales(10.0, &bad);
+        assert!(
+            matches!(c.validate(), Err(LossError::InvalidParameter(ref m)) if m.contains("scale_weights")),
+            "{bad:?}"
+        );
+    }
+    let c = scales(10.0, &[1.0, 0.5, 0.25]);
+    assert_eq!(c.active_scales(), 3);
+    assert_eq!(scales(10.0, &[1.0, 0.5, 0.0]).active_scales(), 2);
+    assert_eq!(scales(10.0, &[0.0, 0.0]).active_scales(), 1);
+    // 1/4 of 44 is 11: the window fits; 1/4 of 40 is 10: it does not.
+    assert!(c.check_image_size(44, 44).is_ok());
+    let msg = c.check_image_size(40, 64).unwrap_err().to_string();
+    assert!(msg.contains("10x16") && msg.contains("44x44"), "{msg}");
+    assert!(scales(10.0, &[1.0, 0.5, 0.0])
+        .check_image_size(24, 24)
+        .is_ok());
+    assert!(LossConfig::default().check_image_size(11, 11).is_ok());
+    assert!(LossConfig::default().check_image_size(10, 11).is_err());
+    // The loss itself refuses a level below the window.
+    let small = Tensor::zeros([1, 1, 40, 40], (Kind::Float, Device::Cpu));
+    assert!(matches!(
+        reconstruction(&small, &small, &small, &c),
+        Err(LossError::ImageTooSmall { .. })
+    ));
+    // Serde: the field is an array, so a config file replaces it whole.
+    let parsed: LossConfig = serde_json::from_str(r#"{"scale_weights": [1, 0.5]}"#).unwrap();
+    assert_eq!(parsed.scale_weights, [1.0, 0.5]);
 }

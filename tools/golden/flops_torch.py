@@ -2,8 +2,9 @@
 """Golden FLOP counts for crates/model/src/flops.rs, counted by
 torch.utils.flop_counter.FlopCounterMode on the PyTorch twin (tools/pytorch_twin).
 
-For the `tiny` and `default` presets at 64x64, batch 2: the forward FLOPs of G, R and D
-(training mode) and of one whole training step (forward + backward, the step of
+For the `tiny` and `default` presets at 64x64, batch 2, and for `tiny` and `default` with R's
+bottleneck self-attention (`registration.attention`, cases `*_attention`): the forward FLOPs of
+G, R and D (training mode) and of one whole training step (forward + backward, the step of
 tools/pytorch_twin/bench.py, which is train::step::train_step's).
 
 Writes crates/model/tests/data/flops_torch.json.
@@ -37,16 +38,18 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     cases = {}
-    for name in ("tiny", "default"):
+    for name, attention in (("tiny", False), ("default", False), ("tiny", True), ("default", True)):
         cfg = twin.preset(name)
+        cfg["registration"]["attention"] = attention
         step = bench.Step(cfg, None)
         x, y, lung = bench.synthetic_batch(BATCH, SIZE)
         with torch.no_grad():
             g = count(lambda: step.g(x))
             r = count(lambda: step.r(x, y))
             d = count(lambda: step.d(x))
-        cases[name] = {
+        cases[name + ("_attention" if attention else "")] = {
             "preset": name,
+            "registration_attention": attention,
             "size": SIZE,
             "batch": BATCH,
             "g_forward": g,

@@ -4,8 +4,8 @@ Run from the repository root (needs the full PyTorch: /work/pyref/bin/python):
 
     /work/pyref/bin/python tools/golden/model_parity.py
 
-For each case (the `tiny` preset, and a small config with batch norm, a 2.5D input, GELU and a
-conditional D) it builds G, R and D with tools/pytorch_twin/reggan_twin.py and writes to
+For each case (the `tiny` preset; a small config with batch norm, a 2.5D input, GELU and a
+conditional D; and `tiny` with R's bottleneck self-attention and D without spectral norm) it builds G, R and D with tools/pytorch_twin/reggan_twin.py and writes to
 crates/model/tests/data/:
 
   parity_<case>_config.json       the model config, in model::config::ModelConfig's JSON form
@@ -23,7 +23,8 @@ crates/model/tests/data/:
   parity_warp.safetensors         image, flow (non-integer, partly out of bounds), warped
   parity_param_counts.json        the twin's trainable parameter counts for every preset
 
-To make the comparison sensitive, R's head is re-drawn at N(0, 0.1) (its N(0, 1e-5) start
+To make the comparison sensitive, R's attention gamma is set to 0.8 (it starts at 0, the
+identity), R's head is re-drawn at N(0, 0.1) (its N(0, 1e-5) start
 would give a flow of ~0 that any R matches), G's head at N(0, 1) (with N(0, 0.02) everywhere
 the small case's output is ~1e-4) and batch-norm running statistics are filled by
 two training forwards on other data before export.
@@ -78,6 +79,18 @@ CASES = {
         ),
         (3, 24, 20),
     ),
+    # R with the bottleneck self-attention (gamma re-drawn non-zero below) and D without
+    # spectral norm (plain convs, the R1-instead-of-SN arm)
+    "attention": (
+        twin.merge_config(
+            {
+                "registration": {**twin.PRESETS["tiny"]["registration"], "attention": True},
+                "generator": {"base_channels": 4, "depth": 2, "max_channels": 16, "convs_per_stage": 1},
+                "discriminator": {**twin.PRESETS["tiny"]["discriminator"], "spectral_norm": False},
+            }
+        ),
+        (2, 32, 32),
+    ),
 }
 
 
@@ -117,6 +130,10 @@ def run_case(name: str, cfg: dict, size: tuple[int, int, int]) -> None:
     torch.nn.init.normal_(r.head.bias, 0.0, 0.1)
     torch.nn.init.normal_(g.head.weight, 0.0, 1.0)
     torch.nn.init.normal_(g.head.bias, 0.0, 0.1)
+    if r.attn is not None:
+        # gamma starts at 0 (the block is then the identity, which any R matches)
+        with torch.no_grad():
+            r.attn.gamma.fill_(0.8)
 
     in_ch = cfg["generator"]["in_channels"]
     # fill batch-norm running statistics (no-op for instance norm)

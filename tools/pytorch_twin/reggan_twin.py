@@ -73,6 +73,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "activation": "leaky_relu",
         "leaky_slope": 0.2,
         "head_init_std": 1e-5,
+        "attention": False,
     },
     "discriminator": {
         "image_channels": 1,
@@ -83,6 +84,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "max_channels": 512,
         "norm": "instance",
         "leaky_slope": 0.2,
+        "spectral_norm": True,
         "spectral_norm_eps": 1e-12,
     },
 }
@@ -196,6 +198,11 @@ class UNet(nn.Module):
         self.mid = Stage(c_in if depth == 0 else width[depth - 1], width[depth], *stage_args)
         self.up = nn.ModuleList(UpStage(width[i + 1], width[i], stage_args) for i in range(depth))
         self.head = nn.Conv2d(width[0], c_out, 1)
+        self.bottleneck_channels = width[depth]
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """Hook on the bottleneck features before the decoder (identity here; R's attention)."""
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -206,7 +213,7 @@ class UNet(nn.Module):
             skips.append(x)
         if len(self.down) > 0:
             x = F.max_pool2d(x, 2)
-        x = self.mid(x)
+        x = self.bottleneck(self.mid(x))
         for up, skip in reversed(list(zip(self.up, skips))):
             x = up(x, skip)
         return self.head(x)
@@ -246,6 +253,29 @@ class Generator(UNet):
         return torch.tanh(super().forward(x))
 
 
+class SelfAttention(nn.Module):
+    """SAGAN self-attention (Zhang et al. 2019), crates/model/src/attention.rs:
+    q, k = 1x1 convs to max(C // 8, 1) channels, v = 1x1 conv to C, attn = softmax_j(q_i . k_j)
+    (no scaling), out = gamma * (v attn^T) + x with gamma starting at 0. x [B, C, H, W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        qc = max(channels // 8, 1)
+        self.query = nn.Conv2d(channels, qc, 1)
+        self.key = nn.Conv2d(channels, qc, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.query(x).view(b, -1, h * w).permute(0, 2, 1)  # [B, N, C']
+        k = self.key(x).view(b, -1, h * w)  # [B, C', N]
+        v = self.value(x).view(b, c, h * w)  # [B, C, N]
+        attn = torch.softmax(torch.bmm(q, k), dim=-1)  # [B, N, N]
+        o = torch.bmm(v, attn.permute(0, 2, 1)).view(b, c, h, w)
+        return self.gamma * o + x
+
+
 class RegistrationNet(UNet):
     """R: (moving [B,1,H,W], fixed [B,1,H,W]) -> flow [B, 2, H, W] in pixels (dx, dy).
 
@@ -264,6 +294,11 @@ class RegistrationNet(UNet):
                     nn.init.zeros_(m.bias)
         nn.init.normal_(self.head.weight, 0.0, cfg["head_init_std"])
         nn.init.zeros_(self.head.bias)
+        # built after the init loop: PyTorch's default Conv2d init, as tch's in attention.rs
+        self.attn = SelfAttention(self.bottleneck_channels) if cfg["attention"] else None
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.attn is None else self.attn(x)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         return super().forward(torch.cat([moving, fixed], 1))
@@ -281,10 +316,10 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 class SNConvLayer(nn.Module):
-    def __init__(self, c_in, c_out, stride, norm, slope, eps):
+    def __init__(self, c_in, c_out, stride, norm, slope, eps, spectral=True):
         super().__init__()
         conv = nn.Conv2d(c_in, c_out, 4, stride=stride, padding=1, bias=norm != "batch")
-        self.conv = nn.utils.spectral_norm(conv, n_power_iterations=1, eps=eps)
+        self.conv = nn.utils.spectral_norm(conv, n_power_iterations=1, eps=eps) if spectral else conv
         self.norm = norm_layer(norm, c_out)
         self.act = nn.LeakyReLU(slope) if slope is not None else nn.Identity()
 
@@ -293,7 +328,8 @@ class SNConvLayer(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D: PatchGAN with spectral norm. x [B, C, H, W] -> logits [B, 1, H', W']."""
+    """D: PatchGAN with spectral norm (unless cfg["spectral_norm"] is False).
+    x [B, C, H, W] -> logits [B, 1, H', W']."""
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__()
@@ -304,7 +340,8 @@ class Discriminator(nn.Module):
         plan = [(c_in, width[0], 2, "none", slope)]
         plan += [(width[k - 1], width[k], 2, norm, slope) for k in range(1, n)]
         plan += [(width[max(n - 1, 0)], width[n], 1, norm, slope), (width[n], 1, 1, "none", None)]
-        self.layers = nn.ModuleList(SNConvLayer(*p, eps) for p in plan)
+        spectral = cfg["spectral_norm"]
+        self.layers = nn.ModuleList(SNConvLayer(*p, eps, spectral) for p in plan)
         self.conditional = cfg["conditional"]
         _init_normal(self, GAN_INIT_STD)
 

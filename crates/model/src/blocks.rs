@@ -298,6 +298,18 @@ impl UNet {
     /// [batch, in_channels, height, width] -> [batch, out_channels, height, width]; height
     /// and width must be divisible by `2^depth` (the callers check it).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_with_bottleneck(x, train, |y| y)
+    }
+
+    /// [`UNet::forward_t`] with `bottleneck` applied to the bottleneck stage's output
+    /// [batch, width(depth), height / 2^depth, width / 2^depth] (same shape in and out) before
+    /// the decoder: R's optional self-attention block (`crate::attention`) goes there.
+    pub fn forward_with_bottleneck(
+        &self,
+        x: &Tensor,
+        train: bool,
+        bottleneck: impl FnOnce(Tensor) -> Tensor,
+    ) -> Tensor {
         // 1. down: keep each stage's output for the skip connections
         let mut skips = Vec::with_capacity(self.down.len());
         let mut y = x.shallow_clone();
@@ -312,8 +324,7 @@ impl UNet {
         if !self.down.is_empty() {
             y = y.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
         }
-        y = self.mid.forward_t(&y, train);
-        // (a bottleneck self-attention block would go here)
+        y = bottleneck(self.mid.forward_t(&y, train));
         // 3. up: deepest decoder stage first
         for (up, skip) in self.up.iter().zip(skips.iter()).rev() {
             let upsampled = y.apply(&up.upconv);

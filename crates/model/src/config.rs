@@ -108,9 +108,8 @@ impl GeneratorConfig {
 /// The registration network R: a small UNet from (moving, fixed) to a displacement field.
 ///
 /// Input is always 2 channels (G's output and the real CTPA) and output 2 channels (dx, dy
-/// in pixels). A bottleneck self-attention block is planned (a later issue); it will be an
-/// optional field here and a step between the bottleneck and the decoder in
-/// [`crate::blocks::UNet::forward_t`].
+/// in pixels). `attention` adds a SAGAN self-attention block at the bottleneck (see
+/// [`crate::attention`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationConfig {
@@ -142,6 +141,7 @@ impl Default for RegistrationConfig {
             activation: Activation::LeakyRelu,
             leaky_slope: 0.2,
             head_init_std: 1e-5,
+            attention: false,
         }
     }
 }
@@ -154,7 +154,7 @@ impl RegistrationConfig {
 }
 
 /// The discriminator D: pix2pix's `NLayerDiscriminator` (PatchGAN) with spectral norm on
-/// every conv. With 3 layers its receptive field is 70x70.
+/// every conv (unless `spectral_norm = false`). With 3 layers its receptive field is 70x70.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscriminatorConfig {
@@ -174,6 +174,9 @@ pub struct DiscriminatorConfig {
     pub norm: Norm,
     /// LeakyReLU slope.
     pub leaky_slope: f64,
+    /// Spectral norm on every conv (Miyato et al. 2018). `false` gives plain convs (weights
+    /// `layers.{k}.conv.weight`), e.g. to let the R1 penalty replace it. Default: true.
+    pub spectral_norm: bool,
     /// Power-iteration epsilon of the spectral norm (PyTorch's 1e-12).
     pub spectral_norm_eps: f64,
 }
@@ -189,6 +192,7 @@ impl Default for DiscriminatorConfig {
             max_channels: 512,
             norm: Norm::Instance,
             leaky_slope: 0.2,
+            spectral_norm: true,
             spectral_norm_eps: 1e-12,
         }
     }

@@ -1,5 +1,5 @@
 //! The discriminator D: pix2pix's PatchGAN (`NLayerDiscriminator`) with spectral norm on
-//! every conv.
+//! every conv (switchable: `DiscriminatorConfig::spectral_norm`).
 //!
 //! Layers (all 4x4 convs, padding 1), for `n_layers = 3` and base width 64:
 //!
@@ -12,8 +12,12 @@
 //! ```
 //!
 //! which gives the 70x70 receptive field. Each conv has `layers.{k}.conv.{weight_orig, bias,
-//! weight_u, weight_v}` (see [`crate::spectral_norm`]) and, with batch norm,
-//! `layers.{k}.norm.*`. Weights start at N(0, 0.02), biases at zero.
+//! weight_u, weight_v}` (see [`crate::spectral_norm`]), or `layers.{k}.conv.{weight, bias}`
+//! without spectral norm, and, with batch norm, `layers.{k}.norm.*`. Weights start at
+//! N(0, 0.02), biases at zero.
+//!
+//! Without spectral norm D's Lipschitz constant is unconstrained; the R1 penalty
+//! (`crate::r1`, applied by the trainer) is the usual replacement, and both can be combined.
 
 use tch::nn;
 use tch::Tensor;
@@ -27,10 +31,27 @@ const KERNEL: i64 = 4;
 /// Padding of every PatchGAN conv.
 const PADDING: i64 = 1;
 
-/// One spectrally normalized 4x4 conv, optionally followed by a norm and LeakyReLU.
+/// A conv's weight: spectrally normalized, or used as it is.
+#[derive(Debug)]
+enum ConvWeight {
+    Spectral(SpectralNorm),
+    Plain(Tensor),
+}
+
+impl ConvWeight {
+    /// The weight the conv uses (for spectral norm: after one power iteration when `train`).
+    fn weight(&self, train: bool) -> Tensor {
+        match self {
+            ConvWeight::Spectral(sn) => sn.weight(train),
+            ConvWeight::Plain(w) => w.shallow_clone(),
+        }
+    }
+}
+
+/// One 4x4 conv (spectrally normalized or plain), optionally followed by a norm and LeakyReLU.
 #[derive(Debug)]
 struct SnConvLayer {
-    weight: SpectralNorm,
+    weight: ConvWeight,
     bias: Option<Tensor>,
     stride: i64,
     norm: NormLayer,
@@ -51,7 +72,7 @@ impl SnConvLayer {
     }
 }
 
-/// D: PatchGAN with spectral norm.
+/// D: PatchGAN, with spectral norm unless the config turns it off.
 #[derive(Debug)]
 pub struct Discriminator {
     layers: Vec<SnConvLayer>,
@@ -84,12 +105,17 @@ impl Discriminator {
             .map(|(k, (c_in, c_out, stride, norm, act))| {
                 let p = path / "layers" / k;
                 let conv = &p / "conv";
-                let weight = SpectralNorm::new(
-                    &conv,
-                    &[c_out, c_in, KERNEL, KERNEL],
-                    init,
-                    cfg.spectral_norm_eps,
-                );
+                let dims = [c_out, c_in, KERNEL, KERNEL];
+                let weight = if cfg.spectral_norm {
+                    ConvWeight::Spectral(SpectralNorm::new(
+                        &conv,
+                        &dims,
+                        init,
+                        cfg.spectral_norm_eps,
+                    ))
+                } else {
+                    ConvWeight::Plain(conv.var("weight", &dims, init))
+                };
                 let bias =
                     conv_bias(norm).then(|| conv.var("bias", &[c_out], nn::Init::Const(0.0)));
                 SnConvLayer {
@@ -127,9 +153,13 @@ impl Discriminator {
         }
     }
 
-    /// The spectral-norm states of the convs, first layer first (for tests and diagnostics).
+    /// The spectral-norm states of the convs, first layer first (for tests and diagnostics);
+    /// empty without spectral norm.
     pub fn spectral_norms(&self) -> impl Iterator<Item = &SpectralNorm> {
-        self.layers.iter().map(|l| &l.weight)
+        self.layers.iter().filter_map(|l| match &l.weight {
+            ConvWeight::Spectral(sn) => Some(sn),
+            ConvWeight::Plain(_) => None,
+        })
     }
 }
 

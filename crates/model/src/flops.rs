@@ -11,7 +11,9 @@
 //! * a conv with weight `[c_out, c_in / groups, kh, kw]` producing `[b, c_out, h_out, w_out]`
 //!   does `b * c_out * (c_in / groups) * kh * kw * h_out * w_out` MACs;
 //! * a transposed conv with weight `[c_in, c_out, kh, kw]` on an input `[b, c_in, h_in, w_in]`
-//!   does `b * c_in * c_out * kh * kw * h_in * w_in` MACs.
+//!   does `b * c_in * c_out * kh * kw * h_in * w_in` MACs;
+//! * a batched matrix product `[b, n, k] x [b, k, m]` does `b * n * k * m` MACs (R's optional
+//!   bottleneck self-attention, [`crate::attention`], has two; its softmax is not counted).
 //!
 //! # Backward
 //! Each conv's backward is two convolutions of the forward's size: the gradient with respect
@@ -126,9 +128,12 @@ pub fn generator_convs(cfg: &GeneratorConfig, batch: u64, h: u64, w: u64) -> Vec
     )
 }
 
-/// R's convs on a pair of `[batch, 1, h, w]` images, in forward order.
+/// R's convs on a pair of `[batch, 1, h, w]` images, in forward order; with
+/// `cfg.attention`, the bottleneck self-attention's three 1x1 convs (`attn.query`, `attn.key`,
+/// `attn.value`) and two matrix products (`attn.scores`: q^T k, `attn.mix`: v attn^T) after the
+/// bottleneck stage.
 pub fn registration_convs(cfg: &RegistrationConfig, batch: u64, h: u64, w: u64) -> Vec<ConvCost> {
-    unet_convs(
+    let mut convs = unet_convs(
         REGISTRATION_IN_CHANNELS as u64,
         REGISTRATION_OUT_CHANNELS as u64,
         cfg.base_channels,
@@ -138,7 +143,40 @@ pub fn registration_convs(cfg: &RegistrationConfig, batch: u64, h: u64, w: u64) 
         batch,
         h,
         w,
-    )
+    );
+    if cfg.attention {
+        let c = width(cfg.base_channels, cfg.max_channels, cfg.depth);
+        let attn = attention_costs(c, batch, h >> cfg.depth, w >> cfg.depth);
+        // right after the bottleneck stage's last conv, before the first upconv
+        let at = convs
+            .iter()
+            .position(|l| l.layer.starts_with("up.") || l.layer == "head")
+            .unwrap_or(convs.len());
+        convs.splice(at..at, attn);
+    }
+    convs
+}
+
+/// The costs of [`crate::attention::SelfAttention`] on `[batch, channels, h, w]` features.
+fn attention_costs(channels: u64, batch: u64, h: u64, w: u64) -> Vec<ConvCost> {
+    let qc = crate::attention::query_channels(channels as i64).max(1) as u64;
+    let n = h * w;
+    let cost = |layer: &str, macs| ConvCost {
+        layer: layer.into(),
+        macs,
+    };
+    vec![
+        cost("attn.query", conv_macs(batch, channels, qc, (1, 1), (h, w))),
+        cost("attn.key", conv_macs(batch, channels, qc, (1, 1), (h, w))),
+        cost(
+            "attn.value",
+            conv_macs(batch, channels, channels, (1, 1), (h, w)),
+        ),
+        // [b, N, C'] x [b, C', N]
+        cost("attn.scores", batch * n * qc * n),
+        // [b, C, N] x [b, N, N]
+        cost("attn.mix", batch * channels * n * n),
+    ]
 }
 
 /// D's convs (4x4, padding 1) on a `[batch, input_channels, h, w]` input, in forward order.

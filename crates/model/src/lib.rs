@@ -2,6 +2,7 @@
 //! its spatial transformer, the spectral-norm PatchGAN discriminator D, the losses and the
 //! optimizer whose state can be saved (exact resume).
 
+pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod device;
@@ -11,6 +12,7 @@ pub mod generator;
 pub mod losses;
 pub mod optim;
 pub mod perceptual;
+pub mod r1;
 pub mod registration;
 pub mod spectral_norm;
 pub mod ssim;

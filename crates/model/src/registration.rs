@@ -6,10 +6,15 @@
 //! R starts at (nearly) the identity transform and the generator is not chased by a random
 //! field early in training. Hidden convs use He (Kaiming-uniform, fan-in) initialisation, suited
 //! to the leaky-ReLU layers (RegGAN initialises its Reg net with Kaiming too).
+//!
+//! With `RegistrationConfig::attention`, a SAGAN self-attention block
+//! ([`crate::attention::SelfAttention`], variables `attn.*`) runs on the bottleneck features
+//! before the decoder; it starts as the identity.
 
 use tch::nn;
 use tch::Tensor;
 
+use crate::attention::SelfAttention;
 use crate::blocks::{check_size_multiple, Act, StageSpec, UNet, UNetSpec};
 use crate::config::RegistrationConfig;
 
@@ -22,6 +27,8 @@ pub const REGISTRATION_OUT_CHANNELS: i64 = 2;
 #[derive(Debug)]
 pub struct RegistrationNet {
     unet: UNet,
+    /// Self-attention at the bottleneck (`cfg.attention`).
+    attention: Option<SelfAttention>,
     cfg: RegistrationConfig,
 }
 
@@ -46,8 +53,13 @@ impl RegistrationNet {
             },
         };
         tracing::debug!(?cfg, "building registration network");
+        let unet = UNet::new(path, &spec);
+        let attention = cfg
+            .attention
+            .then(|| SelfAttention::new(&(path / "attn"), spec.width(cfg.depth)));
         Self {
-            unet: UNet::new(path, &spec),
+            unet,
+            attention,
             cfg: cfg.clone(),
         }
     }
@@ -76,6 +88,17 @@ impl RegistrationNet {
     pub fn forward_t(&self, moving: &Tensor, fixed: &Tensor, train: bool) -> Tensor {
         // [batch, 2, height, width]: moving first, as in RegGAN's Reg(fake_B, real_B)
         let x = Tensor::cat(&[moving, fixed], 1);
-        self.unet.forward_t(&x, train)
+        match &self.attention {
+            // bottleneck [batch, width(depth), height / 2^depth, width / 2^depth]
+            Some(attn) => self
+                .unet
+                .forward_with_bottleneck(&x, train, |y| attn.forward(&y)),
+            None => self.unet.forward_t(&x, train),
+        }
+    }
+
+    /// The bottleneck self-attention block, when configured.
+    pub fn attention(&self) -> Option<&SelfAttention> {
+        self.attention.as_ref()
     }
 }

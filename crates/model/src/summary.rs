@@ -41,6 +41,9 @@ pub struct ModelSummary {
     pub generator: NetworkCount,
     pub registration: NetworkCount,
     pub discriminator: NetworkCount,
+    /// Trainable parameters of R's bottleneck self-attention block (included in
+    /// `registration`; 0 without it).
+    pub registration_attention: i64,
     /// Input height and width must be multiples of this.
     pub size_multiple: i64,
 }
@@ -54,6 +57,14 @@ impl ModelSummary {
             tch::no_grad(|| build(&vs.root()));
             NetworkCount::of(&vs)
         };
+        let registration_attention = {
+            let vs = VarStore::new(Device::Cpu);
+            tch::no_grad(|| {
+                let r = RegistrationNet::new(&vs.root(), &cfg.registration);
+                r.attention()
+                    .map_or(0, |a| a.parameters().iter().map(|t| t.numel() as i64).sum())
+            })
+        };
         ModelSummary {
             generator: count(&|p| {
                 Generator::new(p, &cfg.generator);
@@ -61,6 +72,7 @@ impl ModelSummary {
             registration: count(&|p| {
                 RegistrationNet::new(p, &cfg.registration);
             }),
+            registration_attention,
             discriminator: count(&|p| {
                 Discriminator::new(p, &cfg.discriminator);
             }),
@@ -86,6 +98,10 @@ impl fmt::Display for ModelSummary {
                 thousands(c.trainable),
                 thousands(c.total)
             )?;
+            if name.starts_with('R') && self.registration_attention > 0 {
+                let a = thousands(self.registration_attention);
+                writeln!(f, "{:<22} {:>14} {:>14}", "  of which attention", a, a)?;
+            }
         }
         write!(f, "input size multiple: {}", self.size_multiple)
     }

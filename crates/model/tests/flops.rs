@@ -15,6 +15,9 @@ struct Golden {
 #[derive(Deserialize)]
 struct Case {
     preset: String,
+    /// R's bottleneck self-attention on (absent in older files: off).
+    #[serde(default)]
+    registration_attention: bool,
     size: u64,
     batch: u64,
     g_forward: u64,
@@ -29,13 +32,37 @@ fn golden() -> Golden {
     serde_json::from_str(&text).expect("golden JSON")
 }
 
+fn config(case: &Case) -> ModelConfig {
+    let mut cfg = ModelConfig::preset(&case.preset).unwrap();
+    cfg.registration.attention = case.registration_attention;
+    cfg
+}
+
+/// R's attention block adds its 1x1 convs and two matrix products (the golden's counts with
+/// and without it differ by exactly those).
+#[test]
+fn attention_adds_its_convs_and_matrix_products() {
+    let g = golden();
+    let (with, without) = (&g.cases["tiny_attention"], &g.cases["tiny"]);
+    let cfg = config(with);
+    // tiny R: depth 2, bottleneck width min(8 * 4, 16) = 16, C' = 2; 64 px -> 16 x 16 = 256
+    let (b, c, qc, n) = (2u64, 16u64, 2u64, 256u64);
+    let extra = 2 * (b * n * (2 * c * qc + c * c) + b * n * n * qc + b * c * n * n);
+    assert_eq!(with.r_forward - without.r_forward, extra);
+    assert_eq!(
+        forward_flops(&registration_convs(&cfg.registration, b, 64, 64)),
+        with.r_forward
+    );
+}
+
 /// Forward counts of each network equal the counter's exactly (same convs, same shapes).
 #[test]
 fn network_forward_flops_match_flop_counter() {
     let g = golden();
     assert!(g.cases.contains_key("tiny") && g.cases.contains_key("default"));
+    assert!(g.cases.contains_key("tiny_attention") && g.cases.contains_key("default_attention"));
     for case in g.cases.values() {
-        let cfg = ModelConfig::preset(&case.preset).unwrap();
+        let cfg = config(case);
         let (b, s) = (case.batch, case.size);
         assert_eq!(
             forward_flops(&generator_convs(&cfg.generator, b, s, s)),
@@ -63,7 +90,7 @@ fn network_forward_flops_match_flop_counter() {
 #[test]
 fn step_flops_match_flop_counter() {
     for case in golden().cases.values() {
-        let cfg = ModelConfig::preset(&case.preset).unwrap();
+        let cfg = config(case);
         let f = step_flops(&cfg, true, case.batch, case.size, case.size);
         assert_eq!(f.total, case.step, "{} step: ours {f:?}", case.preset);
     }

@@ -160,6 +160,28 @@ fn batch_norm_gelu_conditional_config_matches_pytorch() {
     check_case("small");
 }
 
+/// R with the bottleneck self-attention (gamma set to 0.8 by the golden script, so the block
+/// is not the identity) and D without spectral norm.
+#[test]
+fn registration_attention_and_plain_d_match_pytorch() {
+    let cfg = config("attention");
+    assert!(cfg.registration.attention && !cfg.discriminator.spectral_norm);
+    check_case("attention");
+    // the attention really contributes: without it, the same weights give another flow
+    let io = read("parity_attention_io.safetensors");
+    let mut vs = VarStore::new(Device::Cpu);
+    let r = RegistrationNet::new(&vs.root(), &cfg.registration);
+    load(&mut vs, "parity_attention_r.safetensors");
+    tch::no_grad(|| {
+        let gamma = r.attention().expect("attention block").gamma();
+        assert!((gamma.double_value(&[0]) - 0.8).abs() < 1e-6);
+        let _ = gamma.shallow_clone().fill_(0.0);
+        let without = r.forward_t(&io["g_eval"], &io["ctpa"], false);
+        let diff = max_abs_diff(&without, &io["r_flow"]);
+        assert!(diff > 1e-3, "attention changed the flow by only {diff:e}");
+    });
+}
+
 #[test]
 fn warp_matches_pytorch_grid_sample() {
     let io = read("parity_warp.safetensors");

@@ -3,9 +3,21 @@
 //!
 //! tch's `nn::Optimizer` keeps Adam's moments inside libtorch with no way to read or write
 //! them, so a resumed run would restart its moments from zero. This Adam holds its moments as
-//! tensors keyed by variable name, and reproduces `torch.optim.Adam`'s single-tensor update
-//! (`torch/optim/adam.py`, `_single_tensor_adam`, the default on the CPU) operation for
-//! operation:
+//! tensors keyed by variable name, and reproduces `torch.optim.Adam` in one of two ways
+//! ([`AdamImpl`], `AdamConfig::implementation`):
+//!
+//! * **`fused`** (the default): libtorch's one-pass kernel `at::_fused_adam_`, called
+//!   through the `torchext` shim: exactly what `torch.optim.Adam(fused=True)` runs (on the
+//!   CPU since PyTorch 2.4, and on CUDA). One call updates every variable; each element is
+//!   read and written once, with no temporaries. Measured on the default preset's G+R
+//!   (62M parameters, 2 CPU threads): see `benches`/the README's benchmark section.
+//! * **`loop`**: `_single_tensor_adam` (`torch/optim/adam.py`, torch's default on the CPU
+//!   with `foreach=False`), op for op with in-place ops (`lerp_`, `mul_`, `addcmul_`,
+//!   `addcdiv_`) and three temporaries per variable (the denominator, and the scaled
+//!   factors, because tch's `addcmul_`/`addcdiv_` take no `value`). Equal to torch's
+//!   single-tensor path to float rounding; kept as the reference and for debugging.
+//!
+//! Both compute:
 //!
 //! ```text
 //! step += 1
@@ -16,10 +28,11 @@
 //! param -= lr / (1 - beta1^step) * m / denom
 //! ```
 //!
-//! The bias corrections and step size are computed in f64 on the host from the step count
-//! (as Python floats are in torch), so nothing is read back from the device. Checked against
-//! torch step for step in `tests/optim_adam_torch.rs`. (On CUDA, torch defaults to the
-//! multi-tensor "foreach" kernels, which compute the same formula.)
+//! In `loop`, the bias corrections and step size are computed in f64 on the host from the
+//! step count (as Python floats are in torch); in `fused`, the kernel computes them from a
+//! float32 step tensor per variable (torch's fused `state['step']`). Nothing is read back
+//! from the device either way. Checked against torch (single-tensor and `fused=True`) step
+//! for step in `tests/optim_adam.rs`.
 //!
 //! Differences from torch, by design:
 //! * [`Adam::zero_grad`] zeroes the gradients in place (torch's `set_to_none=False`); torch's
@@ -32,7 +45,9 @@
 //! variable), `step.NAME` (int64 scalar: torch keeps a step count per parameter), `step` (int64
 //! scalar: calls to [`Adam::step`]) and `hyper.lr`, `hyper.beta1`, `hyper.beta2`, `hyper.eps`,
 //! `hyper.weight_decay` (f64 scalars), which [`Adam::load`] restores like torch's
-//! `load_state_dict` restores its parameter group.
+//! `load_state_dict` restores its parameter group. The file is the same for both
+//! implementations (the implementation is a run setting, not state: a state saved by one
+//! loads into the other).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -41,9 +56,21 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
-use tracing::{debug, info, trace};
+use tracing::{debug, info, trace, warn};
 
-/// Adam hyperparameters. `Default` is RegGAN's: lr 1e-4, betas (0.5, 0.999).
+/// Which kernel applies the update (both compute `torch.optim.Adam`; see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdamImpl {
+    /// `at::_fused_adam_`, as `torch.optim.Adam(fused=True)`: one pass, no temporaries.
+    #[default]
+    Fused,
+    /// torch's single-tensor loop (`foreach=False`) with in-place ops (equal to float rounding).
+    Loop,
+}
+
+/// Adam hyperparameters. `Default` is RegGAN's: lr 1e-4, betas (0.5, 0.999), and the fused
+/// kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamConfig {
@@ -53,6 +80,8 @@ pub struct AdamConfig {
     pub eps: f64,
     /// L2 penalty added to the gradient (torch.optim.Adam's `weight_decay`, not AdamW's).
     pub weight_decay: f64,
+    /// `"fused"` (default) or `"loop"`.
+    pub implementation: AdamImpl,
 }
 
 impl Default for AdamConfig {
@@ -63,6 +92,7 @@ impl Default for AdamConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            implementation: AdamImpl::Fused,
         }
     }
 }
@@ -108,6 +138,8 @@ pub enum OptimError {
     },
     #[error("optimizer state {path}: {problem}")]
     Mismatch { path: PathBuf, problem: String },
+    #[error("fused Adam step: {0}")]
+    Kernel(#[from] torchext::TorchExtError),
 }
 
 /// Per-variable state.
@@ -118,6 +150,9 @@ struct Slot {
     exp_avg_sq: Tensor,
     /// torch's `state['step']`: updates applied to this variable.
     step: i64,
+    /// The same count as a float32 scalar on the variable's device: the fused kernel's
+    /// `state_steps`, which it increments itself.
+    step_t: Tensor,
 }
 
 /// Adam over the trainable variables of one VarStore, in name order.
@@ -154,6 +189,7 @@ impl Adam {
                 let slot = Slot {
                     exp_avg: Tensor::zeros(var.size(), opts),
                     exp_avg_sq: Tensor::zeros(var.size(), opts),
+                    step_t: Tensor::zeros([], (Kind::Float, var.device())),
                     var,
                     step: 0,
                 };
@@ -208,14 +244,109 @@ impl Adam {
     }
 
     /// One Adam update of every variable that has a gradient, under `no_grad`.
+    ///
+    /// If libtorch's fused kernel rejects its inputs (variables of mixed devices or dtypes,
+    /// which one VarStore does not produce), the error is logged and this optimizer switches
+    /// to the `loop` implementation for this and later steps, which computes the same
+    /// update; [`Adam::try_step`] returns the error instead.
     pub fn step(&mut self) {
+        if let Err(e) = self.try_step() {
+            warn!("{e}; switching this optimizer to the loop implementation");
+            self.cfg.implementation = AdamImpl::Loop;
+            self.step_unchecked();
+        }
+    }
+
+    /// [`Adam::step`] that returns the fused kernel's error (nothing is updated then).
+    pub fn try_step(&mut self) -> Result<(), OptimError> {
+        match self.cfg.implementation {
+            AdamImpl::Fused => {
+                let _guard = tch::no_grad_guard();
+                let updated = self.step_fused()?;
+                self.finish_step(updated);
+                Ok(())
+            }
+            AdamImpl::Loop => {
+                self.step_unchecked();
+                Ok(())
+            }
+        }
+    }
+
+    /// The loop implementation's step (it cannot fail).
+    fn step_unchecked(&mut self) {
         let _guard = tch::no_grad_guard();
+        let updated = self.step_loop();
+        self.finish_step(updated);
+    }
+
+    fn finish_step(&mut self, updated: usize) {
+        self.steps += 1;
+        trace!(step = self.steps, updated, lr = self.cfg.lr, implementation = ?self.cfg.implementation, "Adam step");
+    }
+
+    /// All variables with a gradient in one `at::_fused_adam_` call.
+    fn step_fused(&mut self) -> Result<usize, OptimError> {
+        let c = self.cfg;
+        let grads: Vec<(&mut Slot, Tensor)> = self
+            .slots
+            .values_mut()
+            .filter_map(|slot| {
+                let g = slot.var.grad();
+                g.defined().then_some((slot, g))
+            })
+            .collect();
+        // torch's `_fused_adam` increments `state_steps` before the kernel, which reads them.
+        for (slot, _) in &grads {
+            let mut t = slot.step_t.shallow_clone();
+            let _ = t.g_add_scalar_(1.0);
+        }
+        let refs: Vec<torchext::AdamSlotRefs<'_>> = grads
+            .iter()
+            .map(|(slot, grad)| torchext::AdamSlotRefs {
+                param: &slot.var,
+                grad,
+                exp_avg: &slot.exp_avg,
+                exp_avg_sq: &slot.exp_avg_sq,
+                step: &slot.step_t,
+            })
+            .collect();
+        let result = torchext::fused_adam_(
+            &refs,
+            torchext::FusedAdamParams {
+                lr: c.lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                weight_decay: c.weight_decay,
+                eps: c.eps,
+            },
+            None,
+            None,
+        );
+        if let Err(e) = result {
+            for (slot, _) in &grads {
+                let mut t = slot.step_t.shallow_clone();
+                let _ = t.g_add_scalar_(-1.0);
+            }
+            return Err(e.into());
+        }
+        let updated = refs.len();
+        drop(refs);
+        for (slot, _) in grads {
+            slot.step += 1;
+        }
+        Ok(updated)
+    }
+
+    /// torch's `_single_tensor_adam`, op for op, in place where tch allows.
+    fn step_loop(&mut self) -> usize {
         let AdamConfig {
             lr,
             beta1,
             beta2,
             eps,
             weight_decay,
+            ..
         } = self.cfg;
         let mut updated = 0usize;
         for slot in self.slots.values_mut() {
@@ -224,28 +355,34 @@ impl Adam {
                 continue;
             }
             slot.step += 1;
+            let _ = slot.step_t.fill_(slot.step as f64);
+            // torch: grad = grad.add(param, alpha=weight_decay) (a new tensor, not in place)
             let grad = if weight_decay != 0.0 {
-                grad + &slot.var * weight_decay
+                grad.g_add(&(&slot.var * weight_decay))
             } else {
                 grad
             };
             let _ = slot.exp_avg.lerp_(&grad, 1.0 - beta1);
             // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             let _ = slot.exp_avg_sq.g_mul_scalar_(beta2);
-            let _ = slot.exp_avg_sq.g_add_(&(&grad * (1.0 - beta2) * &grad));
+            // (tch's addcmul_ has no `value`: it is folded into the first factor.)
+            let _ = slot.exp_avg_sq.addcmul_(&(&grad * (1.0 - beta2)), &grad);
             // Python floats in torch: `beta ** step` with a float step, i.e. pow().
             let t = slot.step as f64;
             let bias_correction1 = 1.0 - beta1.powf(t);
             let bias_correction2 = 1.0 - beta2.powf(t);
             let step_size = lr / bias_correction1;
             let bias_correction2_sqrt = bias_correction2.powf(0.5);
-            let denom = slot.exp_avg_sq.sqrt() / bias_correction2_sqrt + eps;
+            // torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+            let mut denom = slot.exp_avg_sq.sqrt();
+            let _ = denom.g_div_scalar_(bias_correction2_sqrt);
+            let _ = denom.g_add_scalar_(eps);
             // torch: param.addcdiv_(exp_avg, denom, value=-step_size)
-            let _ = slot.var.g_add_(&(&slot.exp_avg * (-step_size) / &denom));
+            // (tch's addcdiv_ has no `value`: it is folded into the numerator.)
+            let _ = slot.var.addcdiv_(&(&slot.exp_avg * (-step_size)), &denom);
             updated += 1;
         }
-        self.steps += 1;
-        trace!(step = self.steps, updated, lr, "Adam step");
+        updated
     }
 
     /// Writes the optimizer state to `path` (safetensors, atomically: a temporary file in the
@@ -394,6 +531,8 @@ impl Adam {
             beta2: scalar_f64("hyper.beta2")?,
             eps: scalar_f64("hyper.eps")?,
             weight_decay: scalar_f64("hyper.weight_decay")?,
+            // A run setting, not state: keep this optimizer's.
+            implementation: self.cfg.implementation,
         };
         cfg.validate().map_err(|e| mismatch(e.to_string()))?;
 
@@ -407,6 +546,7 @@ impl Adam {
                 slot.exp_avg = exp_avg;
                 slot.exp_avg_sq = exp_avg_sq;
                 slot.step = step;
+                slot.step_t = Tensor::from(step as f32).to_device(slot.var.device());
             }
         }
         if cfg != self.cfg {

@@ -1,7 +1,8 @@
 //! DICOM series: reading a folder into a [`Volume`] with SimpleITK's geometry, listing the
 //! series a folder holds, and writing a volume back as a CT series.
 //!
-//! - [`scan`]: headers of every file, grouped by SeriesInstanceUID (non-DICOM files skipped);
+//! - [`scan`]: headers of every file, grouped by SeriesInstanceUID (non-DICOM files skipped),
+//!   after [`lengths`] has checked that no element claims more bytes than its file holds;
 //! - [`assemble`]: localizers and outliers dropped, slices sorted along the normal, spacing
 //!   checked, ITK geometry;
 //! - [`pixels`]: pixel data decoded (compressed syntaxes included) and rescaled to HU;
@@ -10,6 +11,7 @@
 
 pub mod assemble;
 pub mod j2k;
+pub mod lengths;
 pub mod pixels;
 pub mod scan;
 pub mod write;

@@ -64,6 +64,8 @@ fn uint(obj: &DefaultDicomObject, tag: Tag) -> Option<usize> {
 
 /// Opens a DICOM file without its pixel data. `Err` is the reason it is not usable as an image.
 pub fn read_header(path: &Path) -> std::result::Result<SliceHeader, String> {
+    // Before dicom-rs, which allocates whatever an element's length field declares.
+    super::lengths::check_file(path).map_err(|e| format!("corrupt DICOM file: {e}"))?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)

@@ -1,0 +1,357 @@
+//! A pre-check that no data element of a DICOM file declares more bytes than the file holds.
+//!
+//! dicom-rs (0.8) allocates an element's value buffer from its declared 32-bit length before
+//! reading it, so a few corrupt bytes in a small file (the DICOM fuzz target found one: a 35 kB
+//! file with an element claiming 2.3 GB) make it ask for gigabytes: an out-of-memory abort on a
+//! small machine instead of an error. This walker reads only element headers (tag, VR, length),
+//! seeking over values, and refuses a file in which a defined length runs past the end of the
+//! file. It descends into sequences and items, whose nested lengths dicom-rs also trusts, and
+//! treats encapsulated pixel data items as opaque fragments (PS3.5 §7.1-7.5, A.4).
+//!
+//! It checks lengths only; everything else (VRs, values, nesting) is left to dicom-rs, which
+//! reports those problems itself. Deflated transfer syntaxes are not walked (their data set is
+//! compressed, so lengths are not bounded by the file size), nor is anything after an
+//! undefined-length UN element (its contents switch to implicit VR).
+
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+const ITEM: (u16, u16) = (0xFFFE, 0xE000);
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+const SEQUENCE_DELIMITER: (u16, u16) = (0xFFFE, 0xE0DD);
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+/// VRs whose explicit-VR header has 2 reserved bytes and a 32-bit length (PS3.5 Table 7.1-1).
+const LONG_VRS: [&[u8; 2]; 13] = [
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+];
+
+/// How the data set after the file meta group is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    ExplicitLittle,
+    ImplicitLittle,
+    ExplicitBig,
+}
+
+/// Checks `path`; `Err` says which element declares too much (meant for a "skipped: ..." or
+/// error message that already names the file).
+pub fn check_file(path: &Path) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot stat: {e}"))?
+        .len();
+    check_reader(BufReader::new(file), len)
+}
+
+/// The walk over any seekable source of `len` bytes.
+fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
+    let mut w = Walker { r: &mut r, len };
+    // 128-byte preamble and "DICM", or neither.
+    let mut head = [0u8; 132];
+    let start = if w.read_exact(&mut head) && &head[128..] == b"DICM" {
+        132
+    } else {
+        0
+    };
+    w.seek(start)?;
+    // File meta group (0002,xxxx): always explicit VR little endian.
+    let mut syntax = String::new();
+    let mut pos = start;
+    loop {
+        let Some(h) = w.header(pos, Encoding::ExplicitLittle)? else {
+            return Ok(()); // the file ends in its meta group: nothing more to check
+        };
+        if h.tag.0 != 0x0002 {
+            break;
+        }
+        let value_end = w.check_fits(&h)?;
+        if h.tag == (0x0002, 0x0010) {
+            let mut uid = vec![0u8; h.length as usize];
+            w.seek(h.value_start)?;
+            if !w.read_exact(&mut uid) {
+                return Ok(());
+            }
+            syntax = String::from_utf8_lossy(&uid)
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        pos = value_end;
+    }
+    let encoding = match syntax.as_str() {
+        "1.2.840.10008.1.2" => Encoding::ImplicitLittle,
+        "1.2.840.10008.1.2.2" => Encoding::ExplicitBig,
+        "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => return Ok(()), // deflated
+        // A file without meta group: dicom-rs needs one anyway, let it say so.
+        "" => return Ok(()),
+        _ => Encoding::ExplicitLittle,
+    };
+    w.walk_data_set(pos, encoding)
+}
+
+struct Walker<'a, R> {
+    r: &'a mut R,
+    len: u64,
+}
+
+/// One element header.
+struct Header {
+    tag: (u16, u16),
+    /// Explicit VR, or None (implicit VR, item and delimiter tags).
+    vr: Option<[u8; 2]>,
+    length: u32,
+    /// File offset of the header and of the value.
+    at: u64,
+    value_start: u64,
+}
+
+impl<R: Read + Seek> Walker<'_, R> {
+    fn seek(&mut self, pos: u64) -> Result<(), String> {
+        self.r
+            .seek(SeekFrom::Start(pos))
+            .map(|_| ())
+            .map_err(|e| format!("cannot seek: {e}"))
+    }
+
+    /// Fills `buf`; false at the end of the file (or on a read error, which dicom-rs reports).
+    fn read_exact(&mut self, buf: &mut [u8]) -> bool {
+        self.r.read_exact(buf).is_ok()
+    }
+
+    /// The element header at `pos`, or None when the file ends before a whole header.
+    fn header(&mut self, pos: u64, enc: Encoding) -> Result<Option<Header>, String> {
+        self.seek(pos)?;
+        let mut b = [0u8; 8];
+        if !self.read_exact(&mut b) {
+            return Ok(None);
+        }
+        let big = enc == Encoding::ExplicitBig;
+        let u16_at = |i: usize| {
+            let x = [b[i], b[i + 1]];
+            if big {
+                u16::from_be_bytes(x)
+            } else {
+                u16::from_le_bytes(x)
+            }
+        };
+        let tag = (u16_at(0), u16_at(2));
+        let u32_of = |x: [u8; 4]| {
+            if big {
+                u32::from_be_bytes(x)
+            } else {
+                u32::from_le_bytes(x)
+            }
+        };
+        let implicit = enc == Encoding::ImplicitLittle || tag.0 == 0xFFFE;
+        if implicit {
+            return Ok(Some(Header {
+                tag,
+                vr: None,
+                length: u32_of([b[4], b[5], b[6], b[7]]),
+                at: pos,
+                value_start: pos + 8,
+            }));
+        }
+        let vr = [b[4], b[5]];
+        if LONG_VRS.contains(&&vr) {
+            let mut l = [0u8; 4];
+            if !self.read_exact(&mut l) {
+                return Ok(None);
+            }
+            return Ok(Some(Header {
+                tag,
+                vr: Some(vr),
+                length: u32_of(l),
+                at: pos,
+                value_start: pos + 12,
+            }));
+        }
+        Ok(Some(Header {
+            tag,
+            vr: Some(vr),
+            length: u32::from(u16_at(6)),
+            at: pos,
+            value_start: pos + 8,
+        }))
+    }
+
+    /// The end of a defined-length value, or an error when it is past the end of the file.
+    fn check_fits(&self, h: &Header) -> Result<u64, String> {
+        let end = h.value_start + u64::from(h.length);
+        if end > self.len {
+            return Err(format!(
+                "element ({:04X},{:04X}) at offset {} declares {} bytes, only {} left in the file",
+                h.tag.0,
+                h.tag.1,
+                h.at,
+                h.length,
+                self.len.saturating_sub(h.value_start)
+            ));
+        }
+        Ok(end)
+    }
+
+    /// Walks element headers from `pos` to the end of the file, flat: sequence and item
+    /// contents are walked in place (so nested lengths are checked), delimiters skipped;
+    /// inside encapsulated pixel data, items are fragments and are skipped whole.
+    fn walk_data_set(&mut self, mut pos: u64, enc: Encoding) -> Result<(), String> {
+        let mut in_fragments = false;
+        while let Some(h) = self.header(pos, enc)? {
+            if h.length == UNDEFINED {
+                if h.vr == Some(*b"UN") {
+                    // Its contents are implicit VR (PS3.5 §6.2.2): stop here, dicom-rs checks.
+                    return Ok(());
+                }
+                // A sequence, an item, or encapsulated pixel data: its contents follow.
+                in_fragments |= h.tag == PIXEL_DATA;
+                pos = h.value_start;
+                continue;
+            }
+            let end = self.check_fits(&h)?;
+            if h.tag == SEQUENCE_DELIMITER {
+                in_fragments = false;
+            }
+            let descend = if h.tag == ITEM {
+                !in_fragments
+            } else {
+                match h.vr {
+                    Some(vr) => &vr == b"SQ",
+                    // Implicit VR: a value that starts with an item tag is a sequence.
+                    None => h.length >= 8 && self.starts_with_item(h.value_start, enc)?,
+                }
+            };
+            pos = if descend { h.value_start } else { end };
+        }
+        Ok(())
+    }
+
+    fn starts_with_item(&mut self, pos: u64, enc: Encoding) -> Result<bool, String> {
+        Ok(self.header(pos, enc)?.is_some_and(|h| h.tag == ITEM))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A file: preamble, DICM, meta group with the transfer syntax, then `body`.
+    fn file(syntax: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 128];
+        out.extend(b"DICM");
+        let mut uid = syntax.as_bytes().to_vec();
+        if uid.len() % 2 == 1 {
+            uid.push(0);
+        }
+        out.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        out.extend((uid.len() as u16).to_le_bytes());
+        out.extend(uid);
+        out.extend(body);
+        out
+    }
+
+    fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8], declared: Option<u32>) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(tag.0.to_le_bytes());
+        out.extend(tag.1.to_le_bytes());
+        out.extend(vr);
+        let len = declared.unwrap_or(value.len() as u32);
+        if LONG_VRS.contains(&vr) {
+            out.extend([0, 0]);
+            out.extend(len.to_le_bytes());
+        } else {
+            out.extend((len as u16).to_le_bytes());
+        }
+        out.extend(value);
+        out
+    }
+
+    fn check(bytes: &[u8]) -> Result<(), String> {
+        check_reader(Cursor::new(bytes), bytes.len() as u64)
+    }
+
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+    #[test]
+    fn consistent_file_passes() {
+        let mut body = explicit((0x0010, 0x0010), b"PN", b"DOE^JOHN", None);
+        body.extend(explicit((0x7FE0, 0x0010), b"OW", &[0; 32], None));
+        check(&file(EXPLICIT_LE, &body)).unwrap();
+    }
+
+    #[test]
+    fn huge_declared_length_is_refused() {
+        let mut body = explicit((0x0010, 0x0010), b"PN", b"DOE^JOHN", None);
+        body.extend(explicit(
+            (0x7FE0, 0x0010),
+            b"OW",
+            &[0; 32],
+            Some(2_291_021_782),
+        ));
+        let err = check(&file(EXPLICIT_LE, &body)).unwrap_err();
+        assert!(
+            err.contains("(7FE0,0010)") && err.contains("2291021782 bytes, only 32 left"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nested_length_inside_a_sequence_is_checked() {
+        // An undefined-length sequence holding an undefined-length item whose element lies.
+        let inner = explicit((0x0008, 0x1150), b"UI", b"1.2", Some(0xFFF0));
+        let mut seq = Vec::new();
+        seq.extend(0x0008u16.to_le_bytes());
+        seq.extend(0x1140u16.to_le_bytes());
+        seq.extend(b"SQ\0\0");
+        seq.extend(UNDEFINED.to_le_bytes());
+        seq.extend([0xFE, 0xFF, 0x00, 0xE0]);
+        seq.extend(UNDEFINED.to_le_bytes());
+        seq.extend(inner);
+        let err = check(&file(EXPLICIT_LE, &seq)).unwrap_err();
+        assert!(err.contains("(0008,1150)"), "{err}");
+    }
+
+    #[test]
+    fn encapsulated_fragments_are_skipped_but_bounded() {
+        let mut body = Vec::new();
+        body.extend(0x7FE0u16.to_le_bytes());
+        body.extend(0x0010u16.to_le_bytes());
+        body.extend(b"OB\0\0");
+        body.extend(UNDEFINED.to_le_bytes());
+        // Empty basic offset table, then a fragment whose bytes look like a huge element.
+        body.extend([0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        body.extend([0xFE, 0xFF, 0x00, 0xE0, 8, 0, 0, 0]);
+        body.extend([0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+        body.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let good = file(EXPLICIT_LE, &body);
+        check(&good).unwrap();
+        // A fragment longer than the file.
+        let mut bad = good.clone();
+        let at = bad.len() - 20;
+        bad[at..at + 4].copy_from_slice(&1_000_000u32.to_le_bytes());
+        assert!(check(&bad).unwrap_err().contains("(FFFE,E000)"));
+    }
+
+    #[test]
+    fn implicit_vr_lengths_are_checked() {
+        let mut body = Vec::new();
+        body.extend([0x10, 0x00, 0x10, 0x00]);
+        body.extend(8u32.to_le_bytes());
+        body.extend(b"DOE^JOHN");
+        body.extend([0x28, 0x00, 0x10, 0x00]);
+        body.extend(70_000u32.to_le_bytes());
+        body.extend([64, 0]);
+        let err = check(&file("1.2.840.10008.1.2", &body)).unwrap_err();
+        assert!(err.contains("(0028,0010)"), "{err}");
+    }
+
+    #[test]
+    fn truncated_headers_are_left_to_the_parser() {
+        let body = explicit((0x0010, 0x0010), b"PN", b"DOE^JOHN", None);
+        let f = file(EXPLICIT_LE, &body);
+        for cut in [0, 100, 131, 135, f.len() - 9] {
+            check(&f[..cut]).unwrap();
+        }
+    }
+}

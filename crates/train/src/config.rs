@@ -13,6 +13,7 @@
 //! and `predict` rebuild everything from. Unknown keys are errors at every level
 //! (`deny_unknown_fields`): a typo never silently falls back to a default.
 
+use crate::curriculum::LungCurriculumConfig;
 use crate::schedule::ScheduleConfig;
 use anyhow::{bail, Context};
 use dataset::augment::AugmentConfig;
@@ -47,6 +48,8 @@ pub struct TrainConfig {
     /// Loss weights (model crate defaults: L1 20, SSIM 10, lung weight 10, LSGAN 1,
     /// smoothness 10).
     pub loss: LossConfig,
+    /// Ramp of `loss.lung_weight` from 1 over the first steps (default: off).
+    pub lung_curriculum: LungCurriculumConfig,
     /// Optimizers.
     pub optim: OptimConfig,
     /// Length of training and the learning-rate schedule.
@@ -69,6 +72,7 @@ impl Default for TrainConfig {
             threads: 0,
             model: ModelConfig::default(),
             loss: LossConfig::default(),
+            lung_curriculum: LungCurriculumConfig::default(),
             optim: OptimConfig::default(),
             schedule: ScheduleConfig::default(),
             data: DataConfig::default(),
@@ -375,7 +379,12 @@ impl TrainConfig {
             let per_epoch = train_slices as f64 / self.data.batch_size.max(1) as f64;
             self.schedule.steps = (epochs * per_epoch).ceil().max(1.0) as u64;
         }
-        self.validate()
+        self.lung_curriculum
+            .resolve(train_slices as f64 / self.data.batch_size.max(1) as f64)?;
+        self.validate()?;
+        // The VGG file is checked now, before the run folder exists, and its SHA-256 recorded.
+        crate::image_losses::resolve_perceptual(&mut self.loss.perceptual)
+            .context("[loss.perceptual]")
     }
 
     /// Checks ranges and consistency; errors name the offending field.
@@ -388,6 +397,7 @@ impl TrainConfig {
             );
         }
         self.loss.validate().context("[loss]")?;
+        self.lung_curriculum.validate()?;
         self.optim
             .generator
             .validate()
@@ -414,6 +424,10 @@ impl TrainConfig {
                 d.crop_size
             );
         }
+        let crop = d.crop_size as i64;
+        self.loss
+            .check_image_size(crop, crop)
+            .with_context(|| format!("[loss] with data.crop_size = {crop}"))?;
         if !(0.0..=1.0).contains(&d.min_body_fraction) {
             bail!(
                 "data.min_body_fraction must lie in [0, 1], got {}",

@@ -9,8 +9,10 @@
 pub mod canvas;
 pub mod checkpoint;
 pub mod config;
+pub mod curriculum;
 pub mod demo;
 pub mod events;
+pub mod image_losses;
 pub mod nets;
 pub mod plot;
 pub mod run_dir;

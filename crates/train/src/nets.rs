@@ -33,6 +33,10 @@ pub struct Nets {
     pub g: Generator,
     pub r: Option<RegistrationNet>,
     pub d: Discriminator,
+    /// The perceptual loss's frozen VGG, when that loss is on: plain tensors outside the stores
+    /// (never optimised, never saved). `None` from [`Nets::new`]; set by
+    /// [`crate::image_losses::attach`].
+    pub perceptual: Option<model::perceptual::Perceptual>,
 }
 
 impl std::fmt::Debug for Nets {
@@ -78,6 +82,7 @@ impl Nets {
             g,
             r,
             d,
+            perceptual: None,
         }
     }
 

@@ -18,10 +18,11 @@
 //! repeats the uninterrupted one without saving libtorch's generator state.
 
 use crate::config::TrainConfig;
+use crate::image_losses::image_losses;
 use crate::nets::{Nets, Optimizers, GENERATOR, REGISTRATION};
 use crate::tensors::array_to_tensor;
 use dataset::sampler::Batch;
-use model::losses::{discriminator_adversarial, generator_adversarial, reconstruction, smoothness};
+use model::losses::{discriminator_adversarial, generator_adversarial, smoothness};
 use model::warp::warp;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
@@ -77,6 +78,10 @@ pub struct StepStats {
     pub grad_g: f64,
     pub grad_r: f64,
     pub grad_d: f64,
+    /// Perceptual (VGG feature) distance, before its weight (0 when off).
+    pub perceptual: f64,
+    /// The lung weight of this step (the curriculum's, else `loss.lung_weight`).
+    pub lung_weight: f64,
 }
 
 /// A loss term that is NaN or infinite.
@@ -156,15 +161,28 @@ pub fn train_step(
         }
         None => (fake.shallow_clone(), None),
     };
-    let recon =
-        reconstruction(&registered, &batch.y, &batch.lung, loss_cfg).map_err(|_| NonFinite {
+    // Reconstruction (multi-resolution, curriculum lung weight) + perceptual.
+    let image = image_losses(
+        &registered,
+        &batch.y,
+        &batch.lung,
+        cfg,
+        nets.perceptual.as_ref(),
+        step,
+    )
+    .map_err(|e| {
+        tracing::error!("step {step}: {e}");
+        NonFinite {
             step,
-            term: "reconstruction (bad shapes)",
+            term: e.term(),
             value: f64::NAN,
-        })?;
+        }
+    })?;
+    let recon = &image.recon;
+    stats.lung_weight = image.lung_weight;
     let d_fake_for_g = nets.d.forward_t(&nets.d.input(&fake, &batch.x), true);
     let adv_g = generator_adversarial(loss_cfg.adversarial, &d_fake_for_g);
-    let mut loss_g = &recon.total + &adv_g * loss_cfg.adversarial_weight;
+    let mut loss_g = &image.total + &adv_g * loss_cfg.adversarial_weight;
     if let Some(s) = &smooth {
         loss_g += s * loss_cfg.smoothness_weight;
     }
@@ -173,6 +191,9 @@ pub fn train_step(
     }
     stats.l1 = check("l1", &recon.l1)?;
     stats.ssim = check("ssim", &recon.ssim)?;
+    if let Some(p) = &image.perceptual {
+        stats.perceptual = check("perceptual", p)?;
+    }
     stats.adv_g = check("adversarial (G)", &adv_g)?;
     if let Some(s) = &smooth {
         stats.smooth = check("smoothness", s)?;

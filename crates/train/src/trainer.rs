@@ -145,6 +145,9 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
 
     // 3. Networks, optimizers, and the state to continue from.
     let mut nets = Nets::new(&cfg, device);
+    // The perceptual loss's frozen VGG (checked against the recorded SHA-256) and the log
+    // lines describing the image loss terms.
+    let image_lines = crate::image_losses::attach(&mut nets, &cfg, device)?;
     let mut opts = nets.optimizers(&cfg)?;
     let total = cfg.schedule.steps;
     let (start, mut best, mut events) = if spec.resume {
@@ -184,6 +187,10 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
     );
     human.line(&start_msg);
     tracing::info!("{start_msg}");
+    for line in &image_lines {
+        human.line(line);
+        tracing::info!("{line}");
+    }
     if start == 0 {
         events.write(
             0,
@@ -212,6 +219,7 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
     let pb = progress_bar(&cfg, start, total);
     let mut last = Scores::default();
     let mut starved = 0u64;
+    let mut lung_log = crate::curriculum::LungWeightLog::default();
     let warn_after = Duration::from_millis(cfg.log.starve_warn_ms);
     for step in start + 1..=total {
         let batch = loader
@@ -262,6 +270,16 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
                 &train_fields(&stats, epoch, opts.gr.lr(), &batch.keys),
             )?;
         }
+        pb.suspend(|| {
+            lung_log.observe(
+                &cfg.lung_curriculum,
+                step,
+                stats.lung_weight,
+                log_now,
+                &mut events,
+                &mut human,
+            )
+        })?;
         if is_due(step, cfg.log.val_every, total) {
             let t = Instant::now();
             last = validator.run(&nets, device)?;
@@ -414,6 +432,8 @@ fn train_fields(
         ("grad_g", num(s.grad_g)),
         ("grad_r", num(s.grad_r)),
         ("grad_d", num(s.grad_d)),
+        ("perceptual", num(s.perceptual)),
+        ("lung_weight", num(s.lung_weight)),
         (
             "batch_slices",
             Value::from(

@@ -7,21 +7,21 @@
 //! reproducible from its folder), so the weights come from a file named in the config
 //! (`[loss.perceptual] weights_file`). Its keys are torchvision's: `features.N.weight` and
 //! `features.N.bias` for each convolution at index `N` of `torchvision.models.vgg16().features`
-//! (or `vgg19`), so torchvision's ImageNet weights export in a few lines of Python:
+//! (or `vgg19`), so torchvision's ImageNet weights export in a few lines of Python (wherever
+//! torchvision and its weights are available):
 //!
 //! ```python
-//! import torch, torchvision
+//! import torchvision
 //! from safetensors.torch import save_file
 //! vgg = torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
-//! save_file({k: v.contiguous() for k, v in vgg.features.state_dict().items()},
-//!           "vgg16_features.safetensors")   # keys "0.weight", ... -> add "features." below
+//! save_file({f"features.{k}": v.contiguous() for k, v in vgg.features.state_dict().items()},
+//!           "vgg16_features.safetensors")
 //! ```
 //!
-//! or, keeping the `features.` prefix directly, `save_file({k: v.contiguous() for k, v in
-//! vgg.state_dict().items() if k.startswith("features.")}, "vgg16_features.safetensors")`.
-//! Both spellings load: keys without the `features.` prefix are accepted when every key is
-//! `N.weight`/`N.bias`. The classifier's keys (`classifier.*`) of a whole-model export are
-//! ignored. Batch-norm variants (`vgg16_bn`) are rejected: their indices differ.
+//! (`vgg19` / `VGG19_Weights.IMAGENET1K_V1` for VGG19.) Two other spellings load as well: a
+//! whole-model `vgg.state_dict()` (the `classifier.*` keys are ignored) and a bare
+//! `vgg.features.state_dict()` (keys `N.weight`, without the prefix). Batch-norm variants
+//! (`vgg16_bn`) are rejected: their indices differ.
 //!
 //! # Structure checks
 //! Loading checks the layer structure of the chosen variant, not the channel widths: every

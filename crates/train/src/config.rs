@@ -14,6 +14,7 @@
 //! (`deny_unknown_fields`): a typo never silently falls back to a default.
 
 use crate::curriculum::LungCurriculumConfig;
+use crate::phases::ProgressiveConfig;
 use crate::schedule::ScheduleConfig;
 use anyhow::{bail, Context};
 use dataset::augment::AugmentConfig;
@@ -50,6 +51,10 @@ pub struct TrainConfig {
     pub loss: LossConfig,
     /// Ramp of `loss.lung_weight` from 1 over the first steps (default: off).
     pub lung_curriculum: LungCurriculumConfig,
+    /// R1 gradient penalty on D's real inputs (`model::r1`; default: off, gamma 0).
+    pub r1: model::r1::R1Config,
+    /// Progressive training: G alone, then + R, then + D (`crate::phases`; default: off).
+    pub progressive: ProgressiveConfig,
     /// Optimizers.
     pub optim: OptimConfig,
     /// Length of training and the learning-rate schedule.
@@ -73,6 +78,8 @@ impl Default for TrainConfig {
             model: ModelConfig::default(),
             loss: LossConfig::default(),
             lung_curriculum: LungCurriculumConfig::default(),
+            r1: model::r1::R1Config::default(),
+            progressive: ProgressiveConfig::default(),
             optim: OptimConfig::default(),
             schedule: ScheduleConfig::default(),
             data: DataConfig::default(),
@@ -379,6 +386,9 @@ impl TrainConfig {
             let per_epoch = train_slices as f64 / self.data.batch_size.max(1) as f64;
             self.schedule.steps = (epochs * per_epoch).ceil().max(1.0) as u64;
         }
+        self.progressive
+            .resolve(train_slices as f64 / self.data.batch_size.max(1) as f64)
+            .context("[progressive]")?;
         self.lung_curriculum
             .resolve(train_slices as f64 / self.data.batch_size.max(1) as f64)?;
         self.validate()?;
@@ -398,6 +408,8 @@ impl TrainConfig {
         }
         self.loss.validate().context("[loss]")?;
         self.lung_curriculum.validate()?;
+        self.r1.validate().context("[r1]")?;
+        self.progressive.validate().context("[progressive]")?;
         self.optim
             .generator
             .validate()

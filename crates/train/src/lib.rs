@@ -14,6 +14,7 @@ pub mod demo;
 pub mod events;
 pub mod image_losses;
 pub mod nets;
+pub mod phases;
 pub mod plot;
 pub mod run_dir;
 pub mod schedule;

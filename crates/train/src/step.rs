@@ -10,6 +10,10 @@
 //!    `no_grad` for this; reusing step 1's output saves a forward pass and is the
 //!    pix2pix/CycleGAN practice.)
 //!
+//! With progressive training (`[progressive]`, [`crate::phases`]) the early steps leave out
+//! R (recon of `fake` itself) and/or D (no adversarial term, no D update). With R1 (`[r1]`,
+//! [`model::r1`]) the D loss gains `(gamma / 2) * E ||grad_y D(y)||^2` on its R1 steps.
+//!
 //! Every loss term is read back and checked before any backward pass: a non-finite term stops
 //! the step with [`NonFinite`] naming it, before it can reach the weights.
 //!
@@ -66,8 +70,13 @@ pub struct StepStats {
     pub adv_g: f64,
     /// Flow smoothness, before `smoothness_weight` (0 without R).
     pub smooth: f64,
-    /// D loss (weighted).
+    /// D loss (weighted), the R1 penalty included on R1 steps; 0 before D trains
+    /// (progressive training).
     pub loss_d: f64,
+    /// R1: `E ||grad_y D(y)||^2` on D's real inputs, before `(gamma / 2) * every`; `None` on
+    /// steps without the penalty (R1 off, or lazy R1 between its steps; null in
+    /// `metrics.jsonl`).
+    pub r1: Option<f64>,
     /// Mean D logit on real and on fake images.
     pub d_real: f64,
     pub d_fake: f64,
@@ -135,13 +144,14 @@ pub fn train_step(
         }
     };
     let mut stats = StepStats::default();
+    let phase = cfg.progressive.phase_at(step);
 
     // 1. G and R. D's weights take no gradient from this loss.
     nets.d_store.freeze();
     opts.gr.zero_grad();
     // [batch, 1, height, width]
     let fake = nets.g.forward_t(&batch.x, true);
-    let (registered, smooth) = match &nets.r {
+    let (registered, smooth) = match nets.r.as_ref().filter(|_| phase.trains_registration()) {
         Some(r) => {
             // [batch, 2, height, width], pixels
             let flow = r.forward_t(&fake, &batch.y, true);
@@ -180,9 +190,16 @@ pub fn train_step(
     })?;
     let recon = &image.recon;
     stats.lung_weight = image.lung_weight;
-    let d_fake_for_g = nets.d.forward_t(&nets.d.input(&fake, &batch.x), true);
-    let adv_g = generator_adversarial(loss_cfg.adversarial, &d_fake_for_g);
-    let mut loss_g = &image.total + &adv_g * loss_cfg.adversarial_weight;
+    // D judges G's output only once it trains (crate::phases)
+    let adv_g = phase.trains_discriminator().then(|| {
+        let d_fake_for_g = nets.d.forward_t(&nets.d.input(&fake, &batch.x), true);
+        generator_adversarial(loss_cfg.adversarial, &d_fake_for_g)
+    });
+    let mut loss_g = match &adv_g {
+        Some(a) => &image.total + a * loss_cfg.adversarial_weight,
+        // a new tensor: the `+=` below must not write into image.total
+        None => image.total.copy(),
+    };
     if let Some(s) = &smooth {
         loss_g += s * loss_cfg.smoothness_weight;
     }
@@ -194,7 +211,9 @@ pub fn train_step(
     if let Some(p) = &image.perceptual {
         stats.perceptual = check("perceptual", p)?;
     }
-    stats.adv_g = check("adversarial (G)", &adv_g)?;
+    if let Some(a) = &adv_g {
+        stats.adv_g = check("adversarial (G)", a)?;
+    }
     if let Some(s) = &smooth {
         stats.smooth = check("smoothness", s)?;
     }
@@ -206,6 +225,10 @@ pub fn train_step(
     }
     opts.gr.step();
     nets.d_store.unfreeze();
+    if !phase.trains_discriminator() {
+        // crate::phases: before D joins it is neither run nor stepped (no Adam update at all)
+        return Ok(stats);
+    }
 
     // 2. D on real vs the detached fake.
     opts.d.zero_grad();
@@ -215,19 +238,36 @@ pub fn train_step(
     // update, and the spectral-norm vectors the graph saved are not changed in place by a
     // second forward before the backward pass.
     let n = batch.y.size()[0];
+    // On R1 steps the real image is a leaf that requires a gradient (model::r1).
+    let r1_now = cfg.r1.active_at(step);
+    let real = if r1_now {
+        batch.y.detach().copy().set_requires_grad(true)
+    } else {
+        batch.y.shallow_clone()
+    };
     let d_in = Tensor::cat(
-        &[
-            nets.d.input(&batch.y, &batch.x),
-            nets.d.input(&fake, &batch.x),
-        ],
+        &[nets.d.input(&real, &batch.x), nets.d.input(&fake, &batch.x)],
         0,
     );
     // [2 * batch, 1, h', w']
     let d_out = nets.d.forward_t(&d_in, true);
     let d_real = d_out.narrow(0, 0, n);
     let d_fake = d_out.narrow(0, n, n);
-    let loss_d = discriminator_adversarial(loss_cfg.adversarial, &d_real, &d_fake)
+    let mut loss_d = discriminator_adversarial(loss_cfg.adversarial, &d_real, &d_fake)
         * loss_cfg.adversarial_weight;
+    if r1_now {
+        // E ||grad_y D(y)||^2 by double backward; its gradient reaches D's weights below
+        let r1 = model::r1::mean_squared_gradient(&d_real, &real).map_err(|e| {
+            tracing::error!("step {step}: {e}");
+            NonFinite {
+                step,
+                term: "R1 penalty (autograd)",
+                value: f64::NAN,
+            }
+        })?;
+        stats.r1 = Some(check("R1 penalty", &r1)?);
+        loss_d += r1 * cfg.r1.weight();
+    }
     stats.loss_d = check("discriminator", &loss_d)?;
     stats.d_real = scalar(&d_real.detach().mean(Kind::Float));
     stats.d_fake = scalar(&d_fake.detach().mean(Kind::Float));

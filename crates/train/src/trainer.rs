@@ -238,6 +238,9 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
             }
         }
         let tensors = BatchTensors::from_batch(&batch, device)?;
+        pb.suspend(|| {
+            crate::phases::log_switch(&cfg.progressive, step, total, &mut events, &mut human)
+        })?;
         let lr_factor = cfg.schedule.lr_factor(step);
         let log_now = is_due(step, cfg.log.every, total);
         let stats = match train_step(
@@ -432,6 +435,7 @@ fn train_fields(
         ("grad_g", num(s.grad_g)),
         ("grad_r", num(s.grad_r)),
         ("grad_d", num(s.grad_d)),
+        ("r1", s.r1.map_or(Value::Null, num)),
         ("perceptual", num(s.perceptual)),
         ("lung_weight", num(s.lung_weight)),
         (

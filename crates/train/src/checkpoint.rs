@@ -7,6 +7,7 @@
 //!   discriminator.safetensors    D, with the spectral-norm u/v vectors
 //!   optim_gr.safetensors         Adam of G + R (moments, step counts, hyperparameters)
 //!   optim_d.safetensors          Adam of D
+//!   amp_scaler.json              loss scale and clean-step count (only with amp = "f16")
 //!   config.toml                  the run's resolved configuration (rebuilds every network)
 //!   state.json                   TrainState: step, epoch, best metric, RNG scheme, config
 //! ```
@@ -120,6 +121,9 @@ pub fn save(
             opts.d
                 .save(dir.join(OPTIM_D_FILE))
                 .context("saving the D optimizer")?;
+            if opts.scaler.enabled() {
+                opts.scaler.save(&dir.join(crate::amp::SCALER_FILE))?;
+            }
             std::fs::write(dir.join(CONFIG_FILE), &config_text)?;
             std::fs::write(dir.join(STATE_FILE), serde_json::to_vec_pretty(state)?)?;
             Ok(())
@@ -166,6 +170,7 @@ pub fn restore(dir: &Path, nets: &mut Nets, opts: &mut Optimizers) -> anyhow::Re
     opts.d
         .load(dir.join(OPTIM_D_FILE))
         .with_context(|| format!("loading the D optimizer of {}", dir.display()))?;
+    opts.scaler.load_from_checkpoint(dir)?;
     Ok(state)
 }
 

@@ -57,6 +57,9 @@ pub struct TrainConfig {
     pub progressive: ProgressiveConfig,
     /// Optimizers.
     pub optim: OptimConfig,
+    /// Mixed precision of the forward passes: "off", "bf16" or "f16" (f16 with dynamic loss
+    /// scaling; both CUDA-only, see `crate::amp`). Default: "off".
+    pub amp: crate::amp::AmpMode,
     /// Length of training and the learning-rate schedule.
     pub schedule: ScheduleConfig,
     /// Batches, crops, augmentation, loader.
@@ -81,6 +84,7 @@ impl Default for TrainConfig {
             r1: model::r1::R1Config::default(),
             progressive: ProgressiveConfig::default(),
             optim: OptimConfig::default(),
+            amp: crate::amp::AmpMode::Off,
             schedule: ScheduleConfig::default(),
             data: DataConfig::default(),
             log: LogConfig::default(),

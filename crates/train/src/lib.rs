@@ -6,6 +6,7 @@
 //! checkpoints that resume exactly, and a stop with a snapshot when a loss turns non-finite.
 //! [`demo`] builds the small phantom dataset that `ncct2ctpa train` uses with no `--data`.
 
+pub mod amp;
 pub mod canvas;
 pub mod checkpoint;
 pub mod config;

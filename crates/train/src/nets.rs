@@ -49,10 +49,12 @@ impl std::fmt::Debug for Nets {
     }
 }
 
-/// One Adam for G + R, one for D.
+/// One Adam for G + R, one for D, and the loss scaler of mixed precision (disabled unless
+/// `amp = "f16"`; see `crate::amp`).
 pub struct Optimizers {
     pub gr: Adam,
     pub d: Adam,
+    pub scaler: crate::amp::LossScaler,
 }
 
 impl std::fmt::Debug for Optimizers {
@@ -60,6 +62,7 @@ impl std::fmt::Debug for Optimizers {
         f.debug_struct("Optimizers")
             .field("gr", &self.gr)
             .field("d", &self.d)
+            .field("scaler", &self.scaler)
             .finish()
     }
 }
@@ -87,10 +90,13 @@ impl Nets {
     }
 
     /// Fresh optimizers for these networks.
+    /// Fails when `cfg.amp` cannot run on the networks' device (`crate::amp::check_device`).
     pub fn optimizers(&self, cfg: &TrainConfig) -> anyhow::Result<Optimizers> {
+        crate::amp::check_device(cfg.amp, self.gr_store.device())?;
         Ok(Optimizers {
             gr: Adam::new(&self.gr_store, cfg.optim.generator).context("Adam of G + R")?,
             d: Adam::new(&self.d_store, cfg.optim.discriminator).context("Adam of D")?,
+            scaler: crate::amp::LossScaler::new(cfg.amp),
         })
     }
 

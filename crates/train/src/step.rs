@@ -145,16 +145,18 @@ pub fn train_step(
     };
     let mut stats = StepStats::default();
     let phase = cfg.progressive.phase_at(step);
+    // Mixed precision (crate::amp): forward passes autocast, outputs and losses in fp32.
+    let amp = crate::amp::Autocast::new(cfg.amp, batch.x.device());
 
     // 1. G and R. D's weights take no gradient from this loss.
     nets.d_store.freeze();
     opts.gr.zero_grad();
     // [batch, 1, height, width]
-    let fake = nets.g.forward_t(&batch.x, true);
+    let fake = amp.run(|| nets.g.forward_t(&batch.x, true));
     let (registered, smooth) = match nets.r.as_ref().filter(|_| phase.trains_registration()) {
         Some(r) => {
             // [batch, 2, height, width], pixels
-            let flow = r.forward_t(&fake, &batch.y, true);
+            let flow = amp.run(|| r.forward_t(&fake, &batch.y, true));
             let mag = flow
                 .detach()
                 .square()
@@ -192,7 +194,7 @@ pub fn train_step(
     stats.lung_weight = image.lung_weight;
     // D judges G's output only once it trains (crate::phases)
     let adv_g = phase.trains_discriminator().then(|| {
-        let d_fake_for_g = nets.d.forward_t(&nets.d.input(&fake, &batch.x), true);
+        let d_fake_for_g = amp.run(|| nets.d.forward_t(&nets.d.input(&fake, &batch.x), true));
         generator_adversarial(loss_cfg.adversarial, &d_fake_for_g)
     });
     let mut loss_g = match &adv_g {
@@ -218,14 +220,19 @@ pub fn train_step(
         stats.smooth = check("smoothness", s)?;
     }
     stats.loss_g = check("total G+R", &loss_g)?;
-    loss_g.backward();
+    // scaled by the f16 loss scale, then unscaled before any use of the gradients
+    opts.scaler.backward(&loss_g);
+    let gr_finite = opts.scaler.unscale(&nets.gr_store.trainable_variables());
     if want_grad_norms {
         stats.grad_g = grad_norm(&nets.gr_variables(GENERATOR));
         stats.grad_r = grad_norm(&nets.gr_variables(REGISTRATION));
     }
-    opts.gr.step();
+    if gr_finite {
+        opts.gr.step();
+    }
     nets.d_store.unfreeze();
     if !phase.trains_discriminator() {
+        opts.scaler.update();
         // crate::phases: before D joins it is neither run nor stepped (no Adam update at all)
         return Ok(stats);
     }
@@ -250,7 +257,7 @@ pub fn train_step(
         0,
     );
     // [2 * batch, 1, h', w']
-    let d_out = nets.d.forward_t(&d_in, true);
+    let d_out = amp.run(|| nets.d.forward_t(&d_in, true));
     let d_real = d_out.narrow(0, 0, n);
     let d_fake = d_out.narrow(0, n, n);
     let mut loss_d = discriminator_adversarial(loss_cfg.adversarial, &d_real, &d_fake)
@@ -271,11 +278,15 @@ pub fn train_step(
     stats.loss_d = check("discriminator", &loss_d)?;
     stats.d_real = scalar(&d_real.detach().mean(Kind::Float));
     stats.d_fake = scalar(&d_fake.detach().mean(Kind::Float));
-    loss_d.backward();
+    opts.scaler.backward(&loss_d);
+    let d_finite = opts.scaler.unscale(&nets.d_store.trainable_variables());
     if want_grad_norms {
         stats.grad_d = grad_norm(&nets.d_store.trainable_variables());
     }
-    opts.d.step();
+    if d_finite {
+        opts.d.step();
+    }
+    opts.scaler.update();
     Ok(stats)
 }
 

@@ -37,6 +37,7 @@ Output (all times in seconds; `null` where a figure was not measured):
   "steps": 20, "warmup": 3,
   "channels_last": false,
   "step": {"samples": [...], "median": s, "p10": s, "p90": s, "mean": s},
+  "step_cpu": {summary of time.process_time() per step: user + system CPU, all threads},
   "parts": {"g_forward": {summary}, ...} (PARTS, timed in separate steps; null with --no-parts),
   "first_step": {"loss_g": f, "loss_d": f, "l1": f, "ssim": f, "adv_g": f, "smooth": f},
   "infer": {"size": 512, "slices": n, "batch": b, "seconds": s, "slices_per_s": f},
@@ -368,16 +369,20 @@ def main(argv=None) -> int:
     if args.channels_last:
         x, y, lung = (t.contiguous(memory_format=torch.channels_last) for t in (x, y, lung))
     with peak_memory(memory, "step"):
-        samples = []
+        samples, cpu_samples = [], []
         for k in range(args.warmup + args.steps):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             stats = step(x, y, lung, k + 1)
             dt = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             if k == 0:
                 result["first_step"] = stats
             if k >= args.warmup:
                 samples.append(dt)
+                cpu_samples.append(cpu)
     result["step"] = summary(samples)
+    result["step_cpu"] = summary(cpu_samples)
 
     result["parts"] = None
     if not args.no_parts:

@@ -45,6 +45,9 @@ pub struct EpochSpec {
     /// Batches each worker prepares ahead (the trainer's default `data.prefetch` is 2, as is
     /// `DataLoader`'s `prefetch_factor`).
     pub prefetch: usize,
+    /// Epochs per side, alternating ours and PyTorch's (at least 1): under a varying load
+    /// from other processes, the median of alternated runs is steadier than one run each.
+    pub repeats: usize,
 }
 
 /// One side's epoch.
@@ -79,10 +82,25 @@ pub struct EpochReport {
     pub batch: usize,
     pub threads: usize,
     pub workers: usize,
+    /// Our median epoch (by wall time) of the runs.
     pub ours: EpochSide,
+    /// Wall time of each of our runs, s.
+    #[serde(default)]
+    pub ours_runs_s: Vec<f64>,
     /// Our loader's total blocking wait (the trainer starved of data), s.
     pub ours_loader_wait_s: f64,
+    /// PyTorch's median epoch of the runs.
     pub pytorch: Option<EpochSide>,
+    /// Wall time of each of PyTorch's runs, s.
+    #[serde(default)]
+    pub pytorch_runs_s: Vec<f64>,
+}
+
+/// The run with the median wall time (the lower middle one for an even count).
+fn median_run<T>(mut runs: Vec<(EpochSide, T)>) -> Option<(EpochSide, T)> {
+    runs.sort_by(|a, b| a.0.seconds.total_cmp(&b.0.seconds));
+    let mid = runs.len().saturating_sub(1) / 2;
+    runs.into_iter().nth(mid)
 }
 
 /// The training configuration of the epoch (the preset's defaults, the spec's sizes).
@@ -263,22 +281,29 @@ pub fn measure(
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<EpochReport> {
     let init = tmp.join("init-epoch");
-    progress(&format!(
-        "epoch on {} ({} {}px batch {}, {} loader workers): ours",
-        spec.data.display(),
-        spec.preset,
-        spec.crop,
-        spec.batch,
-        spec.workers
-    ));
-    let (ours, wait) = run_ours(spec, device, &init)?;
-    let pytorch = match torch {
-        Some((python, script)) => {
-            progress("epoch: the PyTorch side (DataLoader)");
-            Some(run_pytorch(spec, python, script, &init, ours.steps)?)
+    let mut ours_runs = Vec::new();
+    let mut torch_runs = Vec::new();
+    for r in 1..=spec.repeats.max(1) {
+        progress(&format!(
+            "epoch {r} on {} ({} {}px batch {}, {} loader workers): ours",
+            spec.data.display(),
+            spec.preset,
+            spec.crop,
+            spec.batch,
+            spec.workers
+        ));
+        let (ours, wait) = run_ours(spec, device, &init)?;
+        let steps = ours.steps;
+        ours_runs.push((ours, wait));
+        if let Some((python, script)) = torch {
+            progress(&format!("epoch {r}: the PyTorch side (DataLoader)"));
+            torch_runs.push((run_pytorch(spec, python, script, &init, steps)?, ()));
         }
-        None => None,
-    };
+    }
+    let ours_runs_s: Vec<f64> = ours_runs.iter().map(|r| r.0.seconds).collect();
+    let pytorch_runs_s: Vec<f64> = torch_runs.iter().map(|r| r.0.seconds).collect();
+    let (ours, wait) = median_run(ours_runs).ok_or_else(|| anyhow::anyhow!("no epoch ran"))?;
+    let pytorch = median_run(torch_runs).map(|r| r.0);
     Ok(EpochReport {
         dataset: spec.data.clone(),
         preset: spec.preset.clone(),
@@ -287,8 +312,10 @@ pub fn measure(
         threads: spec.threads,
         workers: spec.workers,
         ours,
+        ours_runs_s,
         ours_loader_wait_s: wait,
         pytorch,
+        pytorch_runs_s,
     })
 }
 
@@ -311,6 +338,7 @@ mod tests {
             threads: 1,
             workers: 2,
             prefetch: 2,
+            repeats: 1,
         };
         let (side, wait) = run_ours(&spec, Device::Cpu, &tmp.path().join("init")).unwrap();
         assert_eq!(side.steps, 3);
@@ -321,6 +349,23 @@ mod tests {
         assert!(wait >= 0.0 && wait <= side.seconds);
         assert!(side.first_loss_g.is_finite());
         assert!(tmp.path().join("init/generator.safetensors").is_file());
+    }
+
+    #[test]
+    fn median_run_picks_the_middle_wall_time() {
+        let side = |s: f64| EpochSide {
+            slices: 8,
+            steps: 2,
+            seconds: s,
+            first_batch_s: 0.1,
+            step: Summary::of(vec![s / 2.0, s / 2.0]).unwrap(),
+            first_loss_g: 1.0,
+        };
+        let runs = vec![(side(3.0), 'a'), (side(1.0), 'b'), (side(2.0), 'c')];
+        assert_eq!(median_run(runs).unwrap().1, 'c');
+        let even = vec![(side(3.0), 'a'), (side(1.0), 'b')];
+        assert_eq!(median_run(even).unwrap().1, 'b');
+        assert!(median_run::<()>(Vec::new()).is_none());
     }
 
     #[test]

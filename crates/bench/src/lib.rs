@@ -117,7 +117,7 @@ pub struct BenchOptions {
 pub fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> anyhow::Result<BenchReport> {
     tch::set_num_threads(opts.threads as i32);
     let tmp = tempfile::tempdir().context("creating a temporary folder")?;
-    let store = if opts.no_data {
+    let store = if opts.no_data || opts.configs.is_empty() {
         None
     } else {
         let root = match &opts.data {
@@ -213,7 +213,8 @@ fn run_config(
             device,
         )
     });
-    let (step_summary, first) = timed?;
+    let (times, first) = timed?;
+    let step_summary = times.wall;
     if let Some(m) = mem {
         memory.insert("step".to_owned(), m);
     }
@@ -349,6 +350,7 @@ fn run_config(
         channels_last: opts.channels_last,
         achieved_flops_per_s: flops.total as f64 / step_summary.median,
         step: step_summary,
+        step_cpu: times.cpu,
         parts,
         first_loss_g: first.loss_g,
         first_loss_d: first.loss_d,

@@ -27,6 +27,9 @@ pub struct TorchReport {
     #[serde(default)]
     pub channels_last: bool,
     pub step: Summary,
+    /// CPU time (`time.process_time()`) of the same steps.
+    #[serde(default)]
+    pub step_cpu: Option<Summary>,
     /// Per-part timings under the names of [`crate::step::PARTS`] (`None` with `--no-parts`).
     #[serde(default)]
     pub parts: Option<BTreeMap<String, Summary>>,
@@ -173,6 +176,9 @@ mod tests {
     use super::*;
 
     /// A report captured from `bench.py` (tiny, 64 px, batch 2) parses, after a warning line.
+    /// tests/data/bench_py_sample.json is the output of `python tools/pytorch_twin/bench.py
+    /// --preset tiny --size 64 --batch 2 --threads 2 --steps 3 --warmup 1 --infer-slices 2
+    /// --infer-size 64 --infer-batch 2`.
     #[test]
     fn parses_a_captured_report() {
         let text = std::fs::read_to_string(concat!(
@@ -186,6 +192,7 @@ mod tests {
             ("tiny", 64, 2, 2)
         );
         assert_eq!(r.step.samples.len(), r.steps);
+        assert_eq!(r.step_cpu.as_ref().unwrap().samples.len(), r.steps);
         assert!(r.step.p10 <= r.step.median && r.step.median <= r.step.p90);
         assert!(r.first_step["loss_g"].is_finite());
         assert!(r.flops.step.unwrap() > 0);

@@ -49,6 +49,9 @@ pub struct ConfigReport {
     pub channels_last: bool,
     /// The whole training step (`train::step::train_step`).
     pub step: Summary,
+    /// CPU time (user + system, all threads) of the same steps.
+    #[serde(default)]
+    pub step_cpu: Option<Summary>,
     /// The step's parts ([`crate::step::PARTS`]), from the timed mirror of the step.
     pub parts: Vec<(String, Summary)>,
     /// Losses of the first step (same initial weights and batch as PyTorch's first step).
@@ -149,6 +152,20 @@ impl BenchReport {
                 e.threads
             );
             write_rows(&mut out, &e.rows());
+            if e.ours_runs_s.len() > 1 {
+                let list = |v: &[f64]| {
+                    v.iter()
+                        .map(|s| format!("{s:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let _ = writeln!(
+                    out,
+                    "epoch wall times of the alternated runs (s): ours {}; PyTorch {}",
+                    list(&e.ours_runs_s),
+                    list(&e.pytorch_runs_s)
+                );
+            }
             if let Some(t) = &e.pytorch {
                 let _ = writeln!(
                     out,
@@ -299,6 +316,12 @@ impl ConfigReport {
                 "train step, median".into(),
                 Some(self.step.median),
                 t.map(|t| t.step.median),
+                Unit::Seconds,
+            ),
+            (
+                "train step CPU time (user+sys), median".into(),
+                self.step_cpu.as_ref().map(|s| s.median),
+                t.and_then(|t| t.step_cpu.as_ref()).map(|s| s.median),
                 Unit::Seconds,
             ),
             (

@@ -25,6 +25,35 @@ pub fn sync(device: Device) {
     }
 }
 
+/// CPU time (user + system, all threads) this process has used, seconds, from
+/// `/proc/self/stat` (in clock ticks of 1/100 s, Linux's `USER_HZ` on every mainstream
+/// architecture); `None` off Linux. Unlike wall time, it barely moves when other processes
+/// compete for the cores, so ours / PyTorch in CPU time is the steadier ratio on a loaded
+/// machine (`bench.py` reads `time.process_time()`, the same quantity).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_stat_cpu_ticks(&stat).map(|t| t as f64 / 100.0)
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line; the command name (field 2)
+/// may hold spaces and parentheses, so fields are counted after its closing `)`.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime field 15
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Timings of the whole step: wall and CPU seconds of each timed step.
+#[derive(Debug, Clone)]
+pub struct StepTimes {
+    pub wall: Summary,
+    /// `None` where the CPU time cannot be read.
+    pub cpu: Option<Summary>,
+}
+
 /// Runs `warmup + steps` training steps with `train_step` and returns the timings of the last
 /// `steps` and the statistics of the first (for the parity check against PyTorch).
 pub fn time_train_steps(
@@ -35,15 +64,18 @@ pub fn time_train_steps(
     warmup: usize,
     steps: usize,
     device: Device,
-) -> anyhow::Result<(Summary, StepStats)> {
+) -> anyhow::Result<(StepTimes, StepStats)> {
     let mut samples = Vec::with_capacity(steps);
+    let mut cpu_samples = Vec::with_capacity(steps);
     let mut first = StepStats::default();
     for k in 0..warmup + steps {
         sync(device);
+        let c0 = process_cpu_seconds();
         let t0 = Instant::now();
         let stats = train_step(nets, opts, batch, cfg, k as u64 + 1, 1.0, false)?;
         sync(device);
         let dt = t0.elapsed().as_secs_f64();
+        let cpu = c0.zip(process_cpu_seconds()).map(|(a, b)| b - a);
         tracing::debug!(
             step = k + 1,
             seconds = dt,
@@ -55,11 +87,18 @@ pub fn time_train_steps(
         }
         if k >= warmup {
             samples.push(dt);
+            if let Some(c) = cpu {
+                cpu_samples.push(c);
+            }
         }
     }
-    let summary =
-        Summary::of(samples).ok_or_else(|| anyhow::anyhow!("no timed steps (steps = 0)"))?;
-    Ok((summary, first))
+    let wall = Summary::of(samples).ok_or_else(|| anyhow::anyhow!("no timed steps (steps = 0)"))?;
+    let cpu = if cpu_samples.len() == wall.samples.len() {
+        Summary::of(cpu_samples)
+    } else {
+        None
+    };
+    Ok((StepTimes { wall, cpu }, first))
 }
 
 /// The parts of the step, in the order they run.
@@ -261,6 +300,20 @@ pub fn time_parts(
 mod tests {
     use super::*;
     use crate::workload::synthetic_batch;
+
+    #[test]
+    fn reads_cpu_ticks_past_an_odd_command_name() {
+        let line = "1234 (my (odd) cmd) R 1 2 3 4 5 6 7 8 9 10 250 31 0 0 20 0 3 0 100";
+        assert_eq!(parse_stat_cpu_ticks(line), Some(281));
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+        let a = process_cpu_seconds().unwrap();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(std::hint::black_box(i));
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_seconds().unwrap() >= a);
+    }
 
     fn setup() -> (TrainConfig, Nets, Optimizers) {
         let mut cfg = TrainConfig::with_preset("tiny").unwrap();

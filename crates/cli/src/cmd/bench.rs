@@ -73,6 +73,9 @@ pub struct Args {
     /// Loader threads / DataLoader workers in the epoch (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     epoch_workers: usize,
+    /// Epochs per side, alternating ours and PyTorch's; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    epoch_repeats: usize,
     /// A Python with PyTorch 2.13 (e.g. .venv-bench/bin/python): runs the PyTorch twin too.
     #[arg(long, env = "NCCT2CTPA_PYTHON", value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
@@ -129,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.epoch_workers
             },
             prefetch: 2,
+            repeats: args.epoch_repeats,
         })
     } else {
         None

@@ -23,6 +23,11 @@ lint: setup
 fmt:
 	$(CARGO) fmt --all
 
-# Benchmark ours vs the PyTorch twin (NCCT2CTPA_PYTHON=a python with torch 2.13; see README).
+# Benchmark ours vs the PyTorch twin (NCCT2CTPA_PYTHON=a python with torch 2.13; see README):
+# the training step (and its parts) of the tiny and default presets at 256x256, batch 1 and 4,
+# and a whole epoch on the demo phantom with data loading. About an hour on 2 cores; override
+# BENCH_ARGS for less (e.g. BENCH_ARGS="--config tiny:256:4 --steps 3 --warmup 1").
+BENCH_ARGS ?= --config tiny:256:1 --config tiny:256:4 --config default:256:1 \
+	--config default:256:4 --steps 3 --warmup 1 --epoch
 bench: build
-	./target/release/ncct2ctpa bench --out bench.json
+	./target/release/ncct2ctpa bench $(BENCH_ARGS) --out bench.json

@@ -42,3 +42,24 @@ fn every_regression_input_gives_ok_or_a_clear_error() {
         }
     }
 }
+
+#[test]
+fn unknown_vr_in_the_meta_group_is_read_with_a_32_bit_length_and_refused() {
+    // (0002,0010) with VR "U\xFF": dicom-rs reads it as UN with a 32-bit length of ~775 MB and
+    // zero-filled that much before failing (seconds per file); the length walker refuses it.
+    let err = read_alone("dicom-meta-unknown-vr-length.dcm")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("slice.dcm"), "names the file: {err}");
+    assert!(err.contains("(0002,0010)"), "{err}");
+}
+
+#[test]
+fn rle_decoder_panic_is_contained_as_an_error() {
+    // dicom-rs's RLE decoder panics (index out of bounds) on this file's segment table.
+    let err = read_alone("dicom-rle-decoder-panic.dcm")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("slice.dcm"), "names the file: {err}");
+    assert!(err.contains("pixel data decoder panicked"), "{err}");
+}

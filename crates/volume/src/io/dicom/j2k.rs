@@ -25,7 +25,8 @@
 //! [`J2kError`]; [`decode_frame`] turns it into a [`VolumeError`] naming the file and the frame.
 //!
 //! # Last line of defence
-//! The decode runs inside [`std::panic::catch_unwind`], so a panic in the decoder (an index out
+//! The decode runs inside [`std::panic::catch_unwind`] (through
+//! [`super::pixels::contain_panic`]), so a panic in the decoder (an index out
 //! of range on input our validator did not foresee) becomes an error instead of tearing down
 //! the caller. This catches panics only: it cannot catch undefined behaviour (which is why the
 //! decoder must be free of `unsafe`), an abort, or running out of memory. The default panic hook
@@ -735,8 +736,8 @@ pub fn decode_frame(
             "irreversible"
         }
     );
-    let decoded = std::panic::catch_unwind(|| decode_samples(stream))
-        .map_err(|_| fail("the JPEG 2000 decoder panicked on this codestream".into()))?
+    let decoded = super::pixels::contain_panic(|| decode_samples(stream))
+        .map_err(fail)?
         .map_err(fail)?;
     let comp = info.components[0];
     if decoded.len() != dicom.rows * dicom.columns {

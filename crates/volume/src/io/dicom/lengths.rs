@@ -21,9 +21,13 @@ const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 const SEQUENCE_DELIMITER: (u16, u16) = (0xFFFE, 0xE0DD);
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 
-/// VRs whose explicit-VR header has 2 reserved bytes and a 32-bit length (PS3.5 Table 7.1-1).
-const LONG_VRS: [&[u8; 2]; 13] = [
-    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+/// VRs whose explicit-VR header has a 16-bit length, as dicom-rs 0.8 reads them: every other
+/// VR, unknown ones included (read as UN), has 2 reserved bytes and a 32-bit length. We must
+/// read headers exactly as dicom-rs does, since its reading decides what it allocates (it also
+/// reads OV, SV and UV with a 16-bit length, unlike PS3.5 Table 7.1-1).
+const SHORT_VRS: [&[u8; 2]; 24] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OV",
+    b"PN", b"SH", b"SL", b"SS", b"ST", b"SV", b"TM", b"UI", b"UL", b"US", b"UV",
 ];
 
 /// How the data set after the file meta group is encoded.
@@ -50,11 +54,8 @@ fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
     let mut w = Walker { r: &mut r, len };
     // 128-byte preamble and "DICM", or neither.
     let mut head = [0u8; 132];
-    let start = if w.read_exact(&mut head) && &head[128..] == b"DICM" {
-        132
-    } else {
-        0
-    };
+    let magic = w.read_exact(&mut head) && &head[128..] == b"DICM";
+    let start = if magic { 132 } else { 0 };
     w.seek(start)?;
     // File meta group (0002,xxxx): always explicit VR little endian.
     let mut syntax = String::new();
@@ -64,6 +65,10 @@ fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
             return Ok(()); // the file ends in its meta group: nothing more to check
         };
         if h.tag.0 != 0x0002 {
+            if !magic && pos == start {
+                // Neither preamble nor meta group: not DICOM; dicom-rs says so itself.
+                return Ok(());
+            }
             break;
         }
         let value_end = w.check_fits(&h)?;
@@ -83,8 +88,7 @@ fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
         "1.2.840.10008.1.2" => Encoding::ImplicitLittle,
         "1.2.840.10008.1.2.2" => Encoding::ExplicitBig,
         "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => return Ok(()), // deflated
-        // A file without meta group: dicom-rs needs one anyway, let it say so.
-        "" => return Ok(()),
+        // Unknown or missing (a damaged meta group): dicom-rs reads on as explicit VR LE.
         _ => Encoding::ExplicitLittle,
     };
     w.walk_data_set(pos, encoding)
@@ -154,7 +158,7 @@ impl<R: Read + Seek> Walker<'_, R> {
             }));
         }
         let vr = [b[4], b[5]];
-        if LONG_VRS.contains(&&vr) {
+        if !SHORT_VRS.contains(&&vr) {
             let mut l = [0u8; 4];
             if !self.read_exact(&mut l) {
                 return Ok(None);
@@ -257,7 +261,7 @@ mod tests {
         out.extend(tag.1.to_le_bytes());
         out.extend(vr);
         let len = declared.unwrap_or(value.len() as u32);
-        if LONG_VRS.contains(&vr) {
+        if !SHORT_VRS.contains(&vr) {
             out.extend([0, 0]);
             out.extend(len.to_le_bytes());
         } else {
@@ -331,6 +335,19 @@ mod tests {
         let at = bad.len() - 20;
         bad[at..at + 4].copy_from_slice(&1_000_000u32.to_le_bytes());
         assert!(check(&bad).unwrap_err().contains("(FFFE,E000)"));
+    }
+
+    #[test]
+    fn unknown_vr_has_a_32_bit_length_as_in_dicom_rs() {
+        // VR "U\xFF" is read as UN: reserved bytes, then 4 length bytes ("1." reserved, then "2.3." = 0x2E332E32).
+        let mut f = file(EXPLICIT_LE, &[]);
+        f.extend([0x02, 0x00, 0x12, 0x00, b'U', 0xFF]);
+        f.extend(b"1.2.3.4.5");
+        let err = check(&f).unwrap_err();
+        assert!(
+            err.contains("(0002,0012)") && err.contains("775106098 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -90,10 +90,28 @@ fn only_grayscale(
     Ok(())
 }
 
+/// Runs a pixel decoder, turning a panic into `Err` with the panic's message.
+///
+/// A last line of defence for decoders we do not control: dicom-transfer-syntax-registry's RLE
+/// decoder (0.8.2) indexes by segment offsets and decoded lengths taken from the file and
+/// panics on a corrupt one (found by the DICOM fuzz target). This catches panics only, not
+/// undefined behaviour, aborts or out-of-memory; the default panic hook still prints the panic
+/// to stderr before the error is returned.
+pub(crate) fn contain_panic<T>(decode: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).map_err(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        format!("the pixel data decoder panicked on this file ({why})")
+    })
+}
+
 /// Stored values of the first frame through dicom-pixeldata (native and RLE/JPEG syntaxes).
 fn decode_with_pixeldata(h: &SliceHeader, obj: &DefaultDicomObject) -> Result<Vec<f64>> {
-    let decoded = obj
-        .decode_pixel_data()
+    let decoded = contain_panic(|| obj.decode_pixel_data())
+        .map_err(|m| VolumeError::format(&h.path, m))?
         .map_err(|e| VolumeError::format(&h.path, format!("cannot decode pixel data: {e}")))?;
     only_grayscale(
         h,
@@ -106,8 +124,9 @@ fn decode_with_pixeldata(h: &SliceHeader, obj: &DefaultDicomObject) -> Result<Ve
             "decoded pixel data size differs from Rows/Columns",
         ));
     }
-    decoded
-        .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
+    let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+    contain_panic(|| decoded.to_vec_with_options(&options))
+        .map_err(|m| VolumeError::format(&h.path, m))?
         .map_err(|e| VolumeError::format(&h.path, format!("cannot convert pixel data: {e}")))
 }
 

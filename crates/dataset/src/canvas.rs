@@ -1,11 +1,13 @@
-//! A small RGB raster for the run's figures (sample grids and curves): pixels, lines, boxes,
-//! grayscale tiles and labels in a built-in 5x7 bitmap font, saved as PNG atomically.
+//! A small RGB raster for every figure the toolkit writes (the phantom previews of `synth
+//! --preview`, the trainer's sample grids and curves): pixels, lines, boxes, CT tiles shown
+//! through a display window and resampled bilinearly, and labels in a built-in 5x7 bitmap
+//! font, saved as PNG atomically.
 //!
 //! Why our own: the figures need only lines and labels, and plotting crates either pull a font
 //! stack (system fonts, FreeType) that a fresh headless machine may lack, or cannot draw text
 //! at all. A 5x7 font covers the digits, capitals and the punctuation of axis labels.
 
-use anyhow::Context;
+use crate::preview::Window;
 use ndarray::ArrayView2;
 use std::path::Path;
 
@@ -115,18 +117,56 @@ impl Canvas {
         }
     }
 
-    /// Draws `img` with its top-left at `(x, y)`, mapping `[lo, hi]` linearly to black..white
-    /// (values outside are clipped; NaN draws red so it cannot go unnoticed).
+    /// Draws `img` (`[rows, cols]`, row 0 at the top) at its own size with its top-left at
+    /// `(x, y)`, mapping `[lo, hi]` linearly to black..white (values outside are clipped; NaN
+    /// draws red so it cannot go unnoticed).
     pub fn gray_tile(&mut self, x: i64, y: i64, img: ArrayView2<'_, f32>, lo: f32, hi: f32) {
-        let span = (hi - lo).max(f32::MIN_POSITIVE);
-        for ((r, c), &v) in img.indexed_iter() {
-            let px = if v.is_nan() {
-                [255, 0, 0]
-            } else {
-                let g = (((v - lo) / span).clamp(0.0, 1.0) * 255.0).round() as u8;
-                [g, g, g]
-            };
-            self.set(x + c as i64, y + r as i64, px);
+        let (rows, cols) = img.dim();
+        self.draw(x, y, img, Window::range(lo, hi), cols, rows);
+    }
+
+    /// Draws `image` (`[rows, cols]`, row 0 at the top) through `window`, resampled
+    /// bilinearly to `w` x `h` pixels with its top-left corner at `(x0, y0)` (so slices with
+    /// anisotropic voxels, a coronal cut through 5 mm slices, show at their physical aspect
+    /// ratio). Pixels falling outside the canvas are clipped; NaN draws red.
+    pub fn draw(
+        &mut self,
+        x0: i64,
+        y0: i64,
+        image: ArrayView2<'_, f32>,
+        window: Window,
+        w: usize,
+        h: usize,
+    ) {
+        let (rows, cols) = image.dim();
+        if rows == 0 || cols == 0 || w == 0 || h == 0 {
+            return;
+        }
+        for py in 0..h {
+            // Pixel centres map onto sample centres (align corners = false): at w = cols and
+            // h = rows every pixel is its sample exactly.
+            let sy =
+                ((py as f32 + 0.5) * rows as f32 / h as f32 - 0.5).clamp(0.0, (rows - 1) as f32);
+            let r0 = sy.floor() as usize;
+            let r1 = (r0 + 1).min(rows - 1);
+            let fy = sy - r0 as f32;
+            for px in 0..w {
+                let sx = ((px as f32 + 0.5) * cols as f32 / w as f32 - 0.5)
+                    .clamp(0.0, (cols - 1) as f32);
+                let c0 = sx.floor() as usize;
+                let c1 = (c0 + 1).min(cols - 1);
+                let fx = sx - c0 as f32;
+                let top = image[[r0, c0]] * (1.0 - fx) + image[[r0, c1]] * fx;
+                let bottom = image[[r1, c0]] * (1.0 - fx) + image[[r1, c1]] * fx;
+                let v = top * (1.0 - fy) + bottom * fy;
+                let c = if v.is_nan() {
+                    [255, 0, 0]
+                } else {
+                    let g = window.gray(v);
+                    [g, g, g]
+                };
+                self.set(x0 + px as i64, y0 + py as i64, c);
+            }
         }
     }
 
@@ -170,9 +210,10 @@ impl Canvas {
     }
 
     /// Writes the PNG atomically (temporary name, then rename).
-    pub fn save_png(&self, path: &Path) -> anyhow::Result<()> {
-        volume::io::atomic::write_atomic(path, |w| self.encode_png(w))
-            .with_context(|| format!("writing {}", path.display()))
+    pub fn save_png(&self, path: &Path) -> volume::Result<()> {
+        volume::io::atomic::write_atomic(path, |w| self.encode_png(w))?;
+        tracing::debug!(path = %path.display(), self.width, self.height, "PNG written");
+        Ok(())
     }
 }
 

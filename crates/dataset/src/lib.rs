@@ -6,6 +6,7 @@
 //! tensors.
 
 pub mod augment;
+pub mod canvas;
 pub mod manifest;
 pub mod phantom;
 pub mod prepare;

@@ -1,12 +1,9 @@
-//! Grayscale PNG montages: tiles of CT slices shown with a window/level, laid out on a grid.
+//! Montages of CT slices: display windows (window/level) and a grid of tiles, drawn on a
+//! [`Canvas`] (`Canvas::draw` resamples each tile to its cell).
 //!
 //! Used by `ncct2ctpa synth --preview` for phantom pairs and by the trainer for sample grids.
-//! Tiles are resampled bilinearly to the requested size, so slices with anisotropic voxels
-//! (a coronal cut through 5 mm slices) can be shown at their physical aspect ratio.
 
-use ndarray::ArrayView2;
-use std::path::Path;
-use volume::io::atomic::write_atomic;
+use crate::canvas::Canvas;
 
 /// A display window in HU (or any unit): values `center ± width / 2` map to black..white.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,98 +47,6 @@ impl Window {
     }
 }
 
-/// An 8-bit grayscale image being composed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Canvas {
-    width: usize,
-    height: usize,
-    pixels: Vec<u8>,
-}
-
-impl Canvas {
-    /// A canvas filled with `background`.
-    pub fn new(width: usize, height: usize, background: u8) -> Self {
-        Self {
-            width,
-            height,
-            pixels: vec![background; width * height],
-        }
-    }
-
-    pub fn width(&self) -> usize {
-        self.width
-    }
-    pub fn height(&self) -> usize {
-        self.height
-    }
-    /// Row-major pixels.
-    pub fn pixels(&self) -> &[u8] {
-        &self.pixels
-    }
-    pub fn pixel(&self, x: usize, y: usize) -> u8 {
-        self.pixels[y * self.width + x]
-    }
-
-    /// Draws `image` (`[rows, cols]`, row 0 at the top) through `window`, resampled
-    /// bilinearly to `w` x `h` pixels with its top-left corner at `(x0, y0)`. Pixels falling
-    /// outside the canvas are clipped.
-    pub fn draw(
-        &mut self,
-        x0: usize,
-        y0: usize,
-        image: ArrayView2<f32>,
-        window: Window,
-        w: usize,
-        h: usize,
-    ) {
-        let (rows, cols) = image.dim();
-        if rows == 0 || cols == 0 || w == 0 || h == 0 {
-            return;
-        }
-        for py in 0..h {
-            let y = y0 + py;
-            if y >= self.height {
-                break;
-            }
-            // Pixel centres map onto sample centres (align corners = false).
-            let sy =
-                ((py as f32 + 0.5) * rows as f32 / h as f32 - 0.5).clamp(0.0, (rows - 1) as f32);
-            let r0 = sy.floor() as usize;
-            let r1 = (r0 + 1).min(rows - 1);
-            let fy = sy - r0 as f32;
-            for px in 0..w {
-                let x = x0 + px;
-                if x >= self.width {
-                    break;
-                }
-                let sx = ((px as f32 + 0.5) * cols as f32 / w as f32 - 0.5)
-                    .clamp(0.0, (cols - 1) as f32);
-                let c0 = sx.floor() as usize;
-                let c1 = (c0 + 1).min(cols - 1);
-                let fx = sx - c0 as f32;
-                let top = image[[r0, c0]] * (1.0 - fx) + image[[r0, c1]] * fx;
-                let bottom = image[[r1, c0]] * (1.0 - fx) + image[[r1, c1]] * fx;
-                self.pixels[y * self.width + x] = window.gray(top * (1.0 - fy) + bottom * fy);
-            }
-        }
-    }
-
-    /// Encodes the canvas as an 8-bit grayscale PNG and writes it atomically.
-    pub fn save_png(&self, path: &Path) -> volume::Result<()> {
-        write_atomic(path, |w| {
-            let mut enc = png::Encoder::new(w, self.width as u32, self.height as u32);
-            enc.set_color(png::ColorType::Grayscale);
-            enc.set_depth(png::BitDepth::Eight);
-            let to_io = |e: png::EncodingError| std::io::Error::other(e.to_string());
-            let mut writer = enc.write_header().map_err(to_io)?;
-            writer.write_image_data(&self.pixels).map_err(to_io)?;
-            writer.finish().map_err(to_io)
-        })?;
-        tracing::debug!(path = %path.display(), self.width, self.height, "PNG written");
-        Ok(())
-    }
-}
-
 /// A regular grid of cells with padding between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grid {
@@ -153,20 +58,20 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// A canvas just large enough for the grid.
+    /// A canvas just large enough for the grid, filled with grey level `background`.
     pub fn canvas(&self, background: u8) -> Canvas {
         Canvas::new(
             self.cols * self.cell_width + (self.cols + 1) * self.pad,
             self.rows * self.cell_height + (self.rows + 1) * self.pad,
-            background,
+            [background; 3],
         )
     }
 
     /// Top-left pixel of cell `(row, col)`.
-    pub fn cell(&self, row: usize, col: usize) -> (usize, usize) {
+    pub fn cell(&self, row: usize, col: usize) -> (i64, i64) {
         (
-            self.pad + col * (self.cell_width + self.pad),
-            self.pad + row * (self.cell_height + self.pad),
+            (self.pad + col * (self.cell_width + self.pad)) as i64,
+            (self.pad + row * (self.cell_height + self.pad)) as i64,
         )
     }
 }
@@ -207,31 +112,14 @@ mod tests {
         let (x, y) = grid.cell(0, 1);
         c.draw(x, y, img.view(), Window::range(0.0, 1.0), 4, 4);
         assert_eq!((x, y), (6, 1));
-        assert_eq!(c.pixel(6, 1), 0); // top row black
-        assert_eq!(c.pixel(9, 4), 255); // bottom row white
-        assert_eq!(c.pixel(0, 0), 7); // padding untouched
-        assert_eq!(c.pixel(2, 2), 7); // other cell untouched
-    }
-
-    #[test]
-    fn png_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Canvas::new(3, 2, 0);
-        c.draw(
-            0,
-            0,
-            array![[0.0f32, 0.5, 1.0], [1.0, 0.5, 0.0]].view(),
-            Window::range(0.0, 1.0),
-            3,
-            2,
-        );
-        let path = dir.path().join("a.png");
-        c.save_png(&path).unwrap();
-        let dec = png::Decoder::new(std::fs::File::open(&path).unwrap());
-        let mut reader = dec.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width, info.height), (3, 2));
-        assert_eq!(&buf[..6], c.pixels());
+        let px = |x, y| c.get(x, y).unwrap()[0];
+        assert_eq!(px(6, 1), 0); // top row black
+        assert_eq!(px(9, 4), 255); // bottom row white
+        assert_eq!(px(0, 0), 7); // padding untouched
+        assert_eq!(px(2, 2), 7); // other cell untouched
+                                 // Halfway between the rows (bilinear, align corners = false): rows 1 and 2 of 4
+                                 // sample at 0.25 and 0.75 of the way.
+        assert_eq!(px(7, 2), Window::range(0.0, 1.0).gray(0.25));
+        assert_eq!(px(7, 3), Window::range(0.0, 1.0).gray(0.75));
     }
 }

@@ -7,7 +7,6 @@
 //! [`demo`] builds the small phantom dataset that `ncct2ctpa train` uses with no `--data`.
 
 pub mod amp;
-pub mod canvas;
 pub mod checkpoint;
 pub mod config;
 pub mod curriculum;

@@ -1,7 +1,7 @@
 //! Line charts on a [`Canvas`], and `curves.png`: the run's loss and validation curves drawn
 //! from `metrics.jsonl` (so a resumed run's figure shows its whole history).
 
-use crate::canvas::{Canvas, Rgb, BLACK, GREY, LIGHT_GREY, PALETTE, WHITE};
+use dataset::canvas::{Canvas, Rgb, BLACK, GREY, LIGHT_GREY, PALETTE, WHITE};
 use serde_json::Value;
 use std::path::Path;
 
@@ -210,7 +210,7 @@ pub fn draw_curves(events: &[Value], path: &Path) -> anyhow::Result<()> {
         let (cx, cy) = ((i % 2 * cw) as i64, (i / 2 * ch) as i64);
         chart.draw(&mut canvas, cx, cy, cw, ch);
     }
-    canvas.save_png(path)
+    Ok(canvas.save_png(path)?)
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@
 //! like the 2D network is trained). The same scores of the NCCT itself (the baseline every
 //! paper reports beside the model) are computed once.
 
-use crate::canvas::{Canvas, BLACK, WHITE};
 use crate::nets::Nets;
 use crate::tensors::{array_to_tensor, tensor_to_array};
 use anyhow::Context;
+use dataset::canvas::{Canvas, BLACK, WHITE};
 use dataset::manifest::{HuWindow, Split};
 use dataset::store::PreparedDataset;
 use metrics::{score_regions, RegionScores, ScoreConfig, SsimMode};
@@ -306,7 +306,7 @@ impl Validator {
                 canvas.text((2 + col * (tile_w + 2)) as i64, y0 + 3, &label, BLACK, 1);
             }
         }
-        canvas.save_png(path)
+        Ok(canvas.save_png(path)?)
     }
 }
 

@@ -2,7 +2,8 @@
 //! NCCT (mediastinal window) | CTPA (mediastinal window) | |CTPA − NCCT| | NCCT (lung window).
 
 use super::PhantomCase;
-use crate::preview::{Canvas, Grid, Window};
+use crate::canvas::Canvas;
+use crate::preview::{Grid, Window};
 use ndarray::{Array2, Axis};
 
 /// Anatomical heights of the axial rows: aortic arch, pulmonary bifurcation, mid heart,

@@ -12,6 +12,12 @@
 //! 4. the output is mapped back to HU and, if step 1 resampled, resampled back to the input
 //!    grid. The result carries the input's geometry, so it overlays the NCCT in any viewer.
 //!
+//! Reduced precision ([`Precision`]): G's forward passes run under libtorch's autocast in
+//! bf16 or f16 (convolutions and matrix products in the reduced dtype, normalisations and
+//! reductions in fp32; weights stay fp32), and the output is cast back to fp32 before the HU
+//! mapping. bf16 runs on the CPU and CUDA; f16 only on CUDA (the CPU has no fast f16
+//! convolutions). The HU error this costs is measured by `examples/precision_error.rs`.
+//!
 //! Test-time augmentation ([`Tta`]) runs G on transformed copies of each batch (left-right
 //! flip, small in-plane rotations: the transforms the trainer augments with), maps each
 //! prediction back, and averages them, each weighted by where its back-mapped field of view
@@ -25,6 +31,7 @@ use volume::resample::{resample, Grid, Interpolation};
 use volume::Volume;
 
 use model::generator::Generator;
+use torchext::{AutocastDevice, AutocastGuard};
 
 /// Relative in-plane spacing difference under which the input is used as is.
 pub const SPACING_TOLERANCE: f64 = 0.05;
@@ -38,6 +45,52 @@ pub struct PredictOptions {
     pub model_spacing_xy: Option<[f64; 2]>,
     /// Test-time augmentation; `None` runs G once per slice.
     pub tta: Option<Tta>,
+    /// Precision of G's forward passes. Default: fp32.
+    pub precision: Precision,
+}
+
+/// Precision of the generator's forward passes at inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in float32.
+    #[default]
+    Fp32,
+    /// Autocast to bfloat16 (CPU and CUDA).
+    Bf16,
+    /// Autocast to float16 (CUDA only).
+    F16,
+}
+
+impl Precision {
+    /// Parses `fp32`, `bf16` or `f16` (also `fp16`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" | "float32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
+            other => bail!("unknown precision {other:?}: expected fp32, bf16 or f16"),
+        }
+    }
+
+    /// The autocast dtype (`None` for fp32).
+    pub fn autocast_kind(self) -> Option<Kind> {
+        match self {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(Kind::BFloat16),
+            Precision::F16 => Some(Kind::Half),
+        }
+    }
+
+    /// Whether this precision runs on `device`: f16 needs CUDA.
+    pub fn check_device(self, device: Device) -> Result<()> {
+        if self == Precision::F16 && !device.is_cuda() {
+            bail!(
+                "precision f16 needs a CUDA device (running on {device:?}); use bf16 or fp32 on \
+                 the CPU"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl PredictOptions {
@@ -119,6 +172,7 @@ impl Translator<'_> {
         opts: &PredictOptions,
         mut on_slices: impl FnMut(usize),
     ) -> Result<Volume> {
+        opts.precision.check_device(self.device)?;
         let input_grid = Grid::of(ncct);
         let model_grid = match opts.model_spacing_xy {
             Some(xy) if needs_resampling(ncct.geometry.spacing, xy) => {
@@ -145,6 +199,7 @@ impl Translator<'_> {
             &working.data,
             opts.batch_size.max(1),
             &views,
+            opts.precision,
             &mut on_slices,
         )?;
         let out = Volume {
@@ -164,6 +219,7 @@ impl Translator<'_> {
         hu: &Array3<f32>,
         batch_size: usize,
         tta_views: &[View],
+        precision: Precision,
         on_slices: &mut impl FnMut(usize),
     ) -> Result<Array3<f32>> {
         let (nz, ny, nx) = hu.dim();
@@ -212,7 +268,14 @@ impl Translator<'_> {
             let x = Tensor::from_slice(&batch)
                 .reshape([b as i64, in_channels, py as i64, px as i64])
                 .to_device(self.device);
-            let y = tch::no_grad(|| self.forward_views(&x, tta_views));
+            let y = tch::no_grad(|| match precision.autocast_kind() {
+                None => Ok(self.forward_views(&x, tta_views)),
+                Some(kind) => {
+                    let _autocast = AutocastGuard::new(AutocastDevice::of(self.device), kind)
+                        .context("turning on autocast")?;
+                    Ok::<_, anyhow::Error>(self.forward_views(&x, tta_views))
+                }
+            })?;
             // [batch, 1, padded height, padded width] -> [batch, height, width]
             let y = y
                 .narrow(2, oy as i64, ny as i64)
@@ -457,5 +520,95 @@ mod tests {
     fn resampling_decision_uses_relative_tolerance() {
         assert!(!needs_resampling([0.8, 0.8, 2.0], [0.81, 0.79]));
         assert!(needs_resampling([0.6, 0.6, 2.0], [0.8, 0.8]));
+    }
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+    use model::config::ModelConfig;
+    use tch::nn::VarStore;
+    use volume::Geometry;
+
+    fn phantom() -> Volume {
+        // A body-like disc of soft tissue with a denser core, in air.
+        let hu = Array3::from_shape_fn((3, 32, 32), |(z, y, x)| {
+            let r = ((y as f32 - 16.0).powi(2) + (x as f32 - 16.0).powi(2)).sqrt();
+            if r < 6.0 {
+                300.0 + 20.0 * z as f32
+            } else if r < 13.0 {
+                40.0
+            } else {
+                -1000.0
+            }
+        });
+        Volume::new(hu, Geometry::identity([0.8, 0.8, 2.0])).unwrap()
+    }
+
+    #[test]
+    fn bf16_output_is_close_to_fp32_but_really_reduced() {
+        tch::manual_seed(3);
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        let g = Generator::new(&vs.root().sub("g"), &cfg.generator);
+        let t = Translator {
+            generator: &g,
+            window: HuWindow::default(),
+            device: Device::Cpu,
+        };
+        let vol = phantom();
+        let run = |precision| {
+            let opts = PredictOptions {
+                precision,
+                ..PredictOptions::new()
+            };
+            t.translate_volume(&vol, &opts, |_| {}).unwrap()
+        };
+        let (fp32, bf16) = (run(Precision::Fp32), run(Precision::Bf16));
+        assert_eq!(bf16.geometry, vol.geometry);
+        let diff: Vec<f32> = fp32
+            .data
+            .iter()
+            .zip(bf16.data.iter())
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let max = diff.iter().copied().fold(0.0f32, f32::max);
+        // bf16 keeps 8 mantissa bits: a relative error of ~2^-8 of the window (~ a few HU to
+        // tens of HU through a random network), never a broken output.
+        let span = HuWindow::default().max - HuWindow::default().min;
+        assert!(max > 0.0, "bf16 changed nothing: autocast did not run");
+        assert!(
+            max < 0.05 * span,
+            "max HU error {max} of a {span} HU window"
+        );
+        // fp32 twice is deterministic (the difference is the precision, not noise).
+        assert_eq!(run(Precision::Fp32).data, fp32.data);
+    }
+
+    #[test]
+    fn f16_is_cuda_only_and_precisions_parse() {
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        let g = Generator::new(&vs.root().sub("g"), &cfg.generator);
+        let t = Translator {
+            generator: &g,
+            window: HuWindow::default(),
+            device: Device::Cpu,
+        };
+        let opts = PredictOptions {
+            precision: Precision::F16,
+            ..PredictOptions::new()
+        };
+        let err = t.translate_volume(&phantom(), &opts, |_| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("f16") && err.to_string().contains("CUDA"),
+            "{err}"
+        );
+        assert!(Precision::F16.check_device(Device::Cuda(0)).is_ok());
+        assert_eq!(Precision::parse("BF16").unwrap(), Precision::Bf16);
+        assert_eq!(Precision::parse("fp16").unwrap(), Precision::F16);
+        assert_eq!(Precision::parse("fp32").unwrap(), Precision::Fp32);
+        assert!(Precision::parse("int8").is_err());
+        assert_eq!(PredictOptions::default().precision, Precision::Fp32);
     }
 }

@@ -52,6 +52,10 @@ pub struct Args {
     /// -5 and +5 degrees, each mapped back (4 forward passes per slice).
     #[arg(long)]
     tta: bool,
+    /// Precision of G's forward passes: fp32, bf16 (autocast; CPU or CUDA) or f16 (autocast;
+    /// CUDA only). See the README for the HU error bf16 costs.
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    precision: infer::predict::Precision,
     /// Replace outputs that already exist.
     #[arg(long)]
     force: bool,
@@ -94,7 +98,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         batch_size: args.batch_size,
         model_spacing_xy: args.model_spacing,
         tta: args.tta.then(infer::predict::Tta::default),
+        precision: args.precision,
     };
+    opts.precision.check_device(device)?;
 
     for job in &jobs {
         let ncct = if job.dicom_input {
@@ -195,6 +201,10 @@ fn case_name(path: &Path) -> Option<String> {
     } else {
         nifti_stem(path).map(str::to_owned)
     }
+}
+
+fn parse_precision(s: &str) -> std::result::Result<infer::predict::Precision, String> {
+    infer::predict::Precision::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_xy(s: &str) -> Result<[f64; 2], String> {

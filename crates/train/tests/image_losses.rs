@@ -3,30 +3,16 @@
 //! curriculum, all on at once: exact resume, what is logged and recorded, what is refused at
 //! start-up; and the ablation fragments.
 
+mod common;
+
+use common::{dataset, run_spec, serial};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use train::config::TrainConfig;
 use train::curriculum::Ramp;
 use train::events::read_events;
-use train::trainer::{train, RunSpec};
-
-fn dataset() -> PathBuf {
-    static DATA: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = train::demo::synthetic_dataset(tmp.path(), 3).unwrap();
-        (tmp, p)
-    })
-    .1
-    .clone()
-}
-
-/// libtorch's RNG and thread count are process-wide: one training at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+use train::trainer::train;
 
 fn vgg16_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/data/vgg16_random.safetensors")
@@ -34,33 +20,17 @@ fn vgg16_file() -> PathBuf {
 
 /// The tiny preset on 32 px crops with all three features on.
 fn all_on(steps: u64, vgg: &Path) -> TrainConfig {
-    let mut c = TrainConfig::with_preset("tiny").unwrap();
-    c.device = "cpu".into();
-    c.threads = 1;
-    c.schedule.steps = steps;
-    c.data.batch_size = 2;
-    c.data.crop_size = 32;
-    c.data.loader_threads = 2;
-    c.data.min_body_fraction = 0.0;
+    let mut c = common::tiny(steps);
+    // The optimizers' defaults (the shared tiny config raises the learning rate).
+    c.optim = TrainConfig::default().optim;
     c.log.every = 2;
-    c.log.val_every = 3;
-    c.log.checkpoint_every = 3;
     c.log.sample_every = 0;
-    c.log.progress = false;
     c.loss.scale_weights = vec![1.0, 0.5];
     c.loss.perceptual.relative_weight = 0.5;
     c.loss.perceptual.weights_file = Some(vgg.to_path_buf());
     c.lung_curriculum.ramp = Ramp::Linear;
     c.lung_curriculum.steps = 4;
     c
-}
-
-fn spec(data: &Path, run: &Path, resume: bool) -> RunSpec {
-    RunSpec {
-        data: data.to_path_buf(),
-        run: run.to_path_buf(),
-        resume,
-    }
 }
 
 fn events(run: &Path, kind: &str) -> Vec<Value> {
@@ -95,11 +65,11 @@ fn all_three_on_resume_exactly_and_are_logged_and_recorded() {
     let vgg = tmp.path().join("vgg16.safetensors");
     std::fs::copy(vgg16_file(), &vgg).unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("killed"));
-    train(all_on(8, &vgg), &spec(&data, &a, false)).unwrap();
+    train(all_on(8, &vgg), &run_spec(&data, &a, false)).unwrap();
     let mut first = all_on(8, &vgg);
     first.debug.stop_after_step = Some(3);
-    train(first, &spec(&data, &b, false)).unwrap();
-    let out = train(all_on(999, &vgg), &spec(&data, &b, true)).unwrap();
+    train(first, &run_spec(&data, &b, false)).unwrap();
+    let out = train(all_on(999, &vgg), &run_spec(&data, &b, true)).unwrap();
     assert_eq!((out.started_at, out.steps), (3, 8));
 
     let (ta, tb) = (train_terms(&a), train_terms(&b));
@@ -155,7 +125,7 @@ fn all_three_on_resume_exactly_and_are_logged_and_recorded() {
     tensors[0].1 = &tensors[0].1 * 2.0;
     tch::Tensor::write_safetensors(&tensors, &vgg).unwrap();
     assert_ne!(std::fs::read(&vgg).unwrap(), bytes);
-    let err = format!("{:#}", train(c, &spec(&data, &b, true)).unwrap_err());
+    let err = format!("{:#}", train(c, &run_spec(&data, &b, true)).unwrap_err());
     assert!(err.contains("SHA-256") && err.contains(&sha), "{err}");
 }
 
@@ -168,7 +138,7 @@ fn a_bad_vgg_file_is_refused_before_the_run_folder_exists() {
     let missing = tmp.path().join("no_such_vgg.safetensors");
     let err = format!(
         "{:#}",
-        train(all_on(4, &missing), &spec(&data, &run, false)).unwrap_err()
+        train(all_on(4, &missing), &run_spec(&data, &run, false)).unwrap_err()
     );
     assert!(
         err.contains("no_such_vgg.safetensors") && err.contains("[loss.perceptual]"),
@@ -178,7 +148,7 @@ fn a_bad_vgg_file_is_refused_before_the_run_folder_exists() {
     // A VGG16 file given as VGG19: the key at fault is named.
     let mut c = all_on(4, &vgg16_file());
     c.loss.perceptual.variant = model::perceptual::VggVariant::Vgg19;
-    let err = format!("{:#}", train(c, &spec(&data, &run, false)).unwrap_err());
+    let err = format!("{:#}", train(c, &run_spec(&data, &run, false)).unwrap_err());
     assert!(
         err.contains("vgg16_random.safetensors") && err.contains("features.17."),
         "{err}"

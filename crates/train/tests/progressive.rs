@@ -3,69 +3,17 @@
 //! R1 term is added to D's loss with its weight, and a run killed in the middle of a phase
 //! resumes to bitwise-equal losses.
 
-use dataset::augment::AugmentConfig;
+mod common;
+
+use common::{dataset, fixed_batch, run_spec, serial};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Tensor;
 use train::config::TrainConfig;
 use train::events::read_events;
 use train::nets::{Nets, Optimizers};
-use train::step::{train_step, BatchTensors};
-use train::trainer::{train, RunSpec};
-
-fn dataset() -> PathBuf {
-    static DATA: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = train::demo::synthetic_dataset(tmp.path(), 3).unwrap();
-        (tmp, p)
-    })
-    .1
-    .clone()
-}
-
-/// libtorch's RNG is process-wide: tests that build networks run one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tiny(steps: u64) -> TrainConfig {
-    let mut c = TrainConfig::with_preset("tiny").unwrap();
-    c.device = "cpu".into();
-    c.threads = 1;
-    c.schedule.steps = steps;
-    c.data.batch_size = 2;
-    c.data.crop_size = 32;
-    c.data.loader_threads = 1;
-    c.data.min_body_fraction = 0.0;
-    c.optim.generator.lr = 2e-3;
-    c.optim.discriminator.lr = 2e-3;
-    c.log.every = 1;
-    c.log.val_every = 0;
-    c.log.sample_every = 0;
-    c.log.checkpoint_every = 1;
-    c.log.progress = false;
-    c
-}
-
-fn fixed_batch() -> BatchTensors {
-    let ds = std::sync::Arc::new(dataset::store::PreparedDataset::open(&dataset()).unwrap());
-    let keys = dataset::sampler::split_keys(&ds, dataset::manifest::Split::Train, 0.0).unwrap();
-    let sampler = dataset::sampler::Sampler::new(
-        ds,
-        keys,
-        dataset::sampler::SamplerConfig {
-            batch_size: 2,
-            crop_size: 32,
-            fill: -1.0,
-            seed: 1,
-            augment: AugmentConfig::none(),
-        },
-    )
-    .unwrap();
-    BatchTensors::from_batch(&sampler.batch(0).unwrap(), tch::Device::Cpu).unwrap()
-}
+use train::step::train_step;
+use train::trainer::train;
 
 /// Deep copies of every variable of a store (weights and non-trainable state).
 fn snapshot(vs: &tch::nn::VarStore, prefix: &str) -> HashMap<String, Tensor> {
@@ -193,14 +141,6 @@ fn r1_adds_its_weighted_penalty_on_its_steps() {
     }
 }
 
-fn run_spec(data: &Path, run: &Path, resume: bool) -> RunSpec {
-    RunSpec {
-        data: data.to_path_buf(),
-        run: run.to_path_buf(),
-        resume,
-    }
-}
-
 /// `(step, loss_g, loss_d, l1, adv_g, r1)` of every train event, r1 NaN when null.
 fn losses(run: &Path) -> Vec<(u64, f64, f64, f64, f64, Option<f64>)> {
     read_events(&run.join("metrics.jsonl"))
@@ -313,4 +253,14 @@ fn ablation_fragments_layer_over_the_demo() {
     assert_eq!(p.phase_at(300), train::phases::Phase::Generator);
     assert_eq!(p.phase_at(301), train::phases::Phase::Registration);
     assert_eq!(p.phase_at(601), train::phases::Phase::Adversarial);
+}
+
+/// The shared tiny config with checkpoints every step and no validation or samples.
+fn tiny(steps: u64) -> TrainConfig {
+    let mut c = common::tiny(steps);
+    c.data.loader_threads = 1;
+    c.log.val_every = 0;
+    c.log.sample_every = 0;
+    c.log.checkpoint_every = 1;
+    c
 }

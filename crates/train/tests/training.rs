@@ -1,59 +1,15 @@
 //! The training loop on a tiny synthetic dataset: learning on a fixed batch, exact resume,
 //! the non-finite stop, and the run folder's contents.
 
-use dataset::augment::AugmentConfig;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{dataset, fixed_batch, run_spec, serial, tiny};
+use std::path::Path;
 use train::config::TrainConfig;
 use train::events::read_events;
 use train::nets::Nets;
-use train::step::{train_step, BatchTensors};
-use train::trainer::{train, RunSpec};
-
-/// One prepared dataset per test binary (prepare takes a moment; tests only read it).
-fn dataset() -> PathBuf {
-    static DATA: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = train::demo::synthetic_dataset(tmp.path(), 3).unwrap();
-        (tmp, p)
-    })
-    .1
-    .clone()
-}
-
-/// libtorch's RNG and thread count are process-wide: tests that build networks or train run
-/// one at a time, or their seeds would interleave.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tiny(steps: u64) -> TrainConfig {
-    let mut c = TrainConfig::with_preset("tiny").unwrap();
-    c.device = "cpu".into();
-    c.threads = 1;
-    c.schedule.steps = steps;
-    c.data.batch_size = 2;
-    c.data.crop_size = 32;
-    c.data.loader_threads = 2;
-    c.data.min_body_fraction = 0.0;
-    c.optim.generator.lr = 2e-3;
-    c.optim.discriminator.lr = 2e-3;
-    c.log.every = 1;
-    c.log.val_every = 3;
-    c.log.checkpoint_every = 3;
-    c.log.sample_every = 3;
-    c.log.progress = false;
-    c
-}
-
-fn run_spec(data: &Path, run: &Path, resume: bool) -> RunSpec {
-    RunSpec {
-        data: data.to_path_buf(),
-        run: run.to_path_buf(),
-        resume,
-    }
-}
+use train::step::train_step;
+use train::trainer::train;
 
 /// `(step, loss_g, loss_d, l1)` of every train event.
 fn losses(run: &Path) -> Vec<(u64, f64, f64, f64)> {
@@ -75,22 +31,7 @@ fn losses(run: &Path) -> Vec<(u64, f64, f64, f64)> {
 #[test]
 fn the_generator_overfits_a_fixed_batch() {
     let _serial = serial();
-    let data = dataset();
-    let ds = std::sync::Arc::new(dataset::store::PreparedDataset::open(&data).unwrap());
-    let keys = dataset::sampler::split_keys(&ds, dataset::manifest::Split::Train, 0.0).unwrap();
-    let sampler = dataset::sampler::Sampler::new(
-        ds,
-        keys,
-        dataset::sampler::SamplerConfig {
-            batch_size: 2,
-            crop_size: 32,
-            fill: -1.0,
-            seed: 1,
-            augment: AugmentConfig::none(),
-        },
-    )
-    .unwrap();
-    let batch = BatchTensors::from_batch(&sampler.batch(0).unwrap(), tch::Device::Cpu).unwrap();
+    let batch = fixed_batch();
     let cfg = tiny(30);
     let mut nets = Nets::new(&cfg, tch::Device::Cpu);
     let mut opts = nets.optimizers(&cfg).unwrap();

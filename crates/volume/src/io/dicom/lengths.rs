@@ -9,9 +9,9 @@
 //! treats encapsulated pixel data items as opaque fragments (PS3.5 §7.1-7.5, A.4).
 //!
 //! It checks lengths only; everything else (VRs, values, nesting) is left to dicom-rs, which
-//! reports those problems itself. Deflated transfer syntaxes are not walked (their data set is
-//! compressed, so lengths are not bounded by the file size), nor is anything after an
-//! undefined-length UN element (its contents switch to implicit VR).
+//! reports those problems itself. A deflated data set is inflated in memory (up to 1 GiB) and
+//! walked there. Nothing after an undefined-length UN element is walked (its contents switch to
+//! implicit VR).
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -87,11 +87,53 @@ fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
     let encoding = match syntax.as_str() {
         "1.2.840.10008.1.2" => Encoding::ImplicitLittle,
         "1.2.840.10008.1.2.2" => Encoding::ExplicitBig,
-        "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => return Ok(()), // deflated
+        "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => {
+            return check_deflated(w.r, pos);
+        }
         // Unknown or missing (a damaged meta group): dicom-rs reads on as explicit VR LE.
         _ => Encoding::ExplicitLittle,
     };
     w.walk_data_set(pos, encoding)
+}
+
+/// Largest inflated data set we walk (and accept) for a deflated transfer syntax.
+const MAX_INFLATED: u64 = 1 << 30;
+
+/// Deflated data set (raw deflate after the meta group, PS3.5 A.5): inflated in memory up to
+/// [`MAX_INFLATED`], then walked like any explicit VR little endian data set. A stream that
+/// fails to inflate part way is walked up to there: that is what dicom-rs reads too.
+fn check_deflated(r: &mut (impl Read + Seek), pos: u64) -> Result<(), String> {
+    r.seek(SeekFrom::Start(pos))
+        .map_err(|e| format!("cannot seek: {e}"))?;
+    let mut inflated = Vec::new();
+    let mut z = flate2::read::DeflateDecoder::new(r).take(MAX_INFLATED + 1);
+    // Small reads, so that the bytes inflated before a corrupt block are kept.
+    let mut chunk = [0u8; 64];
+    loop {
+        match z.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => inflated.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                tracing::debug!(
+                    "deflated data set stops after {} bytes: {e}",
+                    inflated.len()
+                );
+                break;
+            }
+        }
+    }
+    if inflated.len() as u64 > MAX_INFLATED {
+        return Err(format!(
+            "deflated data set inflates to more than {MAX_INFLATED} bytes"
+        ));
+    }
+    let len = inflated.len() as u64;
+    let mut cursor = std::io::Cursor::new(inflated);
+    Walker {
+        r: &mut cursor,
+        len,
+    }
+    .walk_data_set(0, Encoding::ExplicitLittle)
 }
 
 struct Walker<'a, R> {
@@ -346,6 +388,27 @@ mod tests {
         let err = check(&f).unwrap_err();
         assert!(
             err.contains("(0002,0012)") && err.contains("775106098 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deflated_data_set_lengths_are_checked_after_inflating() {
+        use std::io::Write;
+        let mut body = explicit((0x0010, 0x0010), b"PN", b"DOE^JOHN", None);
+        body.extend(explicit((0x7FE0, 0x0010), b"OW", &[0; 64], None));
+        let deflate = |b: &[u8]| {
+            let mut z =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            z.write_all(b).unwrap();
+            z.finish().unwrap()
+        };
+        check(&file("1.2.840.10008.1.2.1.99", &deflate(&body))).unwrap();
+        let n = body.len();
+        body[n - 68..n - 64].copy_from_slice(&3_635_603_344u32.to_le_bytes());
+        let err = check(&file("1.2.840.10008.1.2.1.99", &deflate(&body))).unwrap_err();
+        assert!(
+            err.contains("(7FE0,0010)") && err.contains("3635603344"),
             "{err}"
         );
     }

@@ -2,9 +2,9 @@
 //! random (seeded) weights, or a trained checkpoint, translating a synthetic chest-like
 //! volume of SLICES x SIZE x SIZE.
 //!
-//! `cargo run --release -p infer --example precision_error -- PRESET|CHECKPOINT SLICES SIZE THREADS`
-//! (defaults: default 8 256 2). Prints seconds per volume for each precision (median of 3
-//! after a warm-up) and the |HU| difference of bf16 from fp32 (max, mean, 99th percentile).
+//! `cargo run --release -p infer --example precision_error -- PRESET|CHECKPOINT SLICES SIZE THREADS RUNS`
+//! (defaults: default 8 256 2 3). Prints seconds per volume for each precision (median of RUNS
+//! after a warm-up; RUNS = 1: one cold run) and the |HU| difference of bf16 from fp32 (max, mean, 99th percentile).
 
 use dataset::manifest::HuWindow;
 use infer::predict::{Precision, PredictOptions, Translator};
@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     let slices: usize = arg(2, "8").parse()?;
     let size: usize = arg(3, "256").parse()?;
     tch::set_num_threads(arg(4, "2").parse()?);
+    let runs: usize = arg(5, "3").parse::<usize>()?.max(1);
     tch::manual_seed(0);
 
     // Either a checkpoint (its G and window) or a random G of a preset.
@@ -67,10 +68,12 @@ fn main() -> anyhow::Result<()> {
             precision,
             ..PredictOptions::new()
         };
-        let _ = t.translate_volume(&vol, &opts, |_| {})?; // warm-up
+        if runs > 1 {
+            let _ = t.translate_volume(&vol, &opts, |_| {})?; // warm-up
+        }
         let mut times = Vec::new();
         let mut out = None;
-        for _ in 0..3 {
+        for _ in 0..runs {
             let start = Instant::now();
             out = Some(t.translate_volume(&vol, &opts, |_| {})?);
             times.push(start.elapsed().as_secs_f64());
@@ -78,8 +81,8 @@ fn main() -> anyhow::Result<()> {
         times.sort_by(f64::total_cmp);
         println!(
             "{precision:?}: {:.3} s/volume, {:.2} slices/s",
-            times[1],
-            slices as f64 / times[1]
+            times[runs / 2],
+            slices as f64 / times[runs / 2]
         );
         outputs.extend(out);
     }

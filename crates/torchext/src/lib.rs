@@ -341,7 +341,7 @@ mod tests {
     #[test]
     fn cpu_autocast_runs_matmul_in_bf16_and_restores_the_state() {
         let a = Tensor::randn([8, 8], (Kind::Float, Device::Cpu));
-        assert_eq!(autocast_state(AutocastDevice::Cpu).unwrap().0, false);
+        assert!(!autocast_state(AutocastDevice::Cpu).unwrap().0);
         let out = with_autocast(AutocastDevice::Cpu, Kind::BFloat16, || {
             assert!(autocast_state(AutocastDevice::Cpu).unwrap().0);
             // nested region keeps it on
@@ -357,7 +357,7 @@ mod tests {
             "matmul is on CPU autocast's bf16 list"
         );
         assert_eq!(out.1.kind(), Kind::BFloat16);
-        assert_eq!(autocast_state(AutocastDevice::Cpu).unwrap().0, false);
+        assert!(!autocast_state(AutocastDevice::Cpu).unwrap().0);
         assert_eq!(a.matmul(&a).kind(), Kind::Float);
         assert!(AutocastGuard::new(AutocastDevice::Cpu, Kind::Double).is_err());
     }

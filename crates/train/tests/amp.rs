@@ -4,8 +4,9 @@
 //! and the start-up refusal of reduced precision on the CPU. (CUDA autocast itself needs a
 //! GPU: not exercised here.)
 
-use dataset::augment::AugmentConfig;
-use std::path::PathBuf;
+mod common;
+
+use common::{fixed_batch, serial};
 use tch::Tensor;
 use train::amp::{AmpMode, LossScaler, ScalerParams, SCALER_FILE};
 use train::checkpoint::{self, TrainState};
@@ -14,50 +15,9 @@ use train::nets::{Nets, Optimizers};
 use train::run_dir::RunDir;
 use train::step::{train_step, BatchTensors, StepStats};
 
-fn dataset() -> PathBuf {
-    static DATA: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = train::demo::synthetic_dataset(tmp.path(), 3).unwrap();
-        (tmp, p)
-    })
-    .1
-    .clone()
-}
-
-/// libtorch's RNG is process-wide: tests that build networks run one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
+/// The shared tiny config, amp off (the CPU requires it).
 fn tiny() -> TrainConfig {
-    let mut c = TrainConfig::with_preset("tiny").unwrap();
-    c.device = "cpu".into();
-    c.threads = 1;
-    c.data.batch_size = 2;
-    c.data.crop_size = 32;
-    c.optim.generator.lr = 2e-3;
-    c.optim.discriminator.lr = 2e-3;
-    c
-}
-
-fn fixed_batch() -> BatchTensors {
-    let ds = std::sync::Arc::new(dataset::store::PreparedDataset::open(&dataset()).unwrap());
-    let keys = dataset::sampler::split_keys(&ds, dataset::manifest::Split::Train, 0.0).unwrap();
-    let sampler = dataset::sampler::Sampler::new(
-        ds,
-        keys,
-        dataset::sampler::SamplerConfig {
-            batch_size: 2,
-            crop_size: 32,
-            fill: -1.0,
-            seed: 1,
-            augment: AugmentConfig::none(),
-        },
-    )
-    .unwrap();
-    BatchTensors::from_batch(&sampler.batch(0).unwrap(), tch::Device::Cpu).unwrap()
+    common::tiny(TrainConfig::default().schedule.steps)
 }
 
 /// Networks and optimizers of `cfg` (amp off, as the CPU requires) with `scaler` in place.

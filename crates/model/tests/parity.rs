@@ -4,8 +4,9 @@
 //!
 //! Golden files: crates/model/tests/data/parity_*, made by tools/golden/model_parity.py.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
+use common::{data, read};
+
 
 use model::config::ModelConfig;
 use model::discriminator::Discriminator;
@@ -17,19 +18,6 @@ use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Tensor};
 
 const TOL: f64 = 1e-4;
-
-fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
-}
-
-fn read(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(data(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .into_iter()
-        .collect()
-}
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");

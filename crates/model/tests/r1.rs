@@ -3,27 +3,15 @@
 //! (`tests/data/r1_*`, made by `tools/golden/r1_torch.py` with
 //! `torch.autograd.grad(create_graph=True)`).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
+use common::{data, read};
+
 
 use model::config::DiscriminatorConfig;
 use model::discriminator::Discriminator;
 use model::r1::{mean_squared_gradient, R1Config, R1Error};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
-
-fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
-}
-
-fn read(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(data(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .into_iter()
-        .collect()
-}
 
 fn value(t: &Tensor) -> f64 {
     t.to_kind(Kind::Double).double_value(&[])

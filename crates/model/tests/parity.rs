@@ -7,7 +7,6 @@
 mod common;
 use common::{data, read};
 
-
 use model::config::ModelConfig;
 use model::discriminator::Discriminator;
 use model::generator::Generator;

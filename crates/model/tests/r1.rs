@@ -6,7 +6,6 @@
 mod common;
 use common::{data, read};
 
-
 use model::config::DiscriminatorConfig;
 use model::discriminator::Discriminator;
 use model::r1::{mean_squared_gradient, R1Config, R1Error};

@@ -5,13 +5,11 @@
 
 mod common;
 
-use common::{dataset, run_spec, serial};
+use common::{dataset, events, run_spec, serial};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
 use train::config::TrainConfig;
 use train::curriculum::Ramp;
-use train::events::read_events;
 use train::trainer::train;
 
 fn vgg16_file() -> PathBuf {
@@ -31,14 +29,6 @@ fn all_on(steps: u64, vgg: &Path) -> TrainConfig {
     c.lung_curriculum.ramp = Ramp::Linear;
     c.lung_curriculum.steps = 4;
     c
-}
-
-fn events(run: &Path, kind: &str) -> Vec<Value> {
-    read_events(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter(|e| e["event"] == kind)
-        .collect()
 }
 
 /// `(step, loss_g, l1, perceptual, lung_weight)` of every train event.

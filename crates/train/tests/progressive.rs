@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::Tensor;
 use train::config::TrainConfig;
-use train::events::read_events;
 use train::nets::{Nets, Optimizers};
 use train::step::train_step;
 use train::trainer::train;
@@ -143,10 +142,8 @@ fn r1_adds_its_weighted_penalty_on_its_steps() {
 
 /// `(step, loss_g, loss_d, l1, adv_g, r1)` of every train event, r1 NaN when null.
 fn losses(run: &Path) -> Vec<(u64, f64, f64, f64, f64, Option<f64>)> {
-    read_events(&run.join("metrics.jsonl"))
-        .unwrap()
+    common::events(run, "train")
         .into_iter()
-        .filter(|e| e["event"] == "train")
         .map(|e| {
             (
                 e["step"].as_u64().unwrap(),
@@ -201,10 +198,8 @@ fn resume_in_the_middle_of_a_phase_continues_it_exactly() {
         assert_eq!(r1.is_some(), *step == 8, "step {step}");
     }
     for run in [&a, &b] {
-        let phases: Vec<(u64, String)> = read_events(&run.join("metrics.jsonl"))
-            .unwrap()
+        let phases: Vec<(u64, String)> = common::events(run, "phase")
             .into_iter()
-            .filter(|e| e["event"] == "phase")
             .map(|e| {
                 (
                     e["step"].as_u64().unwrap(),

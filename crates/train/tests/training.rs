@@ -13,10 +13,8 @@ use train::trainer::train;
 
 /// `(step, loss_g, loss_d, l1)` of every train event.
 fn losses(run: &Path) -> Vec<(u64, f64, f64, f64)> {
-    read_events(&run.join("metrics.jsonl"))
-        .unwrap()
+    common::events(run, "train")
         .into_iter()
-        .filter(|e| e["event"] == "train")
         .map(|e| {
             (
                 e["step"].as_u64().unwrap(),

@@ -75,3 +75,12 @@ pub fn run_spec(data: &Path, run: &Path, resume: bool) -> RunSpec {
         resume,
     }
 }
+
+/// The events of kind `kind` ("train", "val", "phase", ...) in a run's metrics.jsonl.
+pub fn events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    train::events::read_events(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["event"] == kind)
+        .collect()
+}

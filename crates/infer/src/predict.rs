@@ -398,9 +398,18 @@ mod tests {
     use tch::nn::VarStore;
     use volume::Geometry;
 
-    fn tiny_generator(vs: &VarStore) -> Generator {
+    pub(super) fn tiny_generator(vs: &VarStore) -> Generator {
         let cfg = ModelConfig::preset("tiny").expect("tiny preset");
         Generator::new(&vs.root().sub("g"), &cfg.generator)
+    }
+
+    /// A translator on the CPU with the default HU window.
+    pub(super) fn cpu_translator(generator: &Generator) -> Translator<'_> {
+        Translator {
+            generator,
+            window: HuWindow::default(),
+            device: Device::Cpu,
+        }
     }
 
     /// Padding must not change what the network computes in the interior: a slice whose size
@@ -453,11 +462,7 @@ mod tests {
         let g = tiny_generator(&vs);
         let hu = Array3::from_elem((2, 21, 13), 40.0f32);
         let vol = Volume::new(hu, Geometry::identity([1.0; 3])).unwrap();
-        let t = Translator {
-            generator: &g,
-            window: HuWindow::default(),
-            device: Device::Cpu,
-        };
+        let t = cpu_translator(&g);
         let out = t
             .translate_volume(&vol, &PredictOptions::new(), |_| {})
             .unwrap();
@@ -504,11 +509,7 @@ mod tests {
         tch::manual_seed(2);
         let vs = VarStore::new(Device::Cpu);
         let g = tiny_generator(&vs);
-        let t = Translator {
-            generator: &g,
-            window: HuWindow::default(),
-            device: Device::Cpu,
-        };
+        let t = cpu_translator(&g);
         let x = Tensor::randn([2, 1, 32, 32], (Kind::Float, Device::Cpu)).clamp(-1.0, 1.0);
         // Flip only: the average of G(x) and flip(G(flip(x))).
         let flip = tch::no_grad(|| t.forward_views(&x, &[View::Identity, View::FlipX]));
@@ -536,8 +537,8 @@ mod tests {
 
 #[cfg(test)]
 mod precision_tests {
+    use super::tests::{cpu_translator, tiny_generator};
     use super::*;
-    use model::config::ModelConfig;
     use tch::nn::VarStore;
     use volume::Geometry;
 
@@ -560,13 +561,8 @@ mod precision_tests {
     fn bf16_output_is_close_to_fp32_but_really_reduced() {
         tch::manual_seed(3);
         let vs = VarStore::new(Device::Cpu);
-        let cfg = ModelConfig::preset("tiny").unwrap();
-        let g = Generator::new(&vs.root().sub("g"), &cfg.generator);
-        let t = Translator {
-            generator: &g,
-            window: HuWindow::default(),
-            device: Device::Cpu,
-        };
+        let g = tiny_generator(&vs);
+        let t = cpu_translator(&g);
         let vol = phantom();
         let run = |precision| {
             let opts = PredictOptions {
@@ -599,13 +595,8 @@ mod precision_tests {
     #[test]
     fn f16_is_cuda_only_and_precisions_parse() {
         let vs = VarStore::new(Device::Cpu);
-        let cfg = ModelConfig::preset("tiny").unwrap();
-        let g = Generator::new(&vs.root().sub("g"), &cfg.generator);
-        let t = Translator {
-            generator: &g,
-            window: HuWindow::default(),
-            device: Device::Cpu,
-        };
+        let g = tiny_generator(&vs);
+        let t = cpu_translator(&g);
         let opts = PredictOptions {
             precision: Precision::F16,
             ..PredictOptions::new()

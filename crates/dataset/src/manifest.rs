@@ -6,8 +6,8 @@
 //! - `status`: `in_progress` while `prepare` runs (it is rewritten after every case, so an
 //!   interrupted run leaves an honest record), `complete` once every case is done and the
 //!   split is assigned; [`crate::store::PreparedDataset::open`] accepts only `complete`;
-//! - the HU window the network's [-1, 1] intensities refer to ([`HuWindow`]), the processing
-//!   settings ([`CaseSettings`]) and how the split was made ([`SplitSpec`]);
+//! - the HU window the network's [-1, 1] intensities refer to ([`IntensityWindow`]), the
+//!   processing settings ([`CaseSettings`]) and how the split was made ([`SplitSpec`]);
 //! - one [`CaseEntry`] per prepared case: its split and its [`CaseMeta`] (sources with SHA-256
 //!   checksums, geometry before and after resampling, the rigid alignment found, mask volumes);
 //! - what was skipped and why (discovery and per-case failures).
@@ -40,7 +40,9 @@ pub const SPLIT_FILE: &str = "split.json";
 /// Version of the crate that wrote a manifest or case.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The HU window: HU clipped to `[min, max]` and mapped linearly to `[-1, 1]`.
+/// The intensity window of the network: HU clipped to `[min, max]` and mapped linearly to
+/// `[-1, 1]`, the range G's input and output live in (not to be confused with
+/// `metrics::ScoreWindow`, the window scores are computed in).
 ///
 /// The default `[-1024, 1500]` covers everything this task needs to see: air and lung
 /// parenchyma (-1000 .. -500), soft tissue and unenhanced blood (~40), iodinated pulmonary
@@ -49,12 +51,17 @@ pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// 1262 HU, so an error of 0.01 is 12.6 HU. The window is stored in the manifest and, by the
 /// trainer, with the model, so prediction maps back to HU without being told.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct HuWindow {
+pub struct IntensityWindow {
     pub min: f32,
     pub max: f32,
 }
 
-impl Default for HuWindow {
+/// The former name of [`IntensityWindow`], kept only for `crates/bench` until it is renamed
+/// there; use [`IntensityWindow`].
+#[doc(hidden)]
+pub type HuWindow = IntensityWindow;
+
+impl Default for IntensityWindow {
     fn default() -> Self {
         Self {
             min: -1024.0,
@@ -63,7 +70,7 @@ impl Default for HuWindow {
     }
 }
 
-impl HuWindow {
+impl IntensityWindow {
     /// A window with finite `min < max`.
     pub fn new(min: f32, max: f32) -> Result<Self, String> {
         if !(min.is_finite() && max.is_finite() && min < max) {
@@ -264,7 +271,7 @@ pub struct Manifest {
     pub tool_version: String,
     pub status: ManifestStatus,
     pub raw_dir: PathBuf,
-    pub window: HuWindow,
+    pub window: IntensityWindow,
     pub settings: CaseSettings,
     pub split: SplitSpec,
     pub cases: Vec<CaseEntry>,
@@ -284,7 +291,7 @@ mod tests {
 
     #[test]
     fn window_maps_ends_to_unit_interval_and_back() {
-        let w = HuWindow::default();
+        let w = IntensityWindow::default();
         assert_eq!(w.normalize(-1024.0), -1.0);
         assert_eq!(w.normalize(1500.0), 1.0);
         assert_eq!(w.normalize(-3000.0), -1.0);
@@ -294,7 +301,7 @@ mod tests {
         for hu in [-1000.0f32, -500.0, 0.0, 40.0, 350.0, 1200.0] {
             assert!((w.denormalize(w.normalize(hu)) - hu).abs() < 1e-3, "{hu}");
         }
-        assert!(HuWindow::new(100.0, 100.0).is_err());
-        assert!(HuWindow::new(f32::NAN, 100.0).is_err());
+        assert!(IntensityWindow::new(100.0, 100.0).is_err());
+        assert!(IntensityWindow::new(f32::NAN, 100.0).is_err());
     }
 }

@@ -28,8 +28,8 @@ pub use case::{prepare_case, CaseError, CaseOutcome, FILL_HU};
 
 use crate::manifest::split::{apply_split_file, read_split_file, seeded_split, SplitError};
 use crate::manifest::{
-    CaseEntry, CaseSettings, HuWindow, Manifest, ManifestStatus, Split, SplitFractions, SplitSpec,
-    FORMAT, FORMAT_VERSION, MANIFEST_FILE, SPLIT_FILE, TOOL_VERSION,
+    CaseEntry, CaseSettings, IntensityWindow, Manifest, ManifestStatus, Split, SplitFractions,
+    SplitSpec, FORMAT, FORMAT_VERSION, MANIFEST_FILE, SPLIT_FILE, TOOL_VERSION,
 };
 use crate::raw::{Discovery, Skipped};
 use crate::store::{case_dir, StoreError, CASES_DIR};
@@ -65,7 +65,7 @@ impl Default for SplitChoice {
 /// Everything `prepare` needs besides the discovered pairs.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PrepareOptions {
-    pub window: HuWindow,
+    pub window: IntensityWindow,
     pub settings: CaseSettings,
     pub split: SplitChoice,
     /// Cases prepared at once (each holds a few copies of its volumes in memory: about

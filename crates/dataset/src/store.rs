@@ -33,7 +33,7 @@
 //!   running training's view (it just won't see the change until it reopens).
 
 use crate::manifest::{
-    CaseEntry, CaseMeta, HuWindow, Manifest, ManifestStatus, Split, FORMAT, FORMAT_VERSION,
+    CaseEntry, CaseMeta, IntensityWindow, Manifest, ManifestStatus, Split, FORMAT, FORMAT_VERSION,
     MANIFEST_FILE,
 };
 use memmap2::Mmap;
@@ -342,7 +342,7 @@ pub struct SliceRef<'a> {
     pub body: ArrayView2<'a, u8>,
     /// `[y, x]`, 0/1.
     pub lung: ArrayView2<'a, u8>,
-    pub window: HuWindow,
+    pub window: IntensityWindow,
 }
 
 /// One slice as owned `f32` arrays, `[y, x]` each.
@@ -502,7 +502,7 @@ impl PreparedDataset {
     }
 
     /// The HU window slices are normalised with.
-    pub fn window(&self) -> HuWindow {
+    pub fn window(&self) -> IntensityWindow {
         self.manifest.window
     }
 

@@ -3,7 +3,9 @@
 //! (lung mask Dice against the phantom's truth, rigid alignment improving similarity).
 
 use dataset::manifest::split::SplitError;
-use dataset::manifest::{AlignMode, HuWindow, SpacingMode, Split, SplitFractions, MANIFEST_FILE};
+use dataset::manifest::{
+    AlignMode, IntensityWindow, SpacingMode, Split, SplitFractions, MANIFEST_FILE,
+};
 use dataset::prepare::{prepare, CaseStatus, PrepareError, PrepareOptions, SplitChoice};
 use dataset::raw::discover;
 use dataset::store::PreparedDataset;
@@ -95,7 +97,7 @@ fn rerun_skips_window_change_keeps_stores_spacing_or_source_change_redoes() {
 
     // The window is applied on read: changing it keeps the stores, updates the manifest.
     let mut o = opts();
-    o.window = HuWindow::new(-1000.0, 1000.0).unwrap();
+    o.window = IntensityWindow::new(-1000.0, 1000.0).unwrap();
     let third = prepare(&d, &out, &o, &noop).unwrap();
     assert_eq!(statuses(&third), ["reused"; 3]);
     let ds = PreparedDataset::open(&out).unwrap();

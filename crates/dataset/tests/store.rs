@@ -2,9 +2,9 @@
 //! truncated stores, other format versions and unfinished manifests, naming the file.
 
 use dataset::manifest::{
-    AlignMode, CaseEntry, CaseMeta, CaseSettings, GridRecord, HuWindow, Manifest, ManifestStatus,
-    MaskRecord, MaskSource, SourceRecord, SpacingMode, Split, SplitSpec, FORMAT, FORMAT_VERSION,
-    MANIFEST_FILE, TOOL_VERSION,
+    AlignMode, CaseEntry, CaseMeta, CaseSettings, GridRecord, IntensityWindow, Manifest,
+    ManifestStatus, MaskRecord, MaskSource, SourceRecord, SpacingMode, Split, SplitSpec, FORMAT,
+    FORMAT_VERSION, MANIFEST_FILE, TOOL_VERSION,
 };
 use dataset::raw::SourceKind;
 use dataset::store::{
@@ -116,7 +116,7 @@ fn write_dataset(root: &Path, cases: &[(&str, Split, f32)]) -> Vec<Arrays> {
         tool_version: TOOL_VERSION.to_owned(),
         status: ManifestStatus::Complete,
         raw_dir: PathBuf::from("raw"),
-        window: HuWindow::default(),
+        window: IntensityWindow::default(),
         settings: CaseSettings::default(),
         split: SplitSpec::File {
             path: PathBuf::from("split.json"),
@@ -161,7 +161,7 @@ fn slices_and_volumes_read_back_exactly() {
                 }
             }
             let f = s.normalized();
-            let w = HuWindow::default();
+            let w = IntensityWindow::default();
             assert_eq!(f.ncct[[1, 2]], w.normalize(s.ncct[[1, 2]] as f32));
             assert!(f
                 .ncct

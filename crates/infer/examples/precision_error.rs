@@ -6,7 +6,7 @@
 //! (defaults: default 8 256 2 3). Prints seconds per volume for each precision (median of RUNS
 //! after a warm-up; RUNS = 1: one cold run) and the |HU| difference of bf16 from fp32 (max, mean, 99th percentile).
 
-use dataset::manifest::HuWindow;
+use dataset::manifest::IntensityWindow;
 use infer::predict::{Precision, PredictOptions, Translator};
 use ndarray::Array3;
 use std::time::Instant;
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         let cfg = model::config::ModelConfig::preset(&source)?;
         let vs = VarStore::new(Device::Cpu);
         generator = model::generator::Generator::new(&vs.root(), &cfg.generator);
-        window = HuWindow::default();
+        window = IntensityWindow::default();
         label = format!("random {source} G");
         _store = vs;
     }

@@ -28,7 +28,7 @@
 //! is valid (a rotation leaves the corners without a prediction).
 
 use anyhow::{bail, Context, Result};
-use dataset::manifest::HuWindow;
+use dataset::manifest::IntensityWindow;
 use ndarray::{s, Array3};
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 use volume::resample::{resample, Grid, Interpolation};
@@ -154,7 +154,7 @@ impl Tta {
 /// device it runs on.
 pub struct Translator<'a> {
     pub generator: &'a Generator,
-    pub window: HuWindow,
+    pub window: IntensityWindow,
     pub device: Device,
 }
 
@@ -407,7 +407,7 @@ mod tests {
     pub(super) fn cpu_translator(generator: &Generator) -> Translator<'_> {
         Translator {
             generator,
-            window: HuWindow::default(),
+            window: IntensityWindow::default(),
             device: Device::Cpu,
         }
     }
@@ -424,7 +424,7 @@ mod tests {
         let hu = Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| {
             -1000.0 + 40.0 * (z + y) as f32 + 10.0 * x as f32
         });
-        let window = HuWindow::default();
+        let window = IntensityWindow::default();
         let t = Translator {
             generator: &g,
             window,
@@ -467,7 +467,7 @@ mod tests {
             .translate_volume(&vol, &PredictOptions::new(), |_| {})
             .unwrap();
         assert_eq!(out.data.dim(), (2, 21, 13));
-        let w = HuWindow::default();
+        let w = IntensityWindow::default();
         assert!(out.data.iter().all(|v| *v >= w.min && *v <= w.max));
     }
 
@@ -582,7 +582,7 @@ mod precision_tests {
         let max = diff.iter().copied().fold(0.0f32, f32::max);
         // bf16 keeps 8 mantissa bits: a relative error of ~2^-8 of the window (~ a few HU to
         // tens of HU through a random network), never a broken output.
-        let span = HuWindow::default().max - HuWindow::default().min;
+        let span = IntensityWindow::default().max - IntensityWindow::default().min;
         assert!(max > 0.0, "bf16 changed nothing: autocast did not run");
         assert!(
             max < 0.05 * span,

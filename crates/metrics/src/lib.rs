@@ -28,4 +28,4 @@ pub use ssim::{
     ssim_2d, ssim_2d_masked, ssim_3d, ssim_3d_masked, ssim_map_2d, ssim_map_3d, SsimMode,
     SsimParams, SsimScores,
 };
-pub use window::HuWindow;
+pub use window::ScoreWindow;

@@ -5,7 +5,7 @@
 //! parallel over the first axis (axial slices of a `[z, y, x]` volume) and sums the partial
 //! results in slice order, so the result does not depend on the number of threads.
 //!
-//! Values are taken as given: clipping to a HU window (see [`crate::HuWindow`]) is the
+//! Values are taken as given: clipping to a HU window (see [`crate::ScoreWindow`]) is the
 //! caller's choice, made once per volume rather than once per metric.
 
 use ndarray::{ArrayView, Axis, Dimension, Slice, Zip};
@@ -151,7 +151,7 @@ pub fn mse<D: Dimension>(
 /// Peak signal-to-noise ratio in dB over the mask, `10 log10(data_range^2 / MSE)`.
 ///
 /// The data range is explicit (MONAI requires it too): for CT in HU use the width of the HU
-/// window the values were clipped to ([`crate::HuWindow::range`], 4095 for [-1024, 3071]);
+/// window the values were clipped to ([`crate::ScoreWindow::range`], 4095 for [-1024, 3071]);
 /// deriving it from the data would make scores incomparable between cases. Equals
 /// `skimage.metrics.peak_signal_noise_ratio(target[mask], pred[mask], data_range=R)`.
 ///

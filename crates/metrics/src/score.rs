@@ -1,7 +1,7 @@
 //! Scoring a predicted CT volume against its target in HU, inside several regions at once.
 //!
 //! The project's convention (DESIGN.md, "Metrics in HU"), applied by [`score_regions`]:
-//! 1. both volumes are clipped to the HU window ([`HuWindow`], default [-1024, 3071]);
+//! 1. both volumes are clipped to the HU window ([`ScoreWindow`], default [-1024, 3071]);
 //! 2. MAE (HU) and PSNR (dB, data range = window width) are computed over each region's
 //!    voxels (SynthRAD 2023 leaves MAE unclipped; clipping it too keeps scanner padding such
 //!    as -3024 HU out of all three metrics alike, and inside a body mask the two agree except
@@ -18,14 +18,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{same_shape, Result};
 use crate::pixelwise::error_stats;
 use crate::ssim::{ssim_scores_offset, SsimMode, SsimParams};
-use crate::HuWindow;
+use crate::ScoreWindow;
 
 /// How volumes are scored. `Default` is the project convention.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoreConfig {
     /// Window both volumes are clipped to; its width is the PSNR and SSIM data range.
-    pub window: HuWindow,
+    pub window: ScoreWindow,
     /// SSIM window and constants.
     pub ssim: SsimParams,
     /// 3D window over the volume (SynthRAD) or 2D per axial slice.

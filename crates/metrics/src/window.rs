@@ -15,15 +15,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{MetricsError, Result};
 
-/// A closed HU interval `[lo, hi]`.
+/// The HU window scores are computed in: a closed interval `[lo, hi]` both volumes are clipped
+/// to, whose width is the data range of PSNR and SSIM (not to be confused with the dataset's
+/// `IntensityWindow`, which maps HU to the network's [-1, 1]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HuWindow {
+pub struct ScoreWindow {
     pub lo: f32,
     pub hi: f32,
 }
 
-impl Default for HuWindow {
+impl Default for ScoreWindow {
     fn default() -> Self {
         Self {
             lo: -1024.0,
@@ -32,7 +34,7 @@ impl Default for HuWindow {
     }
 }
 
-impl HuWindow {
+impl ScoreWindow {
     /// A window, checking `lo < hi` and both finite.
     pub fn new(lo: f32, hi: f32) -> Result<Self> {
         let w = Self { lo, hi };
@@ -75,7 +77,7 @@ mod tests {
 
     #[test]
     fn clips_to_the_window_and_reports_its_range() {
-        let w = HuWindow::default();
+        let w = ScoreWindow::default();
         assert_eq!(w.range(), 4095.0);
         let a = array![[-3024.0f32, -1024.0, 0.5], [3071.0, 4000.0, f32::NAN]];
         let c = w.clip(a.view());
@@ -83,7 +85,7 @@ mod tests {
         assert_eq!(c[[0, 2]], 0.5);
         assert_eq!(c[[1, 1]], 3071.0);
         assert!(c[[1, 2]].is_nan());
-        assert!(HuWindow::new(10.0, 10.0).is_err());
-        assert!(HuWindow::new(f32::NEG_INFINITY, 10.0).is_err());
+        assert!(ScoreWindow::new(10.0, 10.0).is_err());
+        assert!(ScoreWindow::new(f32::NEG_INFINITY, 10.0).is_err());
     }
 }

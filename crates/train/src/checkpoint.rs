@@ -26,7 +26,7 @@ use crate::config::TrainConfig;
 use crate::nets::{Nets, Optimizers, GENERATOR_FILE};
 use crate::run_dir::RunDir;
 use anyhow::{bail, Context};
-use dataset::manifest::HuWindow;
+use dataset::manifest::IntensityWindow;
 use model::generator::Generator;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ pub struct TrainState {
     pub best: Option<Best>,
     pub rng: RngState,
     /// The HU window of the network's [-1, 1] scale.
-    pub window: HuWindow,
+    pub window: IntensityWindow,
     pub config: TrainConfig,
 }
 
@@ -221,7 +221,7 @@ pub struct LoadedGenerator {
     pub store: VarStore,
     pub generator: Generator,
     /// The window the network's [-1, 1] scale maps to.
-    pub window: HuWindow,
+    pub window: IntensityWindow,
     pub config: TrainConfig,
     /// The checkpoint folder it came from.
     pub checkpoint: PathBuf,

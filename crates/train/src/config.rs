@@ -18,7 +18,7 @@ use crate::phases::ProgressiveConfig;
 use crate::schedule::ScheduleConfig;
 use anyhow::{bail, Context};
 use dataset::augment::AugmentConfig;
-use dataset::manifest::HuWindow;
+use dataset::manifest::IntensityWindow;
 use model::config::ModelConfig;
 use model::losses::LossConfig;
 use model::optim::AdamConfig;
@@ -121,7 +121,7 @@ pub struct DataConfig {
     pub prefetch: usize,
     /// HU window for the network's [-1, 1] scale. Unset: the prepared dataset's window (the
     /// resolved config records the one used). Default: unset.
-    pub window: Option<HuWindow>,
+    pub window: Option<IntensityWindow>,
     /// Augmentation (same geometric transform for NCCT, CTPA and masks; jitter on NCCT only).
     pub augment: AugmentConfig,
 }
@@ -379,7 +379,7 @@ impl TrainConfig {
     ///
     /// * `window`: the prepared dataset's window, used when `data.window` is unset;
     /// * `train_slices`: number of training slices, to turn `schedule.epochs` into steps.
-    pub fn resolve(&mut self, window: HuWindow, train_slices: usize) -> anyhow::Result<()> {
+    pub fn resolve(&mut self, window: IntensityWindow, train_slices: usize) -> anyhow::Result<()> {
         if self.data.window.is_none() {
             self.data.window = Some(window);
         }
@@ -451,7 +451,7 @@ impl TrainConfig {
             );
         }
         if let Some(w) = d.window {
-            HuWindow::new(w.min, w.max)
+            IntensityWindow::new(w.min, w.max)
                 .map_err(anyhow::Error::msg)
                 .context("data.window")?;
         }
@@ -479,7 +479,7 @@ impl TrainConfig {
     }
 
     /// The HU window in use (set by [`Self::resolve`]; the dataset default before).
-    pub fn window(&self) -> HuWindow {
+    pub fn window(&self) -> IntensityWindow {
         self.data.window.unwrap_or_default()
     }
 }

@@ -11,7 +11,7 @@ use crate::step::{train_step, BatchTensors, NonFinite, StepStats};
 use crate::validate::{Scores, Validator};
 use anyhow::Context;
 use dataset::augment::SlicePair;
-use dataset::manifest::{HuWindow, Split};
+use dataset::manifest::{IntensityWindow, Split};
 use dataset::sampler::{
     split_keys, Loader, Sampler, SamplerConfig, SamplerError, SliceKey, SliceSource,
 };
@@ -56,7 +56,7 @@ pub struct TrainOutcome {
 /// from the dataset's: the store keeps HU).
 struct WindowedSource {
     ds: Arc<PreparedDataset>,
-    window: HuWindow,
+    window: IntensityWindow,
 }
 
 impl SliceSource for WindowedSource {

@@ -12,7 +12,7 @@ use crate::nets::Nets;
 use crate::tensors::{array_to_tensor, tensor_to_array};
 use anyhow::Context;
 use dataset::canvas::{Canvas, BLACK, WHITE};
-use dataset::manifest::{HuWindow, Split};
+use dataset::manifest::{IntensityWindow, Split};
 use dataset::store::PreparedDataset;
 use metrics::{score_regions, RegionScores, ScoreConfig, SsimMode};
 use model::warp::warp;
@@ -86,7 +86,7 @@ impl Scores {
 #[derive(Debug)]
 pub struct Validator {
     pub cases: Vec<ValCase>,
-    window: HuWindow,
+    window: IntensityWindow,
     multiple: usize,
     score_cfg: ScoreConfig,
     /// The NCCT-as-prediction scores (fixed for the run).
@@ -101,7 +101,7 @@ impl Validator {
     /// no validation cases (a warning says so).
     pub fn load(
         ds: &PreparedDataset,
-        window: HuWindow,
+        window: IntensityWindow,
         multiple: usize,
         max_cases: usize,
     ) -> anyhow::Result<Self> {

@@ -95,14 +95,14 @@ fn crop_must_be_a_multiple_of_the_networks_and_epochs_resolve_to_steps() {
     cfg.data.crop_size = 32;
     cfg.schedule.epochs = Some(2.5);
     cfg.data.batch_size = 4;
-    cfg.resolve(dataset::manifest::HuWindow::default(), 10)
+    cfg.resolve(dataset::manifest::IntensityWindow::default(), 10)
         .unwrap();
     // 2.5 epochs of 10 slices in batches of 4: ceil(6.25) steps.
     assert_eq!(cfg.schedule.steps, 7);
     assert_eq!(cfg.schedule.epochs, None);
     assert_eq!(
         cfg.data.window,
-        Some(dataset::manifest::HuWindow::default())
+        Some(dataset::manifest::IntensityWindow::default())
     );
 }
 

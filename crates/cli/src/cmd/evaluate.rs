@@ -7,7 +7,7 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use infer::evaluate::{evaluate_with_progress, EvaluateConfig, Region};
-use metrics::{HuWindow, SsimMode};
+use metrics::{ScoreWindow, SsimMode};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,7 +52,7 @@ pub struct Args {
     /// SynthRAD 2023 uses -1024,3000.
     #[arg(long, value_name = "LO,HI", default_value = "-1024,3071",
           value_parser = parse_window, allow_hyphen_values = true)]
-    window: HuWindow,
+    window: ScoreWindow,
     /// SSIM window: a 3D Gaussian over the volume (SynthRAD; needs 11+ slices) or 2D per
     /// axial slice.
     #[arg(long, value_enum, default_value_t = SsimArg::Volume)]
@@ -69,7 +69,7 @@ enum SsimArg {
     Axial,
 }
 
-fn parse_window(s: &str) -> Result<HuWindow, String> {
+fn parse_window(s: &str) -> Result<ScoreWindow, String> {
     let (lo, hi) = s
         .split_once(',')
         .ok_or_else(|| format!("expected LO,HI (two numbers), got {s:?}"))?;
@@ -78,7 +78,7 @@ fn parse_window(s: &str) -> Result<HuWindow, String> {
             .parse::<f32>()
             .map_err(|e| format!("{p:?} in {s:?} is not a number: {e}"))
     };
-    HuWindow::new(num(lo)?, num(hi)?).map_err(|e| e.to_string())
+    ScoreWindow::new(num(lo)?, num(hi)?).map_err(|e| e.to_string())
 }
 
 /// `--mask` values to regions; a value that is not a region name must be an existing folder.

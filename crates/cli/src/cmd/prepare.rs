@@ -3,7 +3,7 @@
 //! report table; exits non-zero when no case could be used.
 
 use anyhow::Context;
-use dataset::manifest::{AlignMode, HuWindow, SpacingMode, SplitFractions};
+use dataset::manifest::{AlignMode, IntensityWindow, SpacingMode, SplitFractions};
 use dataset::prepare::{prepare, CaseReport, CaseStatus, PrepareOptions, SplitChoice};
 use dataset::raw::discover;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,7 +27,7 @@ pub struct Args {
     /// HU window MIN,MAX mapped to [-1, 1] for the network (stored in the manifest).
     #[arg(long, value_name = "MIN,MAX", default_value = "-1024,1500",
           value_parser = parse_window, allow_hyphen_values = true)]
-    window: HuWindow,
+    window: IntensityWindow,
     /// Rigidly pre-align the CTPA to the NCCT (rigid), or use them as they lie (none).
     #[arg(long, value_enum, default_value_t = AlignArg::Rigid)]
     align: AlignArg,
@@ -84,9 +84,9 @@ fn parse_spacing(s: &str) -> Result<SpacingMode, String> {
     Ok(SpacingMode::Fixed(v))
 }
 
-fn parse_window(s: &str) -> Result<HuWindow, String> {
+fn parse_window(s: &str) -> Result<IntensityWindow, String> {
     let [lo, hi] = parse_numbers::<2>(s, "MIN,MAX")?;
-    HuWindow::new(lo as f32, hi as f32)
+    IntensityWindow::new(lo as f32, hi as f32)
 }
 
 fn parse_split(s: &str) -> Result<SplitFractions, String> {
@@ -278,7 +278,7 @@ mod tests {
         assert!(parse_spacing("1,x,1").is_err());
         assert_eq!(
             parse_window("-1000,400").unwrap(),
-            HuWindow::new(-1000.0, 400.0).unwrap()
+            IntensityWindow::new(-1000.0, 400.0).unwrap()
         );
         assert!(parse_window("400,-1000").is_err());
         assert!(parse_split("0.8,0.1,0.1").is_ok());

@@ -35,11 +35,14 @@
 //! for step in `tests/optim_adam.rs`.
 //!
 //! Differences from torch, by design:
-//! * [`Adam::zero_grad`] zeroes the gradients in place (torch's `set_to_none=False`); torch's
-//!   default sets them to `None`, which then skips the variable at the next step. The two agree
-//!   whenever every variable receives a gradient in every step, as in GAN training of whole
-//!   networks. Variables whose gradient was never defined are skipped, like torch.
 //! * One learning rate for all variables (one parameter group).
+//!
+//! Like torch: [`Adam::zero_grad`] drops the gradients (`set_to_none=True`, torch's default
+//! since 2.0) rather than writing zeros, and a variable whose gradient is undefined at
+//! [`Adam::step`] is skipped (its moments and step count do not move).
+//! [`Adam::step_unless`] is the step of a fused optimizer under torch's GradScaler: the kernel
+//! reads a device flag and does nothing when it is set, so a step can be called off for
+//! non-finite values without a host round trip.
 //!
 //! State file (safetensors): `exp_avg.NAME`, `exp_avg_sq.NAME` (float tensors shaped like the
 //! variable), `step.NAME` (int64 scalar: torch keeps a step count per parameter), `step` (int64
@@ -162,6 +165,9 @@ pub struct Adam {
     slots: BTreeMap<String, Slot>,
     /// Calls to [`Adam::step`].
     steps: i64,
+    /// The variables the last fused [`Adam::step_unless`] counted on the host, for
+    /// [`Adam::uncount_step`] (the device's counts follow its flag by themselves).
+    counted_off_host: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Adam {
@@ -207,6 +213,7 @@ impl Adam {
             cfg,
             slots,
             steps: 0,
+            counted_off_host: None,
         })
     }
 
@@ -235,11 +242,17 @@ impl Adam {
         self.slots.keys().map(String::as_str)
     }
 
-    /// Zeroes the gradients of the optimized variables in place (see the module docs for how
-    /// this relates to torch's `set_to_none`).
+    /// Drops the gradients of the optimized variables (torch's `zero_grad(set_to_none=True)`):
+    /// the next backward pass writes fresh gradients instead of adding into zeros, which
+    /// saves a write of every gradient per step. Should libtorch refuse (it does not for
+    /// ordinary leaves), the gradients are zeroed in place instead, which computes the same.
     pub fn zero_grad(&mut self) {
-        for slot in self.slots.values_mut() {
-            slot.var.zero_grad();
+        let vars: Vec<&Tensor> = self.slots.values().map(|s| &s.var).collect();
+        if let Err(e) = torchext::clear_grads(&vars) {
+            warn!("{e}; zeroing the gradients in place instead");
+            for slot in self.slots.values_mut() {
+                slot.var.zero_grad();
+            }
         }
     }
 
@@ -262,7 +275,7 @@ impl Adam {
         match self.cfg.implementation {
             AdamImpl::Fused => {
                 let _guard = tch::no_grad_guard();
-                let updated = self.step_fused()?;
+                let updated = self.step_fused(None)?.len();
                 self.finish_step(updated);
                 Ok(())
             }
@@ -271,6 +284,58 @@ impl Adam {
                 Ok(())
             }
         }
+    }
+
+    /// [`Adam::step`] unless `found_inf` (a one-element float32 tensor on the variables'
+    /// device: 0 or 1) is set, decided where the data is. The fused kernel reads the flag
+    /// itself (as `torch.optim.Adam(fused=True)` does under a GradScaler), so calling the
+    /// step off for non-finite values costs no host round trip; the `loop` implementation
+    /// reads the flag first (one sync). A step called off changes no weight, moment or
+    /// device step count, but the host-side counters ([`Adam::steps`] and the per-variable
+    /// counts saved with the state) still count it until the caller, once it has read the
+    /// flag, calls [`Adam::uncount_step`].
+    pub fn step_unless(&mut self, found_inf: &Tensor) {
+        self.counted_off_host = None;
+        if self.cfg.implementation == AdamImpl::Fused {
+            let _guard = tch::no_grad_guard();
+            match self.step_fused(Some(found_inf)) {
+                Ok(counted) => {
+                    self.finish_step(counted.len());
+                    self.counted_off_host = Some(counted);
+                    return;
+                }
+                Err(e) => {
+                    warn!("{e}; switching this optimizer to the loop implementation");
+                    self.cfg.implementation = AdamImpl::Loop;
+                }
+            }
+        }
+        // loop: the flag is read on the host, and a step called off is not counted at all
+        if found_inf.double_value(&[0]) == 0.0 {
+            self.step_unchecked();
+        } else {
+            trace!(step = self.steps, "Adam step called off (flag set)");
+        }
+    }
+
+    /// Takes back the host-side counts of the last [`Adam::step_unless`], whose flag the
+    /// caller has read and found set (the device updated nothing). Does nothing after any
+    /// other call, or when the step did not count.
+    pub fn uncount_step(&mut self) {
+        let Some(counted) = self.counted_off_host.take() else {
+            return;
+        };
+        self.steps -= 1;
+        for name in &counted {
+            if let Some(slot) = self.slots.get_mut(name) {
+                slot.step -= 1;
+            }
+        }
+        debug!(
+            step = self.steps,
+            variables = counted.len(),
+            "Adam step taken back (called off on the device)"
+        );
     }
 
     /// The loop implementation's step (it cannot fail).
@@ -285,25 +350,26 @@ impl Adam {
         trace!(step = self.steps, updated, lr = self.cfg.lr, implementation = ?self.cfg.implementation, "Adam step");
     }
 
-    /// All variables with a gradient in one `at::_fused_adam_` call.
-    fn step_fused(&mut self) -> Result<usize, OptimError> {
+    /// All variables with a gradient in one `at::_fused_adam_` call, called off on the device
+    /// where `found_inf` is set. Returns the names of the variables it counted.
+    fn step_fused(&mut self, found_inf: Option<&Tensor>) -> Result<Vec<String>, OptimError> {
         let c = self.cfg;
-        let grads: Vec<(&mut Slot, Tensor)> = self
+        let grads: Vec<(&String, &mut Slot, Tensor)> = self
             .slots
-            .values_mut()
-            .filter_map(|slot| {
+            .iter_mut()
+            .filter_map(|(name, slot)| {
                 let g = slot.var.grad();
-                g.defined().then_some((slot, g))
+                g.defined().then_some((name, slot, g))
             })
             .collect();
         // torch's `_fused_adam` increments `state_steps` before the kernel, which reads them.
-        for (slot, _) in &grads {
+        for (_, slot, _) in &grads {
             let mut t = slot.step_t.shallow_clone();
             let _ = t.g_add_scalar_(1.0);
         }
         let refs: Vec<torchext::AdamSlotRefs<'_>> = grads
             .iter()
-            .map(|(slot, grad)| torchext::AdamSlotRefs {
+            .map(|(_, slot, grad)| torchext::AdamSlotRefs {
                 param: &slot.var,
                 grad,
                 exp_avg: &slot.exp_avg,
@@ -321,21 +387,28 @@ impl Adam {
                 eps: c.eps,
             },
             None,
-            None,
+            found_inf,
         );
         if let Err(e) = result {
-            for (slot, _) in &grads {
+            for (_, slot, _) in &grads {
                 let mut t = slot.step_t.shallow_clone();
                 let _ = t.g_add_scalar_(-1.0);
             }
             return Err(e.into());
         }
-        let updated = refs.len();
         drop(refs);
-        for (slot, _) in grads {
+        let mut counted = Vec::with_capacity(grads.len());
+        for (name, slot, _) in grads {
+            // torch: `_foreach_sub_(state_steps, found_inf)`: a called-off step does not count
+            // on the device
+            if let Some(flag) = found_inf {
+                let mut t = slot.step_t.shallow_clone();
+                let _ = t.g_sub_(&flag.view([]).to_device(t.device()));
+            }
             slot.step += 1;
+            counted.push(name.clone());
         }
-        Ok(updated)
+        Ok(counted)
     }
 
     /// torch's `_single_tensor_adam`, op for op, in place where tch allows.

@@ -373,3 +373,109 @@ fn implementation_is_a_config_string() {
     assert_eq!(cfg.lr, 1e-4);
     assert!(serde_json::from_str::<AdamConfig>(r#"{"implementation": "foreach"}"#).is_err());
 }
+
+/// Parameters, moments and per-variable steps of `opt` over `vs`, via its saved state.
+fn state_of(vs: &VarStore, opt: &Adam) -> HashMap<String, Tensor> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adam.safetensors");
+    opt.save(&path).unwrap();
+    let mut state = golden_from(&path);
+    for (name, t) in vs.variables() {
+        state.insert(format!("param.{name}"), t.copy());
+    }
+    state
+}
+
+fn assert_same_state(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: different keys");
+    for (k, t) in a {
+        assert!(t.equal(&b[k]), "{what}: {k} differs");
+    }
+}
+
+/// A step called off by a device flag changes nothing a later step can see: after
+/// `uncount_step`, the run continues bitwise as if the call had never happened; with the flag
+/// clear it is exactly `step`. Both implementations.
+#[test]
+fn step_unless_is_called_off_by_the_flag_without_a_trace() {
+    let g = golden("adam_torch_reggan.safetensors");
+    for implementation in [AdamImpl::Fused, AdamImpl::Loop] {
+        let cfg = AdamConfig {
+            lr: 1e-2,
+            implementation,
+            ..AdamConfig::default()
+        };
+        let (va, vb) = (network(&g), network(&g));
+        let (mut a, mut b) = (Adam::new(&va, cfg).unwrap(), Adam::new(&vb, cfg).unwrap());
+        let (clear, set) = (
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+            Tensor::ones([1], (Kind::Float, Device::Cpu)),
+        );
+        // step 1: a with the flag clear, b plainly
+        a.zero_grad();
+        loss(&va, &g["x"], &g["y"]).backward();
+        a.step_unless(&clear);
+        train_step(&vb, &mut b, &g["x"], &g["y"]);
+        assert_same_state(&state_of(&va, &a), &state_of(&vb, &b), "flag clear");
+        // step 2 on a only, called off: nothing moves on the device
+        let before = state_of(&va, &a);
+        a.zero_grad();
+        (loss(&va, &g["x"], &g["y"]) * 7.0).backward();
+        a.step_unless(&set);
+        a.uncount_step();
+        assert_eq!(
+            a.steps(),
+            1,
+            "{implementation:?}: the called-off step still counts"
+        );
+        assert_same_state(&state_of(&va, &a), &before, "called off");
+        // and the next real step is b's second step, bit for bit
+        train_step(&va, &mut a, &g["x"], &g["y"]);
+        train_step(&vb, &mut b, &g["x"], &g["y"]);
+        assert_same_state(
+            &state_of(&va, &a),
+            &state_of(&vb, &b),
+            "after the called-off step",
+        );
+        assert_eq!(a.steps(), 2);
+        // uncount_step after a plain step does nothing
+        a.uncount_step();
+        assert_eq!(a.steps(), 2);
+    }
+}
+
+/// zero_grad drops the gradients (torch's set_to_none): they are undefined afterwards, and a
+/// variable left without one by the next backward pass is skipped by the step.
+#[test]
+fn zero_grad_drops_gradients_and_the_step_skips_variables_without_one() {
+    let g = golden("adam_torch_reggan.safetensors");
+    let vs = network(&g);
+    let mut opt = Adam::new(&vs, AdamConfig::default()).unwrap();
+    train_step(&vs, &mut opt, &g["x"], &g["y"]);
+    opt.zero_grad();
+    let vars = vs.variables();
+    for name in NAMES {
+        assert!(!vars[name].grad().defined(), "{name} kept its gradient");
+    }
+    // only layer 2 gets a gradient now
+    let before = state_of(&vs, &opt);
+    let v = vs.variables();
+    let out = g["x"].matmul(&v["layer2.weight"].narrow(1, 0, 3).tr()) + &v["layer2.bias"];
+    out.square().mean(Kind::Float).backward();
+    opt.step();
+    let after = state_of(&vs, &opt);
+    for name in ["layer1.weight", "layer1.bias"] {
+        for key in [
+            format!("param.{name}"),
+            format!("exp_avg.{name}"),
+            format!("step.{name}"),
+        ] {
+            assert!(
+                after[&key].equal(&before[&key]),
+                "{key} moved without a gradient"
+            );
+        }
+    }
+    assert!(!after["param.layer2.bias"].equal(&before["param.layer2.bias"]));
+    assert_eq!(after["step.layer2.bias"].int64_value(&[]), 2);
+}

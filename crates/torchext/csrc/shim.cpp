@@ -94,6 +94,16 @@ char *torchext_unscale_check(at::Tensor **grads, size_t n,
   })
 }
 
+// Drops the gradients of n tensors (`p.grad = None` in PyTorch): afterwards grad() is
+// undefined, so the next backward pass allocates it anew instead of adding into zeros.
+char *torchext_clear_grads(at::Tensor **ts, size_t n) {
+  TORCHEXT_PROTECT({
+    for (size_t i = 0; i < n; ++i) {
+      ts[i]->mutable_grad().reset();
+    }
+  })
+}
+
 // Reads the autocast state of a device: enabled flag and dtype (c10::ScalarType code).
 char *torchext_autocast_get(int device, bool *enabled, int *dtype) {
   TORCHEXT_PROTECT({

@@ -12,6 +12,9 @@
 //! 4. the output is mapped back to HU and, if step 1 resampled, resampled back to the input
 //!    grid. The result carries the input's geometry, so it overlays the NCCT in any viewer.
 //!
+//! Steps 2 to 4 (less the resampling) are [`train::translate`], which training's validation
+//! runs too: a validation score is the score of what predict writes, bit for bit.
+//!
 //! Reduced precision ([`Precision`]): G's forward passes run under libtorch's autocast in
 //! bf16 or f16 (convolutions and matrix products in the reduced dtype, normalisations and
 //! reductions in fp32; weights stay fp32), and the output is cast back to fp32 before the HU
@@ -29,8 +32,9 @@
 
 use anyhow::{bail, Context, Result};
 use dataset::manifest::IntensityWindow;
-use ndarray::{s, Array3};
+use ndarray::Array3;
 use tch::{nn::ModuleT, Device, Kind, Tensor};
+use train::translate::{translate_slices, SliceFrame};
 use volume::resample::{resample, Grid, Interpolation};
 use volume::Volume;
 
@@ -224,7 +228,9 @@ impl Translator<'_> {
         }
     }
 
-    /// Translates every axial slice of `hu` (`[z, y, x]`, HU) and returns HU.
+    /// Translates every axial slice of `hu` (`[z, y, x]`, HU) and returns HU, through
+    /// [`train::translate`] (the code training's validation runs), with this translator's
+    /// precision and test-time augmentation as the forward pass.
     fn translate_slices(
         &self,
         hu: &Array3<f32>,
@@ -233,80 +239,25 @@ impl Translator<'_> {
         precision: Precision,
         on_slices: &mut impl FnMut(usize),
     ) -> Result<Array3<f32>> {
-        let (nz, ny, nx) = hu.dim();
-        let cfg = self.generator.config();
-        let in_channels = cfg.in_channels;
-        if in_channels < 1 || in_channels % 2 == 0 {
-            bail!("the generator has {in_channels} input channels; inference needs an odd number (slices z-k..z+k)");
-        }
-        let half = (in_channels / 2) as isize;
-        let multiple = cfg.size_multiple() as usize;
-        let (py, px) = (pad_to(ny, multiple), pad_to(nx, multiple));
-        let (oy, ox) = ((py - ny) / 2, (px - nx) / 2);
-        tracing::debug!(
-            nz,
-            ny,
-            nx,
-            py,
-            px,
-            in_channels,
+        let frame = SliceFrame::for_generator(self.generator.config(), self.window)?;
+        translate_slices(
+            &frame,
+            hu.view(),
             batch_size,
-            "translating slices"
-        );
-
-        let normalized = hu.mapv(|v| self.window.normalize(v));
-        let mut out = Array3::<f32>::zeros((nz, ny, nx));
-        let mut z0 = 0;
-        while z0 < nz {
-            let b = batch_size.min(nz - z0);
-            // [batch, in_channels, padded height, padded width], padded with air (-1).
-            let mut batch = vec![-1.0f32; b * in_channels as usize * py * px];
-            for bi in 0..b {
-                for c in 0..in_channels as usize {
-                    let z = (z0 + bi) as isize + c as isize - half;
-                    let z = z.clamp(0, nz as isize - 1) as usize;
-                    let plane = normalized.slice(s![z, .., ..]);
-                    let base = (bi * in_channels as usize + c) * py * px;
-                    for (y, row) in plane.outer_iter().enumerate() {
-                        let start = base + (y + oy) * px + ox;
-                        batch[start..start + nx]
-                            .iter_mut()
-                            .zip(row.iter())
-                            .for_each(|(d, s)| *d = *s);
+            self.device,
+            // [batch, in_channels, padded height, padded width] -> [batch, 1, ..]
+            |x| {
+                tch::no_grad(|| match precision.autocast_kind() {
+                    None => Ok(self.forward_views(x, tta_views)),
+                    Some(kind) => {
+                        let _autocast = AutocastGuard::new(AutocastDevice::of(self.device), kind)
+                            .context("turning on autocast")?;
+                        Ok(self.forward_views(x, tta_views))
                     }
-                }
-            }
-            let x = Tensor::from_slice(&batch)
-                .reshape([b as i64, in_channels, py as i64, px as i64])
-                .to_device(self.device);
-            let y = tch::no_grad(|| match precision.autocast_kind() {
-                None => Ok(self.forward_views(&x, tta_views)),
-                Some(kind) => {
-                    let _autocast = AutocastGuard::new(AutocastDevice::of(self.device), kind)
-                        .context("turning on autocast")?;
-                    Ok::<_, anyhow::Error>(self.forward_views(&x, tta_views))
-                }
-            })?;
-            // [batch, 1, padded height, padded width] -> [batch, height, width]
-            let y = y
-                .narrow(2, oy as i64, ny as i64)
-                .narrow(3, ox as i64, nx as i64)
-                .to_kind(Kind::Float)
-                .to_device(Device::Cpu)
-                .contiguous()
-                .view([-1]);
-            let values: Vec<f32> = Vec::<f32>::try_from(&y).context("copying G's output")?;
-            for bi in 0..b {
-                let plane = &values[bi * ny * nx..(bi + 1) * ny * nx];
-                let mut dst = out.slice_mut(s![z0 + bi, .., ..]);
-                dst.iter_mut()
-                    .zip(plane.iter())
-                    .for_each(|(d, v)| *d = self.window.denormalize(*v));
-            }
-            z0 += b;
-            on_slices(b);
-        }
-        Ok(out)
+                })
+            },
+            on_slices,
+        )
     }
 }
 
@@ -381,10 +332,6 @@ fn rotate(x: &Tensor, deg: f64, fill: f64) -> Tensor {
     // grid_sampler(input, grid, interpolation 0 = bilinear, padding 0 = zeros, align_corners)
     let shifted = x - fill;
     shifted.grid_sampler(&grid, 0, 0, true) + fill
-}
-
-fn pad_to(n: usize, multiple: usize) -> usize {
-    n.div_ceil(multiple) * multiple
 }
 
 fn needs_resampling(spacing: [f64; 3], model_xy: [f64; 2]) -> bool {

@@ -21,6 +21,7 @@ pub mod schedule;
 pub mod step;
 pub mod tensors;
 pub mod trainer;
+pub mod translate;
 pub mod validate;
 
 pub use config::{Overrides, TrainConfig};

@@ -1,26 +1,28 @@
 //! Validation on whole volumes, in HU, beside the NCCT-as-prediction baseline; and the sample
 //! grids.
 //!
-//! Each validation case is translated slice by slice by G in eval mode (slices padded with air
-//! to the networks' size multiple and cropped back), mapped back to HU with the run's window,
-//! and scored with [`metrics::score_regions`] inside the body and lung masks: MAE (HU), PSNR
+//! Each validation case is translated slice by slice by G in eval mode with
+//! [`crate::translate`], the code `ncct2ctpa predict` runs too (so a validation score is the
+//! score of what predict would write for that case), and scored with [`metrics::score_regions`] inside the body and lung masks: MAE (HU), PSNR
 //! (data range of the metrics' HU window, [-1024, 3071] = 4095) and SSIM (2D, per axial slice,
 //! like the 2D network is trained). The same scores of the NCCT itself (the baseline every
 //! paper reports beside the model) are computed once.
 
 use crate::nets::Nets;
-use crate::tensors::{array_to_tensor, tensor_to_array};
+use crate::tensors::tensor_to_array;
+use crate::translate::{translate_slices, SliceFrame};
 use anyhow::Context;
 use dataset::canvas::{Canvas, BLACK, WHITE};
 use dataset::manifest::{IntensityWindow, Split};
 use dataset::store::PreparedDataset;
 use metrics::{score_regions, RegionScores, ScoreConfig, SsimMode};
+use model::generator::Generator;
 use model::warp::warp;
-use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3};
+use ndarray::{s, Array2, Array3, ArrayView3};
 use serde::Serialize;
 use std::path::Path;
 use tch::nn::ModuleT;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 use volume::{Mask, Volume};
 
 /// One validation case in HU.
@@ -87,6 +89,8 @@ impl Scores {
 pub struct Validator {
     pub cases: Vec<ValCase>,
     window: IntensityWindow,
+    /// Size multiple of the sample grids' tensors, which R reads too (G's own multiple is
+    /// taken from G when translating).
     multiple: usize,
     score_cfg: ScoreConfig,
     /// The NCCT-as-prediction scores (fixed for the run).
@@ -163,55 +167,31 @@ impl Validator {
     pub fn run(&self, nets: &Nets, device: Device) -> anyhow::Result<Scores> {
         let mut per_case = Vec::with_capacity(self.cases.len());
         for c in &self.cases {
-            let pred = self.translate(nets, &c.ncct.data, device)?;
+            let pred = self.translate(&nets.g, &c.ncct.data, device)?;
             per_case.push(score_case(pred.view(), c, &self.score_cfg)?);
         }
         Ok(Scores::mean_of(&per_case))
     }
 
-    /// G over a `[z, y, x]` HU volume, slice by slice, in eval mode; returns HU.
+    /// G over a `[z, y, x]` HU volume, slice by slice, in eval mode, in batches of
+    /// [`Self::batch_slices`]; returns HU. Bit for bit what `infer`'s `Translator` returns for
+    /// the same G and window without TTA, resampling or reduced precision.
     pub fn translate(
         &self,
-        nets: &Nets,
+        g: &Generator,
         ncct: &Array3<f32>,
         device: Device,
     ) -> anyhow::Result<Array3<f32>> {
+        let frame = SliceFrame::for_generator(g.config(), self.window)?;
         let _guard = tch::no_grad_guard();
-        let (nz, ny, nx) = ncct.dim();
-        let mut out = Array3::<f32>::zeros((nz, ny, nx));
-        let mut z0 = 0;
-        while z0 < nz {
-            let z1 = (z0 + self.batch_slices.max(1)).min(nz);
-            let slices: Vec<ArrayView2<'_, f32>> =
-                (z0..z1).map(|z| ncct.slice(s![z, .., ..])).collect();
-            let x = self.to_tensor(&slices, device)?;
-            let fake = nets.g.forward_t(&x, false);
-            let hu = self.to_hu(&fake, ny, nx)?;
-            out.slice_mut(s![z0..z1, .., ..])
-                .assign(&hu.slice(s![.., 0, .., ..]));
-            z0 = z1;
-        }
-        Ok(out)
-    }
-
-    /// Normalised, padded `[n, 1, H', W']` tensor of HU slices (padding with -1, air).
-    fn to_tensor(&self, slices: &[ArrayView2<'_, f32>], device: Device) -> anyhow::Result<Tensor> {
-        let (ny, nx) = slices.first().map(|s| s.dim()).unwrap_or((0, 0));
-        let (py, px) = (pad_to(ny, self.multiple), pad_to(nx, self.multiple));
-        let mut a = Array4::<f32>::from_elem((slices.len(), 1, py, px), -1.0);
-        let w = self.window;
-        for (i, sl) in slices.iter().enumerate() {
-            a.slice_mut(s![i, 0, ..ny, ..nx])
-                .assign(&sl.mapv(|v| w.normalize(v)));
-        }
-        array_to_tensor(&a, device)
-    }
-
-    /// `[n, c, H', W']` network output -> `[n, c, ny, nx]` HU, cropped.
-    fn to_hu(&self, t: &Tensor, ny: usize, nx: usize) -> anyhow::Result<Array4<f32>> {
-        let a = tensor_to_array(t)?;
-        let w = self.window;
-        Ok(a.slice(s![.., .., ..ny, ..nx]).mapv(|v| w.denormalize(v)))
+        translate_slices(
+            &frame,
+            ncct.view(),
+            self.batch_slices,
+            device,
+            |x| Ok(g.forward_t(x, false)),
+            |_| {},
+        )
     }
 
     /// Draws the sample grid for `slices` (indices into the first validation case's z) to
@@ -231,27 +211,28 @@ impl Validator {
         let _guard = tch::no_grad_guard();
         let zs = sample_slices(case);
         let (_, ny, nx) = case.ncct.data.dim();
-        let ncct: Vec<ArrayView2<'_, f32>> = zs
-            .iter()
-            .map(|&z| case.ncct.data.slice(s![z, .., ..]))
-            .collect();
-        let ctpa: Vec<ArrayView2<'_, f32>> = zs
-            .iter()
-            .map(|&z| case.ctpa.data.slice(s![z, .., ..]))
-            .collect();
-        let x = self.to_tensor(&ncct, device)?;
-        let y = self.to_tensor(&ctpa, device)?;
+        // G's frame, padded for R as well; the CTPA is R's fixed image, one slice per sample.
+        let frame =
+            SliceFrame::for_generator(nets.g.config(), self.window)?.padded_for(self.multiple);
+        let x = frame.input(case.ncct.data.view(), &zs, device)?;
+        let y = frame
+            .single_channel()
+            .input(case.ctpa.data.view(), &zs, device)?;
         let fake = nets.g.forward_t(&x, false);
         let (registered, flow_mag) = match &nets.r {
             Some(r) => {
                 let flow = r.forward_t(&fake, &y, false);
                 let mag = flow.square().sum_dim_intlist(1, true, Kind::Float).sqrt();
-                (warp(&fake, &flow), Some(tensor_to_array(&mag)?))
+                (
+                    warp(&fake, &flow),
+                    Some(tensor_to_array(&frame.crop(&mag, ny, nx))?),
+                )
             }
             None => (fake.shallow_clone(), None),
         };
-        let fake_hu = self.to_hu(&fake, ny, nx)?;
-        let reg_hu = self.to_hu(&registered, ny, nx)?;
+        // [samples, height, width] in HU
+        let fake_hu = frame.output_hu(&fake, ny, nx)?;
+        let reg_hu = frame.output_hu(&registered, ny, nx)?;
 
         let (tile_w, tile_h, label_h) = (nx, ny, 14usize);
         let titles = [
@@ -272,18 +253,22 @@ impl Validator {
         let (lo, hi) = (-200.0, 600.0);
         for (row, &z) in zs.iter().enumerate() {
             let y0 = (header + row * (tile_h + label_h)) as i64;
-            let err: Array2<f32> = (&fake_hu.slice(s![row, 0, .., ..]) - &ctpa[row]).mapv(f32::abs);
+            let (ncct, ctpa) = (
+                case.ncct.data.slice(s![z, .., ..]),
+                case.ctpa.data.slice(s![z, .., ..]),
+            );
+            let err: Array2<f32> = (&fake_hu.slice(s![row, .., ..]) - &ctpa).mapv(f32::abs);
             let flow = flow_mag
                 .as_ref()
-                .map(|m| m.slice(s![row, 0, ..ny, ..nx]).to_owned());
+                .map(|m| m.slice(s![row, 0, .., ..]).to_owned());
             let fmax = flow
                 .as_ref()
                 .map_or(0.0, |f| f.iter().copied().fold(0.0f32, f32::max));
             let tiles = [
-                (ncct[row].view(), lo, hi),
-                (fake_hu.slice(s![row, 0, .., ..]), lo, hi),
-                (reg_hu.slice(s![row, 0, .., ..]), lo, hi),
-                (ctpa[row].view(), lo, hi),
+                (ncct, lo, hi),
+                (fake_hu.slice(s![row, .., ..]), lo, hi),
+                (reg_hu.slice(s![row, .., ..]), lo, hi),
+                (ctpa, lo, hi),
                 (err.view(), 0.0, 300.0),
             ];
             for (col, (img, a, b)) in tiles.iter().enumerate() {
@@ -345,8 +330,4 @@ fn score_case(
     )
     .with_context(|| format!("scoring validation case {}", c.name))?;
     Ok([r[0], r[1]])
-}
-
-fn pad_to(n: usize, m: usize) -> usize {
-    n.div_ceil(m) * m
 }

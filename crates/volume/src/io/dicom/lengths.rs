@@ -9,10 +9,13 @@
 //! treats encapsulated pixel data items as opaque fragments (PS3.5 §7.1-7.5, A.4).
 //!
 //! It checks lengths only; everything else (VRs, values, nesting) is left to dicom-rs, which
-//! reports those problems itself. A deflated data set is inflated in memory (up to 1 GiB) and
-//! walked there. Nothing after an undefined-length UN element is walked (its contents switch to
-//! implicit VR).
+//! reports those problems itself. The walk must see the bytes dicom-rs will parse: a Deflated
+//! Explicit VR Little Endian data set is inflated here ([`super::inflate`], strict and capped),
+//! walked, and handed back ([`Checked::Deflated`]) for [`super::open`] to parse, since dicom-rs
+//! does not inflate it. Nothing after an undefined-length UN element is walked (its contents
+//! switch to implicit VR).
 
+use super::inflate;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -38,9 +41,23 @@ enum Encoding {
     ExplicitBig,
 }
 
-/// Checks `path`; `Err` says which element declares too much (meant for a "skipped: ..." or
-/// error message that already names the file).
-pub fn check_file(path: &Path) -> Result<(), String> {
+/// What the check found, and how the file is to be parsed.
+#[derive(Debug)]
+pub enum Checked {
+    /// Every element length fits in the file: dicom-rs may read the file as it is.
+    Plain,
+    /// Deflated Explicit VR Little Endian: the file's "DICM" and meta group (the preamble left
+    /// out) and the inflated data set, whose element lengths fit in the inflated bytes. Parse
+    /// these, not the file.
+    Deflated { meta: Vec<u8>, data_set: Vec<u8> },
+}
+
+/// Transfer syntax UID of Deflated Explicit VR Little Endian (PS3.5 A.5).
+pub const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
+
+/// Checks `path`; `Err` says which element declares too much, or why a deflated data set
+/// cannot be inflated (meant for an error message that already names the file).
+pub fn check_file(path: &Path) -> Result<Checked, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let len = file
         .metadata()
@@ -50,7 +67,7 @@ pub fn check_file(path: &Path) -> Result<(), String> {
 }
 
 /// The walk over any seekable source of `len` bytes.
-fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
+fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<Checked, String> {
     let mut w = Walker { r: &mut r, len };
     // 128-byte preamble and "DICM", or neither.
     let mut head = [0u8; 132];
@@ -60,14 +77,13 @@ fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
     // File meta group (0002,xxxx): always explicit VR little endian.
     let mut syntax = String::new();
     let mut pos = start;
-    loop {
-        let Some(h) = w.header(pos, Encoding::ExplicitLittle)? else {
-            return Ok(()); // the file ends in its meta group: nothing more to check
-        };
+    // The loop also ends where no whole element header is left: the meta group ends with the
+    // file, or (deflated) the stream is shorter than a header; the data set below decides.
+    while let Some(h) = w.header(pos, Encoding::ExplicitLittle)? {
         if h.tag.0 != 0x0002 {
             if !magic && pos == start {
                 // Neither preamble nor meta group: not DICOM; dicom-rs says so itself.
-                return Ok(());
+                return Ok(Checked::Plain);
             }
             break;
         }
@@ -76,7 +92,7 @@ fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
             let mut uid = vec![0u8; h.length as usize];
             w.seek(h.value_start)?;
             if !w.read_exact(&mut uid) {
-                return Ok(());
+                return Ok(Checked::Plain);
             }
             syntax = String::from_utf8_lossy(&uid)
                 .trim_end_matches(['\0', ' '])
@@ -87,53 +103,51 @@ fn check_reader(mut r: impl Read + Seek, len: u64) -> Result<(), String> {
     let encoding = match syntax.as_str() {
         "1.2.840.10008.1.2" => Encoding::ImplicitLittle,
         "1.2.840.10008.1.2.2" => Encoding::ExplicitBig,
-        "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => {
-            return check_deflated(w.r, pos);
-        }
-        // Unknown or missing (a damaged meta group): dicom-rs reads on as explicit VR LE.
+        // The meta group is handed on with its "DICM" (dicom-rs checks it), not the preamble.
+        DEFLATED_EXPLICIT_VR_LE => return check_deflated(w.r, start.saturating_sub(4), pos),
+        // Unknown or missing (a damaged meta group), and the other syntaxes dicom-rs cannot
+        // decode the data set of (JPIP Referenced Deflate...): dicom-rs reads on as explicit
+        // VR LE, the raw bytes as they are, and so do we.
         _ => Encoding::ExplicitLittle,
     };
-    w.walk_data_set(pos, encoding)
+    w.walk_data_set(pos, encoding)?;
+    Ok(Checked::Plain)
 }
 
-/// Largest inflated data set we walk (and accept) for a deflated transfer syntax.
-const MAX_INFLATED: u64 = 1 << 30;
-
-/// Deflated data set (raw deflate after the meta group, PS3.5 A.5): inflated in memory up to
-/// [`MAX_INFLATED`], then walked like any explicit VR little endian data set. A stream that
-/// fails to inflate part way is walked up to there: that is what dicom-rs reads too.
-fn check_deflated(r: &mut (impl Read + Seek), pos: u64) -> Result<(), String> {
-    r.seek(SeekFrom::Start(pos))
+/// Deflated data set (raw deflate after the meta group, PS3.5 A.5): inflated in memory (up to
+/// [`inflate::MAX_INFLATED`]; a corrupt or truncated stream is refused), then walked like any
+/// explicit VR little endian data set. `meta_start..pos` is handed back as the meta group.
+fn check_deflated(
+    r: &mut (impl Read + Seek),
+    meta_start: u64,
+    pos: u64,
+) -> Result<Checked, String> {
+    r.seek(SeekFrom::Start(meta_start))
         .map_err(|e| format!("cannot seek: {e}"))?;
-    let mut inflated = Vec::new();
-    let mut z = flate2::read::DeflateDecoder::new(r).take(MAX_INFLATED + 1);
-    // Small reads, so that the bytes inflated before a corrupt block are kept.
-    let mut chunk = [0u8; 64];
-    loop {
-        match z.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => inflated.extend_from_slice(&chunk[..n]),
-            Err(e) => {
-                tracing::debug!(
-                    "deflated data set stops after {} bytes: {e}",
-                    inflated.len()
-                );
-                break;
-            }
-        }
-    }
-    if inflated.len() as u64 > MAX_INFLATED {
-        return Err(format!(
-            "deflated data set inflates to more than {MAX_INFLATED} bytes"
-        ));
-    }
-    let len = inflated.len() as u64;
-    let mut cursor = std::io::Cursor::new(inflated);
+    // pos > meta_start: the meta group held at least the transfer syntax element.
+    let mut meta = vec![0u8; (pos - meta_start) as usize];
+    r.read_exact(&mut meta)
+        .map_err(|e| format!("cannot read the meta group: {e}"))?;
+    let mut compressed = Vec::new();
+    r.read_to_end(&mut compressed)
+        .map_err(|e| format!("cannot read the data set: {e}"))?;
+    let data_set = inflate::inflate_capped(&compressed, inflate::MAX_INFLATED)?;
+    tracing::debug!(
+        "deflated data set: {} bytes inflate to {}",
+        compressed.len(),
+        data_set.len()
+    );
+    let len = data_set.len() as u64;
+    let mut cursor = std::io::Cursor::new(data_set);
     Walker {
         r: &mut cursor,
         len,
     }
-    .walk_data_set(0, Encoding::ExplicitLittle)
+    .walk_data_set(0, Encoding::ExplicitLittle)?;
+    Ok(Checked::Deflated {
+        meta,
+        data_set: cursor.into_inner(),
+    })
 }
 
 struct Walker<'a, R> {
@@ -313,7 +327,7 @@ mod tests {
         out
     }
 
-    fn check(bytes: &[u8]) -> Result<(), String> {
+    fn check(bytes: &[u8]) -> Result<Checked, String> {
         check_reader(Cursor::new(bytes), bytes.len() as u64)
     }
 
@@ -323,7 +337,10 @@ mod tests {
     fn consistent_file_passes() {
         let mut body = explicit((0x0010, 0x0010), b"PN", b"DOE^JOHN", None);
         body.extend(explicit((0x7FE0, 0x0010), b"OW", &[0; 32], None));
-        check(&file(EXPLICIT_LE, &body)).unwrap();
+        assert!(matches!(
+            check(&file(EXPLICIT_LE, &body)),
+            Ok(Checked::Plain)
+        ));
     }
 
     #[test]
@@ -392,25 +409,53 @@ mod tests {
         );
     }
 
-    #[test]
-    fn deflated_data_set_lengths_are_checked_after_inflating() {
+    fn deflate(b: &[u8]) -> Vec<u8> {
         use std::io::Write;
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(b).unwrap();
+        z.finish().unwrap()
+    }
+
+    #[test]
+    fn deflated_data_set_is_inflated_checked_and_handed_back() {
         let mut body = explicit((0x0010, 0x0010), b"PN", b"DOE^JOHN", None);
         body.extend(explicit((0x7FE0, 0x0010), b"OW", &[0; 64], None));
-        let deflate = |b: &[u8]| {
-            let mut z =
-                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-            z.write_all(b).unwrap();
-            z.finish().unwrap()
-        };
-        check(&file("1.2.840.10008.1.2.1.99", &deflate(&body))).unwrap();
+        let f = file(DEFLATED_EXPLICIT_VR_LE, &deflate(&body));
+        match check(&f).unwrap() {
+            Checked::Deflated { meta, data_set } => {
+                assert_eq!(data_set, body);
+                // "DICM" and the meta group, up to the start of the deflated stream.
+                assert_eq!(meta, f[128..132 + 8 + 22]);
+            }
+            Checked::Plain => panic!("deflated file checked as plain"),
+        }
         let n = body.len();
         body[n - 68..n - 64].copy_from_slice(&3_635_603_344u32.to_le_bytes());
-        let err = check(&file("1.2.840.10008.1.2.1.99", &deflate(&body))).unwrap_err();
+        let err = check(&file(DEFLATED_EXPLICIT_VR_LE, &deflate(&body))).unwrap_err();
         assert!(
             err.contains("(7FE0,0010)") && err.contains("3635603344"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn corrupt_or_truncated_deflate_stream_is_refused() {
+        // The raw bytes of this body, read as explicit VR LE (what dicom-rs 0.8 does with a
+        // deflated file), declare a 4 GB element; as deflate they are corrupt at byte 0.
+        let body = explicit((0x7FE0, 0x0010), b"OB", &[], Some(0xF000_0000));
+        let err = check(&file(DEFLATED_EXPLICIT_VR_LE, &body)).unwrap_err();
+        assert!(err.contains("deflated data set is corrupt"), "{err}");
+        let z = deflate(&explicit((0x0010, 0x0010), b"PN", b"DOE^JOHN", None));
+        let err = check(&file(DEFLATED_EXPLICIT_VR_LE, &z[..z.len() - 2])).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn other_stub_syntaxes_are_walked_raw_as_dicom_rs_reads_them() {
+        // JPIP Referenced Deflate: dicom-rs has no codec and reads the bytes as they are.
+        let body = explicit((0x7FE0, 0x0010), b"OB", &[], Some(0xF000_0000));
+        let err = check(&file("1.2.840.10008.1.2.4.95", &body)).unwrap_err();
+        assert!(err.contains("(7FE0,0010)"), "{err}");
     }
 
     #[test]

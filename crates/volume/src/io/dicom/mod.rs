@@ -1,8 +1,9 @@
 //! DICOM series: reading a folder into a [`Volume`] with SimpleITK's geometry, listing the
 //! series a folder holds, and writing a volume back as a CT series.
 //!
-//! - [`scan`]: headers of every file, grouped by SeriesInstanceUID (non-DICOM files skipped),
-//!   after [`lengths`] has checked that no element claims more bytes than its file holds;
+//! - [`open`]: every file is opened here: [`lengths`] checks that no element claims more bytes
+//!   than its file holds, deflated data sets are inflated ([`inflate`]) for dicom-rs;
+//! - [`scan`]: headers of every file, grouped by SeriesInstanceUID (non-DICOM files skipped);
 //! - [`assemble`]: localizers and outliers dropped, slices sorted along the normal, spacing
 //!   checked, ITK geometry;
 //! - [`pixels`]: pixel data decoded (compressed syntaxes included) and rescaled to HU;
@@ -10,8 +11,10 @@
 //! - [`write`]: an uncompressed CT series carrying a reference series' patient and study.
 
 pub mod assemble;
+pub mod inflate;
 pub mod j2k;
 pub mod lengths;
+pub mod open;
 pub mod pixels;
 pub mod scan;
 pub mod write;

@@ -8,7 +8,7 @@ use super::scan::SliceHeader;
 use crate::{Result, VolumeError};
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
@@ -23,7 +23,8 @@ fn is_jpeg2000(uid: &str) -> bool {
 /// Checks that the slice's transfer syntax is one whose pixel data we can decode.
 pub fn check_transfer_syntax(h: &SliceHeader) -> Result<()> {
     let uid = h.transfer_syntax.as_str();
-    if is_jpeg2000(uid) {
+    // Deflated data sets are inflated by [`super::open`]: their pixel data is then native.
+    if is_jpeg2000(uid) || uid == super::lengths::DEFLATED_EXPLICIT_VR_LE {
         return Ok(());
     }
     match TransferSyntaxRegistry.get(uid) {
@@ -46,9 +47,9 @@ pub fn check_transfer_syntax(h: &SliceHeader) -> Result<()> {
 /// RescaleIntercept` (computed in float64, then rounded to float32).
 pub fn decode_slice(h: &SliceHeader) -> Result<Vec<f32>> {
     check_transfer_syntax(h)?;
-    let obj = OpenFileOptions::new()
-        .open_file(&h.path)
-        .map_err(|e| VolumeError::format(&h.path, format!("cannot read DICOM file: {e}")))?;
+    let obj = super::open::open(&h.path, None)
+        .map_err(|e| VolumeError::format(&h.path, e))?
+        .obj;
     let Some(pixel_data) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
         return Err(VolumeError::format(&h.path, "no PixelData element"));
     };

@@ -2,7 +2,7 @@
 
 use crate::{Result, VolumeError};
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions, Tag};
+use dicom_object::{DefaultDicomObject, Tag};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -64,13 +64,13 @@ fn uint(obj: &DefaultDicomObject, tag: Tag) -> Option<usize> {
 
 /// Opens a DICOM file without its pixel data. `Err` is the reason it is not usable as an image.
 pub fn read_header(path: &Path) -> std::result::Result<SliceHeader, String> {
-    // Before dicom-rs, which allocates whatever an element's length field declares.
-    super::lengths::check_file(path).map_err(|e| format!("corrupt DICOM file: {e}"))?;
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| format!("not a DICOM file ({e})"))?;
-    header_of(path, &obj)
+    let opened = super::open::open(path, Some(tags::PIXEL_DATA))?;
+    let mut h = header_of(path, &opened.obj)?;
+    if opened.inflated {
+        // Report the file's own syntax; the pixels are native once inflated.
+        h.transfer_syntax = super::lengths::DEFLATED_EXPLICIT_VR_LE.to_string();
+    }
+    Ok(h)
 }
 
 /// The image header fields of an opened object.

@@ -12,7 +12,7 @@ use crate::io::atomic::write_dir_atomic;
 use crate::{Result, Volume, VolumeError};
 use dicom_core::{dicom_value, DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions, Tag};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject, Tag};
 use std::path::Path;
 
 /// Patient/study attributes copied from a reference series when present.
@@ -83,11 +83,9 @@ fn reference_object(dir: &Path) -> Result<InMemDicomObject> {
         .get(uid)
         .and_then(|v| v.first())
         .ok_or_else(|| VolumeError::format(dir, "reference series has no image"))?;
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(&first.path)
-        .map_err(|e| VolumeError::format(&first.path, format!("cannot read DICOM file: {e}")))?;
-    Ok(obj.into_inner())
+    let opened = super::open::open(&first.path, Some(tags::PIXEL_DATA))
+        .map_err(|e| VolumeError::format(&first.path, e))?;
+    Ok(opened.obj.into_inner())
 }
 
 /// Writes `volume` as a CT series into the new folder `dir` (which must not exist, or be empty).

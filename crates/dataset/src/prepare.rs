@@ -19,10 +19,14 @@
 //!
 //! A case that fails (unreadable file, bad geometry...) is reported with its reason and left
 //! out; only zero usable cases is an error.
+//!
+//! The whole run holds an exclusive lock on the output folder ([`lock`]): a second `prepare`
+//! into the same folder fails at once, naming the folder and the run that holds it.
 
 mod case;
 pub mod checks;
 pub mod checksum;
+pub mod lock;
 
 pub use case::{prepare_case, CaseError, CaseOutcome, FILL_HU};
 
@@ -93,6 +97,10 @@ pub enum PrepareError {
     NoUsableCases { raw: PathBuf, failed: Vec<Skipped> },
     #[error("could not start {jobs} worker threads: {message}")]
     Threads { jobs: usize, message: String },
+    /// Another run holds the folder's lock ([`lock::lock_output`]).
+    #[error("{}: another prepare is writing into this folder ({holder}); wait for it to \
+             finish, or choose another output folder", dir.display())]
+    Locked { dir: PathBuf, holder: String },
 }
 
 /// What happened to one case, for the report table.
@@ -268,6 +276,8 @@ pub fn prepare(
         path: out.to_path_buf(),
         source,
     })?;
+    // Held to the end of this function: nothing below may run beside another prepare.
+    let _lock = lock::lock_output(out)?;
     tidy_cases_dir(out, discovery)?;
 
     let manifest_path = out.join(MANIFEST_FILE);

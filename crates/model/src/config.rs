@@ -128,6 +128,10 @@ pub struct RegistrationConfig {
     /// decoder; its residual scale starts at 0, so R starts as without it. Memory grows with
     /// the square of the bottleneck's positions (see [`crate::attention`]). Default: false.
     pub attention: bool,
+    /// How the spatial transformer samples G's output at the displaced positions
+    /// ([`crate::warp::WarpMethod`]): `"grid_sample"` (libtorch's fused sampler, default) or
+    /// `"exact"` (pixel-coordinate gathers, exact identity for a zero field, slower).
+    pub warp: crate::warp::WarpMethod,
 }
 
 impl Default for RegistrationConfig {
@@ -142,6 +146,7 @@ impl Default for RegistrationConfig {
             leaky_slope: 0.2,
             head_init_std: 1e-5,
             attention: false,
+            warp: crate::warp::WarpMethod::GridSample,
         }
     }
 }

@@ -174,6 +174,13 @@ fn warp_matches_pytorch_grid_sample() {
     let io = read("parity_warp.safetensors");
     let ours = warp(&io["image"], &io["flow"]);
     assert_close("warp", &ours, &io["warped"]);
+    // the training default, libtorch's sampler, too
+    let sampled = model::warp::warp_with(
+        model::warp::WarpMethod::GridSample,
+        &io["image"],
+        &io["flow"],
+    );
+    assert_close("warp (grid_sample)", &sampled, &io["warped"]);
     // the flow really moves things: the warped image differs from the input
     assert!(max_abs_diff(&io["warped"], &io["image"]) > 0.1);
 }

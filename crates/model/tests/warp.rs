@@ -1,7 +1,7 @@
 //! The spatial transformer: identity, integer shifts, border padding and gradients against
 //! finite differences.
 
-use model::warp::{sampling_grid, warp};
+use model::warp::{sampling_grid, warp, warp_with, WarpMethod};
 use tch::{Device, Kind, Tensor};
 
 fn max_abs(t: &Tensor) -> f64 {
@@ -142,4 +142,36 @@ fn equals_libtorch_grid_sampler_on_the_normalized_grid() {
     // grid_sampler(bilinear = 0, border = 1, align_corners = true)
     let reference = image.grid_sampler(&sampling_grid(&flow), 0, 1, true);
     assert!(max_abs(&(warp(&image, &flow) - reference)) < 1e-12);
+}
+
+/// The training default (libtorch's fused sampler) computes what the exact warp computes, in
+/// value and in both gradients, in float32 as training runs it; and a zero field is the
+/// identity to a few ulps (not exactly: the coordinate round trip).
+#[test]
+fn grid_sample_method_agrees_with_the_exact_warp_in_values_and_gradients() {
+    tch::manual_seed(5);
+    let opts = (Kind::Float, Device::Cpu);
+    let image = Tensor::rand([2, 1, 24, 32], opts).set_requires_grad(true);
+    let flow = (Tensor::randn([2, 2, 24, 32], opts) * 3.0).set_requires_grad(true);
+    let weights = Tensor::randn([2, 1, 24, 32], opts);
+    let mut results = Vec::new();
+    for method in [WarpMethod::Exact, WarpMethod::GridSample] {
+        let out = warp_with(method, &image, &flow);
+        (&out * &weights).sum(Kind::Float).backward();
+        results.push((out.detach(), image.grad().copy(), flow.grad().copy()));
+        let _ = image.grad().zero_();
+        let _ = flow.grad().zero_();
+    }
+    let ((o1, gi1, gf1), (o2, gi2, gf2)) = (&results[0], &results[1]);
+    assert!(max_abs(&(o1 - o2)) < 1e-5, "values differ");
+    assert!(max_abs(&(gi1 - gi2)) < 1e-4, "image gradients differ");
+    assert!(
+        max_abs(&(gf1 - gf2)) < 1e-3 * max_abs(gf1),
+        "flow gradients differ"
+    );
+    assert!(max_abs(gf1) > 1e-2 && max_abs(&(o1 - image.detach())) > 0.05);
+    let zero = Tensor::zeros([2, 2, 24, 32], opts);
+    let same = warp_with(WarpMethod::GridSample, &image.detach(), &zero);
+    assert!(max_abs(&(same - image.detach())) < 1e-5);
+    assert_eq!(WarpMethod::default(), WarpMethod::GridSample);
 }

@@ -16,17 +16,22 @@ The step (identical to train::step::train_step, in its order):
                 + 10 * smooth(flow)
      with per-pixel lung weights w = 1 + 9 * lung (weighted means), SSIM with the Gaussian
      window 11 / sigma 1.5 as two depthwise valid 1D convs over 5 stacked statistics (the same
-     computation as crates/model/src/ssim.rs); every loss term and the flow statistics are read
-     back to the host (`.item()`) before backward, as ours does to check them for NaN;
-     Adam(lr 1e-4, betas (0.5, 0.999)) over G and R.
+     computation as crates/model/src/ssim.rs); backward; Adam(lr 1e-4, betas (0.5, 0.999))
+     over G and R.
   2. D on real vs the detached fake, in one pass over cat([y, fake]):
-     loss_D = LSGAN_D(D(y), D(fake)); its own Adam.
+     loss_D = LSGAN_D(D(y), D(fake)); backward; its own Adam.
+  Both backward passes run before either update (D sees the detached fake, not G's weights,
+  so the order changes no value); every loss term and statistic is then read back in ONE
+  transfer (`torch.stack(...).tolist()`) and checked for NaN before the two `opt.step()`s,
+  the way a careful PyTorch loop avoids a `.item()` per term. (Ours checks on the device and
+  gates its fused Adam by the flag, reading back after the updates; same values.)
+  `zero_grad()` is torch's default, set_to_none=True, as ours.
 Inference: G in eval mode under no_grad, batches of slices normalised from HU and mapped
 back, as infer::predict::Translator does.
 
-The parts (PARTS, the names of bench::step::PARTS) are timed in `steps` further steps after
+The parts (PARTS, the names of train::step::Part) are timed in `steps` further steps after
 one warm-up, with a clock read between parts (after torch.cuda.synchronize on a GPU), as
-bench::step::phased_step does on our side.
+bench::step::time_parts does inside our trainer's step.
 
 Peak memory: /proc/self/clear_refs ("5") resets VmHWM to the current RSS before a phase, and
 VmHWM is read after it; the same method as the Rust side.
@@ -151,7 +156,6 @@ class Step:
         """One step; with `clock`, the time of each part (PARTS) is charged to it."""
         lap = clock.lap if clock is not None else (lambda _part: None)
         torch.manual_seed(step)  # ours reseeds libtorch every step too
-        stats = {}
         # 1. G and R; D's weights take no gradient from this loss
         for p in self.d_params:
             p.requires_grad_(False)
@@ -172,20 +176,10 @@ class Step:
         adv_g = F.mse_loss(d_fake_for_g, torch.ones_like(d_fake_for_g))
         loss_g = recon + adv_g * LOSS["adversarial_weight"] + smooth * LOSS["smoothness_weight"]
         lap("losses")
-        stats["flow_mean"], stats["flow_max"] = flow_mean.item(), flow_max.item()
-        for name, t in (("l1", l1), ("ssim", ssim_term), ("adv_g", adv_g), ("smooth", smooth),
-                        ("loss_g", loss_g)):
-            v = t.item()
-            if not math.isfinite(v):
-                raise FloatingPointError(f"{name} is not finite at step {step}")
-            stats[name] = v
-        lap("readback")
         loss_g.backward()
-        lap("gr_backward")
-        self.opt_gr.step()
         for p in self.d_params:
             p.requires_grad_(True)
-        lap("gr_adam")
+        lap("gr_backward")
         # 2. D on real vs the detached fake
         self.opt_d.zero_grad()
         lap("zero_grad")
@@ -198,19 +192,29 @@ class Step:
         loss_d = (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake))) \
             * LOSS["adversarial_weight"]
         lap("losses")
-        stats["loss_d"] = loss_d.item()
-        stats["d_real"], stats["d_fake"] = d_real.detach().mean().item(), d_fake.detach().mean().item()
-        lap("readback")
         loss_d.backward()
         lap("d_backward")
+        # 3. one read-back of every term and statistic, checked before the updates
+        names = ("l1", "ssim", "adv_g", "smooth", "loss_g", "loss_d", "flow_mean", "flow_max",
+                 "d_real", "d_fake")
+        values = torch.stack([t.detach().reshape(()).double() for t in (
+            l1, ssim_term, adv_g, smooth, loss_g, loss_d, flow_mean, flow_max,
+            d_real.mean(), d_fake.mean())]).tolist()
+        stats = dict(zip(names, values))
+        for name in names[:6]:
+            if not math.isfinite(stats[name]):
+                raise FloatingPointError(f"{name} is not finite at step {step}")
+        lap("readback")
+        self.opt_gr.step()
+        lap("gr_adam")
         self.opt_d.step()
         lap("d_adam")
         return stats
 
 
-# The parts of the step, in the order they first run (bench::step::PARTS, same names).
-PARTS = ("zero_grad", "g_forward", "r_forward", "d_forward_for_g", "losses", "readback",
-         "gr_backward", "gr_adam", "d_forward", "d_backward", "d_adam")
+# The parts of the step (train::step::Part, same names).
+PARTS = ("zero_grad", "g_forward", "r_forward", "losses", "d_forward_for_g", "gr_backward",
+         "d_forward", "d_backward", "gr_adam", "d_adam", "readback")
 
 
 def sync(device: torch.device) -> None:

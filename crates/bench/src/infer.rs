@@ -1,7 +1,7 @@
 //! Inference throughput through `infer::predict::Translator`, the code `ncct2ctpa predict` runs.
 
 use crate::workload::synthetic_volume;
-use dataset::manifest::HuWindow;
+use dataset::manifest::IntensityWindow;
 use infer::predict::{PredictOptions, Translator};
 use model::generator::Generator;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ pub struct InferReport {
 /// timed.
 pub fn measure(
     generator: &Generator,
-    window: HuWindow,
+    window: IntensityWindow,
     device: Device,
     size: usize,
     slices: usize,

@@ -3,8 +3,7 @@
 //!
 //! For each configuration (preset, crop size, batch) the Rust side measures
 //! 1. the training step (`train::step::train_step`): median, p10, p90 of `steps` steps after
-//!    `warmup`, and its parts ([`step::PARTS`]) from a timed mirror of the step that is tested
-//!    to compute the same thing;
+//!    `warmup`, and its parts ([`step::parts`]), timed inside the trainer's own step;
 //! 2. FLOPs of the step from the architecture ([`model::flops`]) and the achieved FLOP/s;
 //! 3. inference through `infer::predict::Translator` on a few 512x512 slices, extrapolated to a
 //!    512x512x300 volume;
@@ -33,7 +32,7 @@ pub mod step;
 pub mod workload;
 
 use anyhow::Context;
-use dataset::manifest::HuWindow;
+use dataset::manifest::IntensityWindow;
 use model::flops::{generator_forward_flops, step_flops};
 use report::{BenchReport, ConfigReport, REPORT_SCHEMA};
 use std::collections::BTreeMap;
@@ -243,7 +242,7 @@ fn run_config(
     );
 
     // 3. inference
-    let window = HuWindow::default();
+    let window = IntensityWindow::default();
     let infer = if opts.infer_slices > 0 {
         progress(&format!(
             "{label}: inference on {} slices of {}x{}",

@@ -52,7 +52,7 @@ pub struct ConfigReport {
     /// CPU time (user + system, all threads) of the same steps.
     #[serde(default)]
     pub step_cpu: Option<Summary>,
-    /// The step's parts ([`crate::step::PARTS`]), from the timed mirror of the step.
+    /// The step's parts ([`crate::step::parts`]), timed in the trainer's own step.
     pub parts: Vec<(String, Summary)>,
     /// Losses of the first step (same initial weights and batch as PyTorch's first step).
     pub first_loss_g: f64,
@@ -279,8 +279,7 @@ impl ConfigReport {
             .parts
             .iter()
             .map(|(name, s)| {
-                let label = crate::step::PARTS
-                    .iter()
+                let label = crate::step::parts()
                     .find(|(p, _)| p == name)
                     .map_or(name.clone(), |(p, what)| format!("{p}: {what}"));
                 (

@@ -56,11 +56,6 @@ pub struct IntensityWindow {
     pub max: f32,
 }
 
-/// The former name of [`IntensityWindow`], kept only for `crates/bench` until it is renamed
-/// there; use [`IntensityWindow`].
-#[doc(hidden)]
-pub type HuWindow = IntensityWindow;
-
 impl Default for IntensityWindow {
     fn default() -> Self {
         Self {

@@ -210,25 +210,35 @@ impl LossScaler {
     /// whether they are all finite, i.e. whether this optimizer may step. Call once per
     /// optimizer per iteration, after its backward pass and before any use of the gradients.
     /// Disabled: returns true without touching anything (non-finite losses are caught before
-    /// backward in fp32 runs).
+    /// the optimizers step in fp32 runs). Reads the flag back (a host sync): the training
+    /// step uses [`Self::unscale_flag`] and [`Self::record`] to read it with everything else.
     pub fn unscale(&mut self, vars: &[Tensor]) -> bool {
+        let finite = self
+            .unscale_flag(vars)
+            .is_none_or(|found| found.double_value(&[0]) == 0.0);
+        self.record(finite);
+        finite
+    }
+
+    /// [`Self::unscale`] without reading anything back: returns the device's found-inf flag
+    /// (a one-element float32 tensor, 1.0 when some gradient holds an inf or NaN, the input
+    /// of [`model::optim::Adam::step_unless`]), or `None` when scaling is off or `vars` have
+    /// no gradients. The caller reads the flag later and reports it with [`Self::record`].
+    pub fn unscale_flag(&self, vars: &[Tensor]) -> Option<Tensor> {
         if !self.state.enabled {
-            return true;
+            return None;
         }
         let grads: Vec<Tensor> = vars
             .iter()
             .map(Tensor::grad)
             .filter(Tensor::defined)
             .collect();
-        let Some(first) = grads.first() else {
-            return true;
-        };
-        let device = first.device();
+        let device = grads.first()?.device();
         let mut found = Tensor::zeros([1], (Kind::Float, device));
         let inv = Tensor::from_slice(&[(1.0 / self.state.scale) as f32]).to_device(device);
         let _guard = tch::no_grad_guard();
         let refs: Vec<&Tensor> = grads.iter().collect();
-        // GradScaler's kernel: one pass per gradient, no host round trip until the end.
+        // GradScaler's kernel: one pass per gradient, no host round trip.
         if let Err(e) = torchext::unscale_check_(&refs, &found, &inv) {
             // Mixed devices or dtypes: the same arithmetic with ordinary ops.
             debug!("fused unscale unavailable ({e}); unscaling tensor by tensor");
@@ -244,17 +254,23 @@ impl LossScaler {
                     .to_kind(Kind::Float);
                 let _ = found.shallow_clone().g_add_(&bad);
             }
+            let _ = found.clamp_max_(1.0);
         }
-        let finite = found.double_value(&[0]) == 0.0;
-        if !finite {
-            self.found_inf = true;
-            self.skipped += 1;
-            debug!(
-                scale = self.state.scale,
-                "inf/NaN gradients: this optimizer step is skipped"
-            );
+        Some(found)
+    }
+
+    /// Reports one optimizer's unscale outcome for this iteration (`finite`: its flag read
+    /// back as 0); a skipped step backs the scale off at [`Self::update`]. Disabled: nothing.
+    pub fn record(&mut self, finite: bool) {
+        if !self.state.enabled || finite {
+            return;
         }
-        finite
+        self.found_inf = true;
+        self.skipped += 1;
+        debug!(
+            scale = self.state.scale,
+            "inf/NaN gradients: this optimizer step is skipped"
+        );
     }
 
     /// End of an iteration (after every optimizer's [`Self::unscale`]): backs off after an

@@ -14,8 +14,22 @@
 //! R (recon of `fake` itself) and/or D (no adversarial term, no D update). With R1 (`[r1]`,
 //! [`model::r1`]) the D loss gains `(gamma / 2) * E ||grad_y D(y)||^2` on its R1 steps.
 //!
-//! Every loss term is read back and checked before any backward pass: a non-finite term stops
-//! the step with [`NonFinite`] naming it, before it can reach the weights.
+//! **One read-back per step.** Nothing is read to the host while the step's work is queued:
+//! G+R's and D's forward and backward passes run first, then every loss term is checked on
+//! the device (one `isfinite` over all of them), and the two Adam updates are queued
+//! *gated by that flag* ([`model::optim::Adam::step_unless`], torch's fused Adam under a
+//! GradScaler), so a NaN or inf never reaches the weights without the host having to look
+//! first. Only then are the terms and statistics read back, in one transfer; a non-finite
+//! term is reported as [`NonFinite`] naming it, with neither network updated. On a GPU the
+//! device runs the whole step without waiting for the host; the read-back at the end is
+//! the `loss.item()` a PyTorch loop does for its log.
+//!
+//! D's passes come before G+R's Adam update (RegGAN updates G first): D sees the detached
+//! output of step 1 and not G's weights, so the order changes no value, and it lets one
+//! flag cover both updates.
+//!
+//! [`train_step_with_laps`] reports the end of each [`Part`] to a [`Laps`] (the benchmark's
+//! per-part profile times the trainer's own step this way).
 //!
 //! The step reseeds libtorch's RNG from `(seed, step)` first, so whatever randomness the
 //! networks use (dropout, if a config adds it) is a function of the step, and a resumed run
@@ -27,7 +41,7 @@ use crate::nets::{Nets, Optimizers, GENERATOR, REGISTRATION};
 use crate::tensors::array_to_tensor;
 use dataset::sampler::Batch;
 use model::losses::{discriminator_adversarial, generator_adversarial, smoothness};
-use model::warp::warp;
+use model::warp::warp_with;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
@@ -102,21 +116,155 @@ pub struct NonFinite {
     pub value: f64,
 }
 
-fn scalar(t: &Tensor) -> f64 {
-    t.to_kind(Kind::Double).double_value(&[])
+/// The parts of a step, in the order they end (for a profiler, through [`Laps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Dropping the G+R and D gradients.
+    ZeroGrad,
+    GForward,
+    /// R forward and the warp.
+    RForward,
+    /// D forward on the fake, for G's adversarial term.
+    DForwardForG,
+    /// Every loss computation (image losses, smoothness, adversarial, D's loss).
+    Losses,
+    /// G+R backward through the frozen D (and the amp unscale, gradient norms).
+    GrBackward,
+    /// D forward on real and fake, in one pass.
+    DForward,
+    /// D backward (and R1's double backward on its steps).
+    DBackward,
+    GrAdam,
+    DAdam,
+    /// The one read-back of every loss term and statistic.
+    Readback,
 }
 
-/// Global L2 norm of the gradients of `vars` (those that have one).
-fn grad_norm(vars: &[Tensor]) -> f64 {
-    let _guard = tch::no_grad_guard();
-    let mut sq = 0.0;
-    for v in vars {
-        let g = v.grad();
-        if g.defined() {
-            sq += scalar(&g.square().sum(Kind::Double));
+impl Part {
+    /// Every part, in the order they first end in a step.
+    pub const ALL: [Part; 11] = [
+        Part::ZeroGrad,
+        Part::GForward,
+        Part::RForward,
+        Part::Losses,
+        Part::DForwardForG,
+        Part::GrBackward,
+        Part::DForward,
+        Part::DBackward,
+        Part::GrAdam,
+        Part::DAdam,
+        Part::Readback,
+    ];
+
+    /// Short name (the benchmark's JSON key; the PyTorch twin uses the same names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::ZeroGrad => "zero_grad",
+            Part::GForward => "g_forward",
+            Part::RForward => "r_forward",
+            Part::DForwardForG => "d_forward_for_g",
+            Part::Losses => "losses",
+            Part::GrBackward => "gr_backward",
+            Part::DForward => "d_forward",
+            Part::DBackward => "d_backward",
+            Part::GrAdam => "gr_adam",
+            Part::DAdam => "d_adam",
+            Part::Readback => "readback",
         }
     }
-    sq.sqrt()
+
+    /// One line for a table.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Part::ZeroGrad => "drop the G+R and D gradients",
+            Part::GForward => "G forward",
+            Part::RForward => "R forward + warp",
+            Part::DForwardForG => "D forward on the fake (G's adversarial term)",
+            Part::Losses => "L1+SSIM, smoothness, adversarial and D losses",
+            Part::GrBackward => "G+R backward (through frozen D)",
+            Part::DForward => "D forward on real and fake (one pass)",
+            Part::DBackward => "D backward",
+            Part::GrAdam => "Adam step of G+R (gated on the device)",
+            Part::DAdam => "Adam step of D (gated on the device)",
+            Part::Readback => "the one read-back of losses and statistics",
+        }
+    }
+}
+
+/// Told when each part of a step ends (a part may end more than once per step: the time
+/// since the previous lap belongs to the part named).
+pub trait Laps {
+    fn lap(&mut self, part: Part);
+}
+
+/// No profiling.
+impl Laps for () {
+    fn lap(&mut self, _part: Part) {}
+}
+
+/// Global L2 norm of the gradients of `vars` (those that have one), on the device, f64.
+fn grad_norm(vars: &[Tensor], device: Device) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let squares: Vec<Tensor> = vars
+        .iter()
+        .map(Tensor::grad)
+        .filter(Tensor::defined)
+        .map(|g| g.square().sum(Kind::Double))
+        .collect();
+    if squares.is_empty() {
+        Tensor::zeros([], (Kind::Double, device))
+    } else {
+        Tensor::stack(&squares, 0).sum(Kind::Double).sqrt()
+    }
+}
+
+/// Device scalars waiting for the step's one read-back: loss terms (checked for finiteness)
+/// and statistics (not checked), each with where its value goes.
+struct Pending {
+    terms: Vec<(&'static str, Tensor, SetStat)>,
+    stats: Vec<(Tensor, SetStat)>,
+}
+
+/// Where a read-back value goes in [`StepStats`].
+type SetStat = fn(&mut StepStats, f64);
+
+impl Pending {
+    fn term(&mut self, name: &'static str, t: &Tensor, set: SetStat) {
+        self.terms.push((name, t.detach(), set));
+    }
+
+    fn stat(&mut self, t: Tensor, set: SetStat) {
+        self.stats.push((t.detach(), set));
+    }
+
+    /// 1.0 where any term is NaN or inf, else 0.0: a float32 `[1]` tensor on `device`.
+    fn non_finite_flag(&self, device: Device) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        if self.terms.is_empty() {
+            return Tensor::zeros([1], (Kind::Float, device));
+        }
+        let all = Tensor::cat(
+            &self
+                .terms
+                .iter()
+                .map(|(_, t, _)| t.to_kind(Kind::Float).reshape([1]))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        all.isfinite()
+            .all()
+            .logical_not()
+            .to_kind(Kind::Float)
+            .reshape([1])
+    }
+}
+
+/// Ors two optional float flags (`None` = clear).
+fn either(a: &Tensor, b: Option<&Tensor>) -> Tensor {
+    match b {
+        Some(b) => a.maximum(&b.to_device(a.device())),
+        None => a.shallow_clone(),
+    }
 }
 
 /// One step on `batch`: updates G+R, then D. `step` is 1-based (the step being taken);
@@ -131,45 +279,70 @@ pub fn train_step(
     lr_factor: f64,
     want_grad_norms: bool,
 ) -> Result<StepStats, NonFinite> {
+    train_step_with_laps(
+        nets,
+        opts,
+        batch,
+        cfg,
+        step,
+        lr_factor,
+        want_grad_norms,
+        &mut (),
+    )
+}
+
+/// [`train_step`], telling `laps` when each [`Part`] ends.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_with_laps(
+    nets: &mut Nets,
+    opts: &mut Optimizers,
+    batch: &BatchTensors,
+    cfg: &TrainConfig,
+    step: u64,
+    lr_factor: f64,
+    want_grad_norms: bool,
+    laps: &mut dyn Laps,
+) -> Result<StepStats, NonFinite> {
     tch::manual_seed(step_seed(cfg.seed, step));
     opts.gr.set_lr(cfg.optim.generator.lr * lr_factor);
     opts.d.set_lr(cfg.optim.discriminator.lr * lr_factor);
     let loss_cfg = &cfg.loss;
-    let check = |term: &'static str, t: &Tensor| -> Result<f64, NonFinite> {
-        let value = scalar(t);
-        if value.is_finite() {
-            Ok(value)
-        } else {
-            Err(NonFinite { step, term, value })
-        }
+    let device = batch.x.device();
+    let internal = |term: &'static str| NonFinite {
+        step,
+        term,
+        value: f64::NAN,
     };
-    let mut stats = StepStats::default();
+    let mut pending = Pending {
+        terms: Vec::with_capacity(8),
+        stats: Vec::with_capacity(8),
+    };
     let phase = cfg.progressive.phase_at(step);
     // Mixed precision (crate::amp): forward passes autocast, outputs and losses in fp32.
-    let amp = crate::amp::Autocast::new(cfg.amp, batch.x.device());
+    let amp = crate::amp::Autocast::new(cfg.amp, device);
 
     // 1. G and R. D's weights take no gradient from this loss.
     nets.d_store.freeze();
     opts.gr.zero_grad();
+    laps.lap(Part::ZeroGrad);
     // [batch, 1, height, width]
     let fake = amp.run(|| nets.g.forward_t(&batch.x, true));
+    laps.lap(Part::GForward);
     let (registered, smooth) = match nets.r.as_ref().filter(|_| phase.trains_registration()) {
         Some(r) => {
             // [batch, 2, height, width], pixels
             let flow = amp.run(|| r.forward_t(&fake, &batch.y, true));
+            let registered = warp_with(cfg.model.registration.warp, &fake, &flow);
+            laps.lap(Part::RForward);
             let mag = flow
                 .detach()
                 .square()
                 .sum_dim_intlist(1, false, Kind::Float)
                 .sqrt();
-            stats.flow_mean = scalar(&mag.mean(Kind::Float));
-            stats.flow_max = scalar(&mag.max());
-            let smooth = smoothness(&flow).map_err(|_| NonFinite {
-                step,
-                term: "smoothness (bad flow shape)",
-                value: f64::NAN,
-            })?;
-            (warp(&fake, &flow), Some(smooth))
+            pending.stat(mag.mean(Kind::Float), |s, v| s.flow_mean = v);
+            pending.stat(mag.max(), |s, v| s.flow_max = v);
+            let smooth = smoothness(&flow).map_err(|_| internal("smoothness (bad flow shape)"))?;
+            (registered, Some(smooth))
         }
         None => (fake.shallow_clone(), None),
     };
@@ -184,17 +357,13 @@ pub fn train_step(
     )
     .map_err(|e| {
         tracing::error!("step {step}: {e}");
-        NonFinite {
-            step,
-            term: e.term(),
-            value: f64::NAN,
-        }
+        internal(e.term())
     })?;
-    let recon = &image.recon;
-    stats.lung_weight = image.lung_weight;
+    laps.lap(Part::Losses);
     // D judges G's output only once it trains (crate::phases)
     let adv_g = phase.trains_discriminator().then(|| {
         let d_fake_for_g = amp.run(|| nets.d.forward_t(&nets.d.input(&fake, &batch.x), true));
+        laps.lap(Part::DForwardForG);
         generator_adversarial(loss_cfg.adversarial, &d_fake_for_g)
     });
     let mut loss_g = match &adv_g {
@@ -208,37 +377,144 @@ pub fn train_step(
     if cfg.debug.inject_nan_at_step == Some(step) {
         loss_g *= f64::NAN;
     }
-    stats.l1 = check("l1", &recon.l1)?;
-    stats.ssim = check("ssim", &recon.ssim)?;
+    laps.lap(Part::Losses);
+    pending.term("l1", &image.recon.l1, |s, v| s.l1 = v);
+    pending.term("ssim", &image.recon.ssim, |s, v| s.ssim = v);
     if let Some(p) = &image.perceptual {
-        stats.perceptual = check("perceptual", p)?;
+        pending.term("perceptual", p, |s, v| s.perceptual = v);
     }
     if let Some(a) = &adv_g {
-        stats.adv_g = check("adversarial (G)", a)?;
+        pending.term("adversarial (G)", a, |s, v| s.adv_g = v);
     }
     if let Some(s) = &smooth {
-        stats.smooth = check("smoothness", s)?;
+        pending.term("smoothness", s, |st, v| st.smooth = v);
     }
-    stats.loss_g = check("total G+R", &loss_g)?;
+    pending.term("total G+R", &loss_g, |s, v| s.loss_g = v);
     // scaled by the f16 loss scale, then unscaled before any use of the gradients
     opts.scaler.backward(&loss_g);
-    let gr_finite = opts.scaler.unscale(&nets.gr_store.trainable_variables());
+    let amp_gr = opts
+        .scaler
+        .unscale_flag(&nets.gr_store.trainable_variables());
     if want_grad_norms {
-        stats.grad_g = grad_norm(&nets.gr_variables(GENERATOR));
-        stats.grad_r = grad_norm(&nets.gr_variables(REGISTRATION));
-    }
-    if gr_finite {
-        opts.gr.step();
+        pending.stat(grad_norm(&nets.gr_variables(GENERATOR), device), |s, v| {
+            s.grad_g = v
+        });
+        pending.stat(
+            grad_norm(&nets.gr_variables(REGISTRATION), device),
+            |s, v| s.grad_r = v,
+        );
     }
     nets.d_store.unfreeze();
-    if !phase.trains_discriminator() {
-        opts.scaler.update();
-        // crate::phases: before D joins it is neither run nor stepped (no Adam update at all)
-        return Ok(stats);
+    laps.lap(Part::GrBackward);
+
+    // 2. D on real vs the detached fake (crate::phases: before D joins it is neither run
+    // nor stepped).
+    let amp_d = if phase.trains_discriminator() {
+        discriminator_pass(
+            nets,
+            opts,
+            batch,
+            cfg,
+            step,
+            want_grad_norms,
+            &fake,
+            &amp,
+            &mut pending,
+            laps,
+        )?
+    } else {
+        None
+    };
+
+    // 3. The updates, called off on the device if any term is not finite (or, with amp,
+    // any gradient).
+    let bad = pending.non_finite_flag(device);
+    opts.gr.step_unless(&either(&bad, amp_gr.as_ref()));
+    laps.lap(Part::GrAdam);
+    if phase.trains_discriminator() {
+        opts.d.step_unless(&either(&bad, amp_d.as_ref()));
+        laps.lap(Part::DAdam);
     }
 
-    // 2. D on real vs the detached fake.
+    // 4. The one read-back: terms, statistics and amp's flags.
+    let mut flags = vec![];
+    flags.extend(amp_gr.iter().map(|f| f.reshape([1])));
+    flags.extend(amp_d.iter().map(|f| f.reshape([1])));
+    let all: Vec<Tensor> = pending
+        .terms
+        .iter()
+        .map(|(_, t, _)| t)
+        .chain(pending.stats.iter().map(|(t, _)| t))
+        .map(|t| t.to_kind(Kind::Double).reshape([1]))
+        .chain(
+            flags
+                .iter()
+                .map(|f| f.to_device(device).to_kind(Kind::Double)),
+        )
+        .collect();
+    let values = Vec::<f64>::try_from(Tensor::cat(&all, 0).to_device(Device::Cpu))
+        .map_err(|_| internal("read-back"))?;
+    laps.lap(Part::Readback);
+    let (term_values, rest) = values.split_at(pending.terms.len());
+    let (stat_values, flag_values) = rest.split_at(pending.stats.len());
+    let mut stats = StepStats {
+        lung_weight: image.lung_weight,
+        ..StepStats::default()
+    };
+    for ((_, _, set), v) in pending.terms.iter().zip(term_values) {
+        set(&mut stats, *v);
+    }
+    for ((_, set), v) in pending.stats.iter().zip(stat_values) {
+        set(&mut stats, *v);
+    }
+    let mut flag_values = flag_values.iter();
+    let gr_finite = amp_gr.is_none() || flag_values.next() == Some(&0.0);
+    let d_finite = amp_d.is_none() || flag_values.next() == Some(&0.0);
+    let first_bad = pending
+        .terms
+        .iter()
+        .zip(term_values)
+        .find(|(_, v)| !v.is_finite());
+    if first_bad.is_some() || !gr_finite {
+        opts.gr.uncount_step();
+    }
+    if phase.trains_discriminator() && (first_bad.is_some() || !d_finite) {
+        opts.d.uncount_step();
+    }
+    if let Some(((term, _, _), value)) = first_bad {
+        return Err(NonFinite {
+            step,
+            term,
+            value: *value,
+        });
+    }
+    if amp_gr.is_some() {
+        opts.scaler.record(gr_finite);
+    }
+    if amp_d.is_some() {
+        opts.scaler.record(d_finite);
+    }
+    opts.scaler.update();
+    Ok(stats)
+}
+
+/// D's forward, loss (+ R1) and backward on real vs the detached `fake`; queues its terms in
+/// `pending` and returns amp's found-inf flag for D's gradients (`None` without amp).
+#[allow(clippy::too_many_arguments)]
+fn discriminator_pass(
+    nets: &mut Nets,
+    opts: &mut Optimizers,
+    batch: &BatchTensors,
+    cfg: &TrainConfig,
+    step: u64,
+    want_grad_norms: bool,
+    fake: &Tensor,
+    amp: &crate::amp::Autocast,
+    pending: &mut Pending,
+    laps: &mut dyn Laps,
+) -> Result<Option<Tensor>, NonFinite> {
     opts.d.zero_grad();
+    laps.lap(Part::ZeroGrad);
     let fake = fake.detach();
     // Real and fake go through D in one forward pass (concatenated along the batch; D's
     // instance norm is per image, so this equals two passes): one power iteration per D
@@ -258,10 +534,12 @@ pub fn train_step(
     );
     // [2 * batch, 1, h', w']
     let d_out = amp.run(|| nets.d.forward_t(&d_in, true));
+    laps.lap(Part::DForward);
     let d_real = d_out.narrow(0, 0, n);
     let d_fake = d_out.narrow(0, n, n);
-    let mut loss_d = discriminator_adversarial(loss_cfg.adversarial, &d_real, &d_fake)
-        * loss_cfg.adversarial_weight;
+    let mut loss_d = discriminator_adversarial(cfg.loss.adversarial, &d_real, &d_fake)
+        * cfg.loss.adversarial_weight;
+    laps.lap(Part::Losses);
     if r1_now {
         // E ||grad_y D(y)||^2 by double backward; its gradient reaches D's weights below
         let r1 = model::r1::mean_squared_gradient(&d_real, &real).map_err(|e| {
@@ -272,22 +550,23 @@ pub fn train_step(
                 value: f64::NAN,
             }
         })?;
-        stats.r1 = Some(check("R1 penalty", &r1)?);
+        pending.term("R1 penalty", &r1, |s, v| s.r1 = Some(v));
         loss_d += r1 * cfg.r1.weight();
+        laps.lap(Part::DBackward);
     }
-    stats.loss_d = check("discriminator", &loss_d)?;
-    stats.d_real = scalar(&d_real.detach().mean(Kind::Float));
-    stats.d_fake = scalar(&d_fake.detach().mean(Kind::Float));
+    pending.term("discriminator", &loss_d, |s, v| s.loss_d = v);
+    pending.stat(d_real.detach().mean(Kind::Float), |s, v| s.d_real = v);
+    pending.stat(d_fake.detach().mean(Kind::Float), |s, v| s.d_fake = v);
     opts.scaler.backward(&loss_d);
-    let d_finite = opts.scaler.unscale(&nets.d_store.trainable_variables());
+    let amp_d = opts
+        .scaler
+        .unscale_flag(&nets.d_store.trainable_variables());
     if want_grad_norms {
-        stats.grad_d = grad_norm(&nets.d_store.trainable_variables());
+        let vars = nets.d_store.trainable_variables();
+        pending.stat(grad_norm(&vars, fake.device()), |s, v| s.grad_d = v);
     }
-    if d_finite {
-        opts.d.step();
-    }
-    opts.scaler.update();
-    Ok(stats)
+    laps.lap(Part::DBackward);
+    Ok(amp_d)
 }
 
 /// libtorch's seed for step `step` of a run seeded `seed` (splitmix64 of the pair, kept

@@ -124,7 +124,7 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// A lock file's record as a phrase: "pid 123 on host h, started 42 s ago (ncct2ctpa ...)".
+/// A lock file's record as a phrase: "pid 123 on host h, started 42 s ago, running `...`".
 fn describe_holder(record: &str) -> String {
     let field = |key: &str| {
         record.lines().find_map(|l| {
@@ -144,7 +144,7 @@ fn describe_holder(record: &str) -> String {
         s.push_str(&format!(", started {} s ago", now.saturating_sub(started)));
     }
     if let Some(cmd) = field("command").filter(|c| !c.is_empty()) {
-        s.push_str(&format!(" ({cmd})"));
+        s.push_str(&format!(", running `{cmd}`"));
     }
     s
 }

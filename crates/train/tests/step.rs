@@ -1,0 +1,120 @@
+//! The training step's one read-back: a non-finite term is caught on the device and neither
+//! network, nor either optimizer, moves; the statistics read back in one transfer are the
+//! ones the host would compute.
+
+mod common;
+
+use common::{fixed_batch, serial, tiny};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+use train::nets::{Nets, GENERATOR, REGISTRATION};
+use train::step::train_step;
+
+/// Every weight of both stores, copied.
+fn weights(nets: &Nets) -> HashMap<String, Tensor> {
+    let mut all = HashMap::new();
+    for (prefix, store) in [("gr", &nets.gr_store), ("d", &nets.d_store)] {
+        for (name, t) in store.variables() {
+            all.insert(format!("{prefix}/{name}"), t.copy());
+        }
+    }
+    all
+}
+
+/// An optimizer's saved state (moments and step counts), read back.
+fn adam_state(opt: &model::optim::Adam) -> HashMap<String, Tensor> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adam.safetensors");
+    opt.save(&path).unwrap();
+    Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn assert_same(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (k, t) in a {
+        assert!(t.equal(&b[k]), "{what}: {k} changed");
+    }
+}
+
+#[test]
+fn a_non_finite_term_updates_nothing_and_the_run_can_continue_exactly() {
+    let _serial = serial();
+    let batch = fixed_batch();
+    let mut cfg = tiny(5);
+    // D's spectral-norm vectors advance in every training forward, as in PyTorch, failed
+    // step or not; without them, *every* variable must be as it was.
+    cfg.model.discriminator.spectral_norm = false;
+    let mut nan_cfg = cfg.clone();
+    nan_cfg.debug.inject_nan_at_step = Some(2);
+    let (mut a, mut b) = (Nets::new(&cfg, Device::Cpu), Nets::new(&cfg, Device::Cpu));
+    let (mut oa, mut ob) = (a.optimizers(&cfg).unwrap(), b.optimizers(&cfg).unwrap());
+    train_step(&mut a, &mut oa, &batch, &cfg, 1, 1.0, false).unwrap();
+    train_step(&mut b, &mut ob, &batch, &cfg, 1, 1.0, false).unwrap();
+
+    let (w, sg, sd) = (weights(&a), adam_state(&oa.gr), adam_state(&oa.d));
+    let err = train_step(&mut a, &mut oa, &batch, &nan_cfg, 2, 1.0, true).unwrap_err();
+    assert_eq!((err.step, err.term), (2, "total G+R"));
+    assert!(err.value.is_nan());
+    // G, R and D untouched, both optimizers' moments and counts too
+    assert_same(&weights(&a), &w, "weights");
+    assert_same(&adam_state(&oa.gr), &sg, "G+R Adam");
+    assert_same(&adam_state(&oa.d), &sd, "D Adam");
+    assert_eq!((oa.gr.steps(), oa.d.steps()), (1, 1));
+
+    // retried without the NaN, step 2 is the uninterrupted run's step 2, bit for bit
+    let sa = train_step(&mut a, &mut oa, &batch, &cfg, 2, 1.0, false).unwrap();
+    let sb = train_step(&mut b, &mut ob, &batch, &cfg, 2, 1.0, false).unwrap();
+    assert_eq!(sa, sb);
+    assert_same(&weights(&a), &weights(&b), "after the retried step");
+    assert_same(&adam_state(&oa.gr), &adam_state(&ob.gr), "G+R Adam after");
+}
+
+/// Global L2 norm of the gradients of `vars`, on the host.
+fn host_norm(vars: &[Tensor]) -> f64 {
+    vars.iter()
+        .map(Tensor::grad)
+        .filter(Tensor::defined)
+        .map(|g| {
+            g.to_kind(Kind::Double)
+                .square()
+                .sum(Kind::Double)
+                .double_value(&[])
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[test]
+fn statistics_read_back_at_once_are_the_hosts() {
+    let _serial = serial();
+    let batch = fixed_batch();
+    let cfg = tiny(5);
+    let mut nets = Nets::new(&cfg, Device::Cpu);
+    let mut opts = nets.optimizers(&cfg).unwrap();
+    let s = train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, true).unwrap();
+    // the gradients the updates used are still there until the next step drops them
+    // (the step squares in float32 and sums in f64; here both in f64)
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1e-12);
+    let g = host_norm(&nets.gr_variables(GENERATOR));
+    let r = host_norm(&nets.gr_variables(REGISTRATION));
+    let d = host_norm(&nets.d_store.trainable_variables());
+    assert!(g > 0.0 && r > 0.0 && d > 0.0);
+    assert!(close(s.grad_g, g), "{} vs {g}", s.grad_g);
+    assert!(close(s.grad_r, r), "{} vs {r}", s.grad_r);
+    assert!(close(s.grad_d, d), "{} vs {d}", s.grad_d);
+    // the weighted parts add up to the total, and every logged term is finite and set
+    let l = &cfg.loss;
+    let expected = l.l1_weight * s.l1
+        + l.ssim_weight * s.ssim
+        + l.adversarial_weight * s.adv_g
+        + l.smoothness_weight * s.smooth;
+    assert!((s.loss_g - expected).abs() < 1e-4 * s.loss_g.abs(), "{s:?}");
+    assert!(
+        s.loss_d > 0.0 && s.flow_max >= s.flow_mean && s.flow_mean > 0.0,
+        "{s:?}"
+    );
+    assert_eq!((opts.gr.steps(), opts.d.steps()), (1, 1));
+}

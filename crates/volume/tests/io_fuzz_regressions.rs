@@ -66,12 +66,13 @@ fn rle_decoder_panic_is_contained_as_an_error() {
 
 #[test]
 fn corrupt_deflated_data_set_is_an_error() {
-    // Deflated explicit VR LE whose stream breaks part way: dicom-rs asked for 3.6 GB (an
-    // element length) before failing. Not yet caught by the length walker (it sees no such
-    // element in what it inflates): on Linux the allocation is lazy and the read then fails,
-    // so the outcome is still an error; libFuzzer flags the malloc. Kept as an open case.
+    // Deflated explicit VR LE whose stream is broken: dicom-rs 0.8 parsed the compressed
+    // bytes as elements and asked for 3.6 GB. We now inflate the data set ourselves
+    // (io/dicom/inflate.rs) and refuse a corrupt stream before dicom-rs sees anything
+    // (tests/io_deflated.rs checks no large allocation happens).
     let err = read_alone("dicom-oom-deflated-length.dcm")
         .unwrap_err()
         .to_string();
     assert!(err.contains("slice.dcm"), "names the file: {err}");
+    assert!(err.contains("deflated"), "says what is wrong: {err}");
 }

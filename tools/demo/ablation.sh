@@ -6,32 +6,40 @@
 # scored against the phantom's aligned ground-truth CTPA (truth/ctpa_aligned) inside the
 # phantom's own body, lung and vessel masks, beside the NCCT-as-prediction baseline.
 #
-# usage: tools/demo/ablation.sh [-s STEPS] [-j JOBS] [-b BIN] [-o OUT] ARM...
+# usage: tools/demo/ablation.sh [-s STEPS] [-j JOBS] [-t THREADS] [-S SEED] [-d DATA] [-b BIN]
+#                               [-o OUT] ARM...
 #   ARM       baseline (configs/demo.toml alone) or the name of a configs/ablation/*.toml
 #   -s        training steps of every arm (default: the demo's 1500)
 #   -j        arms trained at once, each with cores/JOBS libtorch threads (default 2)
+#   -t        libtorch threads of each arm (default cores/JOBS)
+#   -S        training seed of every arm (default: the config's, 42 in configs/demo.toml)
+#   -d        prepared dataset (default data/phantom-demo/prepared); it must come from a
+#             phantom (`ncct2ctpa synth`): the raw folder named in its manifest.json holds
+#             the truth/ the scoring reads
 #   -b        the ncct2ctpa binary (default target/release/ncct2ctpa)
 #   -o        output folder (default runs/ablation): OUT/ARM/ (run, predictions, evaluation)
 #             and OUT/table.md
-# Needs data/phantom-demo (run `ncct2ctpa train` once) and python3 for the table.
+# Needs data/phantom-demo (run `ncct2ctpa train` once) or -d, and python3 for the table.
 set -euo pipefail
-STEPS=1500; JOBS=2; BIN=target/release/ncct2ctpa; OUT=runs/ablation
-while getopts "s:j:b:o:" opt; do
+STEPS=1500; JOBS=2; THREADS=; SEED=; BIN=target/release/ncct2ctpa; OUT=runs/ablation
+DATA=data/phantom-demo/prepared
+while getopts "s:j:t:S:d:b:o:" opt; do
   case $opt in
-    s) STEPS=$OPTARG ;; j) JOBS=$OPTARG ;; b) BIN=$OPTARG ;; o) OUT=$OPTARG ;;
-    *) sed -n '2,16p' "$0"; exit 2 ;;
+    s) STEPS=$OPTARG ;; j) JOBS=$OPTARG ;; t) THREADS=$OPTARG ;; S) SEED=$OPTARG ;;
+    d) DATA=$OPTARG ;; b) BIN=$OPTARG ;; o) OUT=$OPTARG ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { sed -n '2,16p' "$0"; exit 2; }
-RAW=data/phantom-demo/raw
-DATA=data/phantom-demo/prepared
-[ -f "$DATA/manifest.json" ] || { echo "no $DATA: run '$BIN train --steps 1' once to make it" >&2; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,21p' "$0"; exit 2; }
+[ -f "$DATA/manifest.json" ] || { echo "no $DATA/manifest.json: not a prepared dataset ('$BIN train --steps 1' makes the demo's)" >&2; exit 2; }
+RAW=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["raw_dir"])' "$DATA/manifest.json")
+[ -d "$RAW/truth/ctpa_aligned" ] || { echo "no $RAW/truth/ctpa_aligned: $DATA is not a prepared phantom" >&2; exit 2; }
 for arm in "$@"; do
   [ "$arm" = baseline ] || [ -f "configs/ablation/$arm.toml" ] \
     || { echo "no configs/ablation/$arm.toml" >&2; exit 2; }
 done
-THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
+[ -n "$THREADS" ] || THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
 
 # The scored cases: the prepared split's val and test cases.
 mkdir -p "$OUT/scored"/{ncct,target,body,lung,vessels}
@@ -43,11 +51,12 @@ for c in $cases; do
     ln -sf "$(realpath "$RAW/truth/$m/$c.nii.gz")" "$OUT/scored/$m/$c.nii.gz"
   done
 done
-echo "scoring cases: $cases; $# arms x $STEPS steps, $JOBS at once x $THREADS threads"
+echo "scoring cases of $DATA: $cases; $# arms x $STEPS steps, $JOBS at once x $THREADS threads${SEED:+, seed $SEED}"
 
 run_arm() {
   local arm=$1 dir="$OUT/$1" extra=()
   [ "$arm" = baseline ] || extra=(--config "configs/ablation/$arm.toml")
+  [ -z "$SEED" ] || extra+=(--seed "$SEED")
   rm -rf "$dir"
   local t0=$SECONDS
   "$BIN" train --data "$DATA" --config configs/demo.toml "${extra[@]}" --run "$dir/run" \
@@ -62,7 +71,7 @@ run_arm() {
   echo "  $arm done in $(cat "$dir/train_seconds") s of training"
 }
 export -f run_arm
-export BIN DATA OUT STEPS THREADS
+export BIN DATA OUT STEPS THREADS SEED
 printf '%s\n' "$@" | xargs -P "$JOBS" -I{} bash -c 'run_arm "$@"' _ {}
 
 python3 - "$OUT" "$STEPS" "$@" <<'PY' | tee "$OUT/table.md"

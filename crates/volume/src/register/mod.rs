@@ -6,8 +6,9 @@
 //!
 //! - a [`Rigid3`] about the centre of the fixed image, initialised at the identity (or at the
 //!   difference of the body centroids, [`RigidInit::BodyCentroids`]);
-//! - normalised cross-correlation on a deterministic subsample of the fixed image's body voxels
-//!   (above `sample_threshold_hu`), see [`metric`];
+//! - a similarity on a deterministic subsample of the fixed image's body voxels (above
+//!   `sample_threshold_hu`): normalised cross-correlation ([`metric`], the default) or Mattes
+//!   mutual information ([`mattes`], robust to the contrast agent's intensity change);
 //! - a multi-resolution pyramid (default shrink 4, 2, 1 with Gaussian smoothing), see
 //!   [`pyramid`];
 //! - regular-step gradient ascent on `(angles, translation)` with the angles scaled by the
@@ -18,31 +19,73 @@
 //!
 //! Everything is deterministic: same inputs, same transform, bit for bit.
 
+pub mod mattes;
 pub mod metric;
 pub mod pyramid;
 
 use crate::resample::Grid;
 use crate::transform::Rigid3;
 use crate::{Result, Volume, VolumeError};
+use mattes::Binning;
 use metric::Samples;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use tracing::{debug, info};
 
-/// The similarity measure between the fixed and the (transformed) moving image.
+/// The similarity measure between the fixed and the (transformed) moving image; both are
+/// maximised by the same optimiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Similarity {
-    /// Normalised cross-correlation in [-1, 1], higher is better.
+    /// Normalised cross-correlation in [-1, 1], higher is better (`"ncc"`).
     Ncc,
+    /// Mattes mutual information in nats, `>= 0`, higher is better (`"mattes_mi"`), with
+    /// [`RigidConfig::mi_bins`] histogram bins. Unlike NCC it does not assume the CTPA's
+    /// intensities are a linear function of the NCCT's. ITK reports the same number negated.
+    MattesMi,
 }
 
 impl fmt::Display for Similarity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Similarity::Ncc => write!(f, "NCC"),
+            Similarity::MattesMi => write!(f, "Mattes MI"),
         }
+    }
+}
+
+/// A similarity made ready for one set of samples and one moving image (MI fixes its
+/// histogram's intensity ranges per level, so that it is a smooth function of the transform).
+#[derive(Debug, Clone, Copy)]
+enum LevelMetric {
+    Ncc,
+    MattesMi(Binning),
+}
+
+impl LevelMetric {
+    fn new(cfg: &RigidConfig, samples: &Samples, moving: &Volume) -> Result<Self> {
+        Ok(match cfg.metric {
+            Similarity::Ncc => LevelMetric::Ncc,
+            Similarity::MattesMi => {
+                LevelMetric::MattesMi(Binning::for_level(cfg.mi_bins, samples, moving)?)
+            }
+        })
+    }
+
+    /// Value (higher is better) and gradient with respect to (angles, translation).
+    fn evaluate(
+        &self,
+        samples: &Samples,
+        moving: &Volume,
+        t: &Rigid3,
+        with_gradient: bool,
+    ) -> (f64, [f64; 6]) {
+        let (v, g, _) = match self {
+            LevelMetric::Ncc => metric::ncc(samples, moving, t, with_gradient),
+            LevelMetric::MattesMi(b) => mattes::mattes_mi(samples, moving, t, b, with_gradient),
+        };
+        (v, g)
     }
 }
 
@@ -62,6 +105,9 @@ pub enum RigidInit {
 #[serde(default)]
 pub struct RigidConfig {
     pub metric: Similarity,
+    /// Histogram bins per image of [`Similarity::MattesMi`] (ITK's and Mattes' default 50;
+    /// unused by NCC). Older manifests without it read as 50.
+    pub mi_bins: usize,
     pub init: RigidInit,
     /// Shrink factor of each level, coarse to fine.
     pub shrink_factors: Vec<usize>,
@@ -86,6 +132,7 @@ impl Default for RigidConfig {
     fn default() -> Self {
         Self {
             metric: Similarity::Ncc,
+            mi_bins: 50,
             init: RigidInit::Identity,
             shrink_factors: vec![4, 2, 1],
             smoothing_sigmas: vec![2.0, 1.0, 0.0],
@@ -105,7 +152,8 @@ pub struct RigidResult {
     /// Fixed → moving: resample the moving image with it onto the fixed grid to align them.
     pub transform: Rigid3,
     pub metric: Similarity,
-    /// Similarity at full resolution before (initial transform) and after; higher is better.
+    /// Similarity ([`Self::metric`]) at full resolution before (initial transform) and after;
+    /// higher is better.
     pub before: f64,
     pub after: f64,
     /// Iterations over all levels.
@@ -135,6 +183,12 @@ impl RigidConfig {
         }
         let positive = self.initial_step_mm > 0.0 && self.min_step_mm > 0.0;
         let relaxation_ok = self.relaxation > 0.0 && self.relaxation < 1.0;
+        if self.metric == Similarity::MattesMi && !(5..=1024).contains(&self.mi_bins) {
+            return bad(format!(
+                "Mattes MI needs 5 to 1024 histogram bins, got {}",
+                self.mi_bins
+            ));
+        }
         if !positive || !relaxation_ok || self.max_samples < 8 {
             return bad(format!(
                 "steps must be positive, relaxation in (0, 1) and max_samples >= 8 (got step {}, min step {}, relaxation {}, samples {})",
@@ -186,6 +240,7 @@ fn from_params(x: &[f64; 6], lever: f64, center: [f64; 3]) -> Rigid3 {
 /// Regular-step gradient ascent of the similarity on one level; returns the transform and the
 /// number of iterations.
 fn optimise_level(
+    metric: &LevelMetric,
     samples: &Samples,
     moving: &Volume,
     start: Rigid3,
@@ -197,7 +252,7 @@ fn optimise_level(
     let center = start.center;
     let mut x = to_params(&start, lever);
     let eval = |x: &[f64; 6], grad: bool| {
-        let (v, g, _) = metric::ncc(samples, moving, &from_params(x, lever, center), grad);
+        let (v, g) = metric.evaluate(samples, moving, &from_params(x, lever, center), grad);
         // chain rule for the scaled angles
         let g = [g[0] / lever, g[1] / lever, g[2] / lever, g[3], g[4], g[5]];
         (v, g)
@@ -283,7 +338,8 @@ pub fn align_rigid(fixed: &Volume, moving: &Volume, cfg: &RigidConfig) -> Result
         }
         let step0 = cfg.initial_step_mm * shrink as f64 / coarsest;
         let min_step = cfg.min_step_mm * shrink as f64;
-        let (t, it) = optimise_level(&samples, &m, transform, step0, min_step, cfg);
+        let level_metric = LevelMetric::new(cfg, &samples, &m)?;
+        let (t, it) = optimise_level(&level_metric, &samples, &m, transform, step0, min_step, cfg);
         transform = t;
         iterations += it;
         debug!(shrink, samples = samples.len(), %transform, "rigid: level result");
@@ -296,9 +352,10 @@ pub fn align_rigid(fixed: &Volume, moving: &Volume, cfg: &RigidConfig) -> Result
         Some(s) => s,
         None => Samples::from_fixed(fixed, cfg.sample_threshold_hu, cfg.max_samples),
     };
-    let before = metric::ncc(&samples, moving, &initial, false).0;
-    let after = metric::ncc(&samples, moving, &transform, false).0;
-    info!(%transform, before, after, iterations, "rigid alignment");
+    let full_metric = LevelMetric::new(cfg, &samples, moving)?;
+    let before = full_metric.evaluate(&samples, moving, &initial, false).0;
+    let after = full_metric.evaluate(&samples, moving, &transform, false).0;
+    info!(%transform, metric = %cfg.metric, before, after, iterations, "rigid alignment");
     Ok(RigidResult {
         transform,
         metric: cfg.metric,

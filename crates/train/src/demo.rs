@@ -45,6 +45,11 @@ pub fn ensure_dataset(root: &Path, on_status: &dyn Fn(&str)) -> anyhow::Result<P
     let raw = root.join("raw");
     let prepared = root.join("prepared");
     let cfg = phantom_config();
+    // Two demo runs at once must not both (re)write the phantom: the first holds the demo
+    // folder's lock until its data is ready, the second fails at once naming it.
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let _lock = dataset::prepare::lock::lock_output(root)
+        .with_context(|| format!("the demo dataset in {} is being made", root.display()))?;
     if raw_matches(&raw, &cfg) {
         on_status(&format!("reusing the phantom dataset in {}", raw.display()));
     } else {
@@ -180,4 +185,26 @@ pub fn synthetic_dataset(root: &Path, cases: usize) -> anyhow::Result<PathBuf> {
     let prepared = root.join("prepared");
     prepare(&discovery, &prepared, &opts, &|_| {})?;
     Ok(prepared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While another run makes the demo data, a second one fails at once, names the folder,
+    /// and writes nothing.
+    #[test]
+    fn a_second_run_fails_at_once_while_the_first_makes_the_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _held = dataset::prepare::lock::lock_output(tmp.path()).unwrap();
+        let t0 = std::time::Instant::now();
+        let err = ensure_dataset(tmp.path(), &|_| {}).unwrap_err();
+        assert!(t0.elapsed().as_secs() < 5, "it waited");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&tmp.path().display().to_string()) && msg.contains("being made"),
+            "{msg}"
+        );
+        assert!(!tmp.path().join("raw").exists() && !tmp.path().join("prepared").exists());
+    }
 }

@@ -52,10 +52,16 @@ impl Act {
     }
 }
 
-/// `torch.nn.functional.leaky_relu(x, slope)`: tch's `leaky_relu` has the fixed slope 0.01.
-/// The gradient is 1 where x > 0 and `slope` elsewhere, as in PyTorch.
+/// `torch.nn.functional.leaky_relu(x, slope)`: libtorch's kernel through `torchext` (tch's
+/// `leaky_relu` has the fixed slope 0.01). The gradient is 1 where x > 0 and `slope`
+/// elsewhere, as in PyTorch. Composed from `gt`/`mul`/`where` it computed the same values
+/// with three kernels and three full-size tensors each way; that form remains the fallback
+/// should the shim fail.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
-    x.where_self(&x.gt(0.0), &(x * slope))
+    torchext::leaky_relu(x, slope).unwrap_or_else(|e| {
+        tracing::warn!("{e}; leaky ReLU composed from elementwise ops instead");
+        x.where_self(&x.gt(0.0), &(x * slope))
+    })
 }
 
 /// A normalization layer (see [`Norm`]).

@@ -10,6 +10,13 @@ use model::summary::ModelSummary;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's RNG is process-wide and tests run in parallel threads: the tests here that seed
+/// or draw from it take this lock, or one could draw between the other's seed and its use.
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn max_abs(t: &Tensor) -> f64 {
     t.abs().max().to_kind(Kind::Double).double_value(&[])
 }
@@ -18,6 +25,7 @@ fn max_abs(t: &Tensor) -> f64 {
 /// seed gives the same UNet weights: R with attention equals R without it, exactly.
 #[test]
 fn registration_with_attention_starts_as_without() {
+    let _rng = rng_lock();
     let mut cfg = ModelConfig::preset("tiny").unwrap().registration;
     cfg.head_init_std = 0.1; // a flow far from zero, so equality means something
     tch::manual_seed(3);
@@ -68,6 +76,7 @@ fn summary_counts_the_attention_parameters() {
 /// gamma moves, the query, key and value projections learn too, and the output changes.
 #[test]
 fn gradients_reach_gamma_then_the_projections() {
+    let _rng = rng_lock();
     let vs = VarStore::new(Device::Cpu);
     let block = SelfAttention::new(&(vs.root() / "attn"), 16);
     let x = Tensor::randn([2, 16, 4, 5], (Kind::Float, Device::Cpu));

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
 #include <ATen/ops/_fused_adam.h>
+#include <ATen/ops/leaky_relu.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -92,6 +93,13 @@ char *torchext_unscale_check(at::Tensor **grads, size_t n,
     at::_amp_foreach_non_finite_check_and_unscale_(list(grads, n), *found_inf,
                                                    *inv_scale);
   })
+}
+
+// at::leaky_relu with any negative slope (tch binds only the default 0.01): one fused kernel
+// forward and one backward, as torch.nn.functional.leaky_relu. The result is a new
+// at::Tensor owned by the caller (tch frees it with `delete`, as its own results).
+char *torchext_leaky_relu(at::Tensor *x, double slope, at::Tensor **out) {
+  TORCHEXT_PROTECT({ *out = new at::Tensor(at::leaky_relu(*x, slope)); })
 }
 
 // Drops the gradients of n tensors (`p.grad = None` in PyTorch): afterwards grad() is

@@ -5,6 +5,8 @@
 //!   that return nothing and mutate tensor lists, so it has no binding.
 //! * [`unscale_check_`]: `at::_amp_foreach_non_finite_check_and_unscale_`, the kernel of
 //!   `GradScaler.unscale_` (multiplies gradients by `1/scale` and flags inf/NaN), over a list.
+//! * [`leaky_relu`]: `at::leaky_relu(x, slope)`: tch binds only the default slope 0.01, and
+//!   composing it from `where`/`gt`/`mul` costs three kernels and three tensors each way.
 //! * [`clear_grads`]: `p.grad = None` (`at::Tensor::mutable_grad().reset()`): tch can only
 //!   zero a gradient in place.
 //! * [`AutocastGuard`]: per-device autocast with a chosen dtype. `tch::autocast` only
@@ -61,6 +63,7 @@ mod ffi {
             inv_scale: Raw,
         ) -> *mut c_char;
         pub fn torchext_clear_grads(tensors: *const Raw, n: usize) -> *mut c_char;
+        pub fn torchext_leaky_relu(x: Raw, slope: f64, out: *mut Raw) -> *mut c_char;
         pub fn torchext_autocast_get(
             device: c_int,
             enabled: *mut bool,
@@ -208,6 +211,25 @@ pub fn unscale_check_(
     let msg =
         unsafe { ffi::torchext_unscale_check(g.as_ptr(), g.len(), raw(found_inf), raw(inv_scale)) };
     check(OP, msg)
+}
+
+/// `torch.nn.functional.leaky_relu(x, slope)`: libtorch's own kernel, differentiable (its
+/// autograd formula is libtorch's), for any slope.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor, TorchExtError> {
+    let mut out: Raw = std::ptr::null_mut();
+    // SAFETY: `x` is a live tensor handle borrowed for the call; on success the shim writes a
+    // fresh `new at::Tensor` into `out`, which tch owns from here on (it frees it with
+    // `delete`, as every tensor libtch returns).
+    let msg = unsafe { ffi::torchext_leaky_relu(raw(x), slope, &mut out) };
+    check("at::leaky_relu", msg)?;
+    if out.is_null() {
+        return Err(TorchExtError::Invalid {
+            op: "at::leaky_relu",
+            problem: "no result".into(),
+        });
+    }
+    // SAFETY: a non-null `at::Tensor*` just allocated by the shim, owned by nobody else.
+    Ok(unsafe { Tensor::from_ptr(out as *mut _) })
 }
 
 /// Drops the gradient of every tensor in `tensors` (PyTorch's `p.grad = None`, what
@@ -410,5 +432,26 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(a.grad()).unwrap(), vec![3.0, 3.0]);
         assert!(!b.grad().defined());
         clear_grads(&[]).unwrap();
+    }
+
+    #[test]
+    fn leaky_relu_matches_the_composed_formula_in_value_and_gradient() {
+        let x = Tensor::from_slice(&[-2.0f64, -0.5, 0.0, 0.25, 3.0]).set_requires_grad(true);
+        let y = leaky_relu(&x, 0.2).unwrap();
+        assert_eq!(
+            Vec::<f64>::try_from(&y).unwrap(),
+            vec![-0.4, -0.1, 0.0, 0.25, 3.0]
+        );
+        (&y * Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0, 5.0]))
+            .sum(Kind::Double)
+            .backward();
+        // slope where x <= 0 (PyTorch: x > 0 ? 1 : slope), 1 where x > 0
+        assert_eq!(
+            Vec::<f64>::try_from(x.grad()).unwrap(),
+            vec![0.2, 0.4, 0.6000000000000001, 4.0, 5.0]
+        );
+        // a slope other than tch's fixed 0.01 really is used, on float32 too
+        let z = leaky_relu(&Tensor::from_slice(&[-1.0f32]), 0.3).unwrap();
+        assert_eq!(Vec::<f32>::try_from(z).unwrap(), vec![-0.3]);
     }
 }

@@ -105,6 +105,22 @@ impl Rigid3 {
         }
     }
 
+    /// This transform with parameter `k` moved by `delta`, in the order of the similarity
+    /// gradients (`register::metric`): 0-2 the angles (radians), 3-5 the translation (mm).
+    /// For finite differences.
+    ///
+    /// # Panics
+    /// If `k > 5` (a programming error).
+    pub fn nudged(&self, k: usize, delta: f64) -> Self {
+        let mut t = *self;
+        match k {
+            0..=2 => t.angles_rad[k] += delta,
+            3..=5 => t.translation[k - 3] += delta,
+            _ => panic!("Rigid3 has 6 parameters, not {}", k + 1),
+        }
+        t
+    }
+
     /// Same as [`Self::new`] with the angles in degrees (handy in configs and tests).
     pub fn from_degrees(center: [f64; 3], angles_deg: [f64; 3], translation: [f64; 3]) -> Self {
         Self::new(center, angles_deg.map(f64::to_radians), translation)
@@ -301,11 +317,7 @@ mod tests {
         let d = t.matrix_derivatives();
         let h = 1e-6;
         for (a, da) in d.iter().enumerate() {
-            let mut tp = t;
-            tp.angles_rad[a] += h;
-            let mut tm = t;
-            tm.angles_rad[a] -= h;
-            let (mp, mm) = (tp.matrix(), tm.matrix());
+            let (mp, mm) = (t.nudged(a, h).matrix(), t.nudged(a, -h).matrix());
             for r in 0..3 {
                 for c in 0..3 {
                     let fd = (mp[r][c] - mm[r][c]) / (2.0 * h);

@@ -104,14 +104,7 @@ fn analytic_gradient_matches_finite_differences() {
         let (_, grad, _) = mattes_mi(&samples, &moving, &t, &binning, true);
         for (k, &gk) in grad.iter().enumerate() {
             let h = if k < 3 { 1e-5 } else { 1e-4 };
-            let (mut tp, mut tm) = (t, t);
-            if k < 3 {
-                tp.angles_rad[k] += h;
-                tm.angles_rad[k] -= h;
-            } else {
-                tp.translation[k - 3] += h;
-                tm.translation[k - 3] -= h;
-            }
+            let (tp, tm) = (t.nudged(k, h), t.nudged(k, -h));
             let value = |t: &Rigid3| mattes_mi(&samples, &moving, t, &binning, false).0;
             let fd = (value(&tp) - value(&tm)) / (2.0 * h);
             eprintln!("bins {bins} param {k}: analytic {gk:.6e} finite difference {fd:.6e}");

@@ -377,14 +377,7 @@ mod tests {
         let (_, grad, _) = ncc(&samples, &v, &t, true);
         for (k, &gk) in grad.iter().enumerate() {
             let h = if k < 3 { 1e-5 } else { 1e-4 };
-            let (mut tp, mut tm) = (t, t);
-            if k < 3 {
-                tp.angles_rad[k] += h;
-                tm.angles_rad[k] -= h;
-            } else {
-                tp.translation[k - 3] += h;
-                tm.translation[k - 3] -= h;
-            }
+            let (tp, tm) = (t.nudged(k, h), t.nudged(k, -h));
             let fd =
                 (ncc(&samples, &v, &tp, false).0 - ncc(&samples, &v, &tm, false).0) / (2.0 * h);
             assert!(

@@ -88,6 +88,11 @@ pub struct BenchOptions {
     pub configs: Vec<BenchConfig>,
     pub steps: usize,
     pub warmup: usize,
+    /// Whole-step timing rounds: ours and PyTorch's alternate this many times (each round
+    /// `warmup + steps` steps on each side, PyTorch in a fresh process) and the samples are
+    /// pooled, so that a slow spell of a shared machine lands on both sides. Parts,
+    /// inference, data loading and memory are measured in the first round only.
+    pub rounds: usize,
     /// Intra-op threads on both sides.
     pub threads: usize,
     pub device: Device,
@@ -164,8 +169,8 @@ pub fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Bench
     })
 }
 
-fn run_config(
-    opts: &BenchOptions,
+fn run_config<'a>(
+    opts: &'a BenchOptions,
     c: &BenchConfig,
     store: Option<&data::Store>,
     tmp: &std::path::Path,
@@ -313,43 +318,72 @@ fn run_config(
         None => None,
     };
 
-    // 5. PyTorch
+    // 5. PyTorch (same shapes, threads, steps and initial weights)
+    let torch_args = |t: &'a TorchSide, infer_slices: usize, parts: bool| pytorch::TorchArgs {
+        python: &t.python,
+        script: &t.script,
+        preset: &c.preset,
+        size: c.size,
+        batch: c.batch,
+        threads: opts.threads,
+        steps: opts.steps,
+        warmup: opts.warmup,
+        init: &init,
+        infer_size: opts.infer_size,
+        infer_slices,
+        infer_batch: opts.infer_batch,
+        window: (window.min, window.max),
+        channels_last: opts.channels_last,
+        parts,
+    };
     let pytorch = match &opts.torch {
         Some(t) => {
             progress(&format!(
                 "{label}: the PyTorch side ({})",
                 t.python.display()
             ));
-            Some(pytorch::run(&pytorch::TorchArgs {
-                python: &t.python,
-                script: &t.script,
-                preset: &c.preset,
-                size: c.size,
-                batch: c.batch,
-                threads: opts.threads,
-                steps: opts.steps,
-                warmup: opts.warmup,
-                init: &init,
-                infer_size: opts.infer_size,
-                infer_slices: opts.infer_slices,
-                infer_batch: opts.infer_batch,
-                window: (window.min, window.max),
-                channels_last: opts.channels_last,
-                parts: opts.parts,
-            })?)
+            Some(pytorch::run(&torch_args(t, opts.infer_slices, opts.parts))?)
         }
         None => None,
     };
+
+    // 6. further alternated rounds of the whole step, pooled
+    let (mut step_summary, mut step_cpu, mut pytorch) = (step_summary, times.cpu, pytorch);
+    for round in 2..=opts.rounds {
+        progress(&format!("{label}: round {round} of {}", opts.rounds));
+        let (more, _) = step::time_train_steps(
+            &mut nets,
+            &mut optims,
+            &batch,
+            &cfg,
+            opts.warmup,
+            opts.steps,
+            device,
+        )?;
+        step_summary = stats::pooled(&step_summary, &more.wall);
+        step_cpu = step_cpu.zip(more.cpu).map(|(a, b)| stats::pooled(&a, &b));
+        if let (Some(t), Some(theirs)) = (&opts.torch, pytorch.as_mut()) {
+            // the step only: no inference, no parts
+            let again = pytorch::run(&torch_args(t, 0, false))?;
+            theirs.step = stats::pooled(&theirs.step, &again.step);
+            theirs.step_cpu = theirs
+                .step_cpu
+                .take()
+                .zip(again.step_cpu)
+                .map(|(a, b)| stats::pooled(&a, &b));
+        }
+    }
     Ok(ConfigReport {
         preset: c.preset.clone(),
         size: c.size,
         batch: c.batch,
         steps: opts.steps,
         warmup: opts.warmup,
+        rounds: opts.rounds.max(1),
         channels_last: opts.channels_last,
         achieved_flops_per_s: flops.total as f64 / step_summary.median,
         step: step_summary,
-        step_cpu: times.cpu,
+        step_cpu,
         parts,
         first_loss_g: first.loss_g,
         first_loss_d: first.loss_d,
@@ -396,5 +430,40 @@ mod tests {
             .parse::<BenchConfig>()
             .unwrap_err()
             .contains("SIZE"));
+    }
+
+    /// Rounds pool the whole-step samples: two rounds of two steps give four samples, and the
+    /// first round's parts and losses are kept.
+    #[test]
+    fn rounds_pool_the_step_samples() {
+        let opts = BenchOptions {
+            configs: vec!["tiny:32:1".parse().unwrap()],
+            steps: 2,
+            warmup: 0,
+            rounds: 2,
+            threads: 1,
+            device: Device::Cpu,
+            infer_size: 64,
+            infer_slices: 0,
+            infer_batch: 1,
+            data: None,
+            no_data: true,
+            loader_threads: 1,
+            data_batches: 1,
+            channels_last: false,
+            parts: false,
+            epoch: None,
+            torch: None,
+        };
+        let report = run(&opts, &|_| {}).unwrap();
+        let c = &report.configs[0];
+        assert_eq!(c.rounds, 2);
+        assert_eq!(c.step.samples.len(), 4);
+        assert!(c.step.samples.iter().all(|t| *t > 0.0));
+        if let Some(cpu) = &c.step_cpu {
+            assert_eq!(cpu.samples.len(), 4);
+        }
+        assert!(c.first_loss_g.is_finite() && c.first_loss_g > 0.0);
+        assert!(report.table().contains("x 2 alternated rounds"));
     }
 }

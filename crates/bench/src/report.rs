@@ -37,6 +37,10 @@ pub struct BenchReport {
 }
 
 /// The figures of one preset / crop / batch.
+fn one() -> usize {
+    1
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigReport {
     pub preset: String,
@@ -44,6 +48,10 @@ pub struct ConfigReport {
     pub batch: usize,
     pub steps: usize,
     pub warmup: usize,
+    /// Rounds of the whole-step timing: ours and PyTorch's alternate `rounds` times and each
+    /// side's step samples are pooled (1: one of each, as before this field existed).
+    #[serde(default = "one")]
+    pub rounds: usize,
     /// Weights and inputs in channels-last memory format.
     #[serde(default)]
     pub channels_last: bool,
@@ -106,13 +114,18 @@ impl BenchReport {
         for c in &self.configs {
             let _ = writeln!(
                 out,
-                "\n## preset {}, {}x{}, batch {} ({} steps after {} warm-up{})",
+                "\n## preset {}, {}x{}, batch {} ({} steps after {} warm-up{}{})",
                 c.preset,
                 c.size,
                 c.size,
                 c.batch,
                 c.steps,
                 c.warmup,
+                if c.rounds > 1 {
+                    format!(", x {} alternated rounds, pooled", c.rounds)
+                } else {
+                    String::new()
+                },
                 if c.channels_last {
                     ", channels-last"
                 } else {

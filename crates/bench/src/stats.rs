@@ -33,6 +33,13 @@ impl Summary {
     }
 }
 
+/// One summary of the samples of both (`a`'s first, in the order measured).
+pub fn pooled(a: &Summary, b: &Summary) -> Summary {
+    let samples: Vec<f64> = a.samples.iter().chain(&b.samples).copied().collect();
+    // both have at least one sample, so the pool does too
+    Summary::of(samples).unwrap_or_else(|| a.clone())
+}
+
 /// Quantile `p` of sorted, non-empty `s`, interpolating linearly.
 fn quantile(s: &[f64], p: f64) -> f64 {
     let pos = p * (s.len() - 1) as f64;
@@ -43,6 +50,18 @@ fn quantile(s: &[f64], p: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn pooling_keeps_every_sample_in_order_and_resummarises() {
+        let a = Summary::of(vec![3.0, 1.0]).unwrap();
+        let b = Summary::of(vec![10.0, 2.0, 4.0]).unwrap();
+        let p = pooled(&a, &b);
+        assert_eq!(p.samples, vec![3.0, 1.0, 10.0, 2.0, 4.0]);
+        assert_eq!(p.median, 3.0);
+        assert_eq!(p.mean, 4.0);
+        assert_eq!(p, Summary::of(p.samples.clone()).unwrap());
+    }
+
     use super::*;
 
     #[test]

@@ -18,6 +18,10 @@ pub struct Args {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Rounds of the whole-step timing: ours and PyTorch's alternate this many times and
+    /// each side's samples are pooled (a slow spell of a shared machine then hits both)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Intra-op threads, the same on both sides (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -145,6 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         steps: args.steps,
         warmup: args.warmup,
+        rounds: args.rounds as usize,
         threads,
         device,
         infer_size: args.infer_size,

@@ -54,6 +54,7 @@ fn registration_with_attention_starts_as_without() {
 /// value 16 * 16 + 16, gamma 1 = 341 parameters, in R's count and shown by `info`.
 #[test]
 fn summary_counts_the_attention_parameters() {
+    let _rng = rng_lock(); // the summary builds the networks, drawing their initial weights
     assert_eq!(query_channels(16), 2);
     assert_eq!(query_channels(4), 1);
     let mut cfg = ModelConfig::preset("tiny").unwrap();

@@ -206,17 +206,11 @@ fn run_config<'a>(
         "{label}: {} training steps after {} warm-up",
         opts.steps, opts.warmup
     ));
-    let (timed, mem) = memory::measure(|| {
-        step::time_train_steps(
-            &mut nets,
-            &mut optims,
-            &batch,
-            &cfg,
-            opts.warmup,
-            opts.steps,
-            device,
-        )
-    });
+    // `warmup + steps` whole steps on our side (every round)
+    let whole_steps = |nets: &mut Nets, optims: &mut train::nets::Optimizers| {
+        step::time_train_steps(nets, optims, &batch, &cfg, opts.warmup, opts.steps, device)
+    };
+    let (timed, mem) = memory::measure(|| whole_steps(&mut nets, &mut optims));
     let (times, first) = timed?;
     let step_summary = times.wall;
     if let Some(m) = mem {
@@ -351,15 +345,7 @@ fn run_config<'a>(
     let (mut step_summary, mut step_cpu, mut pytorch) = (step_summary, times.cpu, pytorch);
     for round in 2..=opts.rounds {
         progress(&format!("{label}: round {round} of {}", opts.rounds));
-        let (more, _) = step::time_train_steps(
-            &mut nets,
-            &mut optims,
-            &batch,
-            &cfg,
-            opts.warmup,
-            opts.steps,
-            device,
-        )?;
+        let (more, _) = whole_steps(&mut nets, &mut optims)?;
         step_summary = stats::pooled(&step_summary, &more.wall);
         step_cpu = step_cpu.zip(more.cpu).map(|(a, b)| stats::pooled(&a, &b));
         if let (Some(t), Some(theirs)) = (&opts.torch, pytorch.as_mut()) {

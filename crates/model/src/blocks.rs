@@ -59,7 +59,9 @@ impl Act {
 /// should the shim fail.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
     torchext::leaky_relu(x, slope).unwrap_or_else(|e| {
-        tracing::warn!("{e}; leaky ReLU composed from elementwise ops instead");
+        // once, not on every layer of every step
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| tracing::warn!("{e}; leaky ReLU composed from elementwise ops"));
         x.where_self(&x.gt(0.0), &(x * slope))
     })
 }

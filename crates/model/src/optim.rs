@@ -31,7 +31,7 @@
 //! In `loop`, the bias corrections and step size are computed in f64 on the host from the
 //! step count (as Python floats are in torch); in `fused`, the kernel computes them from a
 //! float32 step tensor per variable (torch's fused `state['step']`). Nothing is read back
-//! from the device either way. Checked against torch (single-tensor and `fused=True`) step
+//! from the device either way (except [`Adam::step_unless`]'s flag in `loop`). Checked against torch (single-tensor and `fused=True`) step
 //! for step in `tests/optim_adam.rs`.
 //!
 //! Differences from torch, by design:
@@ -287,7 +287,8 @@ impl Adam {
     }
 
     /// [`Adam::step`] unless `found_inf` (a one-element float32 tensor on the variables'
-    /// device: 0 or 1) is set, decided where the data is. The fused kernel reads the flag
+    /// device holding exactly 0.0 or 1.0: the fused kernel skips only on 1.0) is set, decided
+    /// where the data is. The fused kernel reads the flag
     /// itself (as `torch.optim.Adam(fused=True)` does under a GradScaler), so calling the
     /// step off for non-finite values costs no host round trip; the `loop` implementation
     /// reads the flag first (one sync). A step called off changes no weight, moment or

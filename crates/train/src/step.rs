@@ -116,7 +116,8 @@ pub struct NonFinite {
     pub value: f64,
 }
 
-/// The parts of a step, in the order they end (for a profiler, through [`Laps`]).
+/// The parts of a step, declared in the order they first end (for a profiler, through
+/// [`Laps`]): `part as usize` is its index in [`Part::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     /// Dropping the G+R and D gradients.
@@ -124,10 +125,10 @@ pub enum Part {
     GForward,
     /// R forward and the warp.
     RForward,
-    /// D forward on the fake, for G's adversarial term.
-    DForwardForG,
     /// Every loss computation (image losses, smoothness, adversarial, D's loss).
     Losses,
+    /// D forward on the fake, for G's adversarial term.
+    DForwardForG,
     /// G+R backward through the frozen D (and the amp unscale, gradient norms).
     GrBackward,
     /// D forward on real and fake, in one pass.
@@ -579,4 +580,22 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     (z >> 1) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Part::ALL` lists every part once, in declaration order, so `part as usize` indexes
+    /// it (the benchmark's clock relies on this); names are distinct.
+    #[test]
+    fn parts_are_listed_in_declaration_order_with_distinct_names() {
+        for (i, part) in Part::ALL.iter().enumerate() {
+            assert_eq!(*part as usize, i, "{part:?}");
+        }
+        let mut names: Vec<&str> = Part::ALL.iter().map(|p| p.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Part::ALL.len());
+    }
 }

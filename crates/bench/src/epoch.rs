@@ -327,6 +327,7 @@ mod tests {
     /// and the first loss is finite.
     #[test]
     fn ours_runs_a_capped_epoch() {
+        let _serial = crate::serial_test();
         let tmp = tempfile::tempdir().unwrap();
         let data = crate::data::phantom_store(tmp.path(), 2).unwrap();
         let spec = EpochSpec {

@@ -74,6 +74,7 @@ mod tests {
 
     #[test]
     fn strides_are_nhwc_and_values_unchanged() {
+        let _serial = crate::serial_test();
         let t = Tensor::arange(2 * 3 * 4 * 5, (Kind::Float, Device::Cpu)).view([2, 3, 4, 5]);
         assert!(!is_channels_last(&t));
         let c = channels_last(&t);
@@ -87,6 +88,7 @@ mod tests {
     /// convolution kernels), and the weights stay channels-last through the Adam updates.
     #[test]
     fn step_is_the_same_in_channels_last() {
+        let _serial = crate::serial_test();
         let mut cfg = TrainConfig::with_preset("tiny").unwrap();
         cfg.seed = 3;
         let batch = synthetic_batch(2, 32, Device::Cpu).unwrap();

@@ -392,6 +392,15 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// Tests that build networks, train or measure the process's memory run one at a time: the
+/// memory figures are process-wide (a parallel test's allocations would move them) and
+/// libtorch's RNG and thread pool are shared.
+#[cfg(test)]
+pub(crate) fn serial_test() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +431,7 @@ mod tests {
     /// first round's parts and losses are kept.
     #[test]
     fn rounds_pool_the_step_samples() {
+        let _serial = crate::serial_test();
         let opts = BenchOptions {
             configs: vec!["tiny:32:1".parse().unwrap()],
             steps: 2,

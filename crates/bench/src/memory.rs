@@ -71,6 +71,7 @@ mod tests {
     /// Touching 64 MiB inside the phase raises its peak by about that much.
     #[test]
     fn peak_sees_an_allocation_inside_the_phase() {
+        let _serial = crate::serial_test();
         let (_, mem) = measure(|| {
             let v = vec![1u8; 64 << 20];
             std::hint::black_box(&v);

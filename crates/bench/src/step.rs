@@ -188,6 +188,7 @@ mod tests {
     /// and the parts add up to the step.
     #[test]
     fn every_part_of_the_trainers_step_is_timed() {
+        let _serial = crate::serial_test();
         let mut cfg = TrainConfig::with_preset("tiny").unwrap();
         cfg.seed = 7;
         let mut nets = Nets::new(&cfg, Device::Cpu);

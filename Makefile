@@ -1,10 +1,17 @@
 # The README's two commands are `make demo` and `make test`; everything they need is here.
 CARGO ?= cargo
 
-.PHONY: setup build demo test lint fmt bench clean-runs
+.PHONY: setup setup-twin build demo test lint fmt bench clean-runs
 
 setup:
 	./scripts/setup-libtorch.sh
+
+# The full PyTorch (CUDA wheel with its dependencies, several GB) that the golden scripts in
+# tools/golden and the benchmark twin in tools/pytorch_twin need, in the git-ignored
+# .venv-twin. Never part of `make test`: tests read committed golden files.
+setup-twin:
+	. scripts/torch-version.env && python3 -m venv .venv-twin && \
+	  .venv-twin/bin/pip install --quiet "torch==$$TORCH_VERSION" numpy safetensors scikit-image nibabel pydicom
 
 build: setup
 	$(CARGO) build --release -p cli
@@ -23,7 +30,7 @@ lint: setup
 fmt:
 	$(CARGO) fmt --all
 
-# Benchmark ours vs the PyTorch twin (NCCT2CTPA_PYTHON=a python with torch 2.13; see README):
+# Benchmark ours vs the PyTorch twin (NCCT2CTPA_PYTHON=.venv-twin/bin/python from `make setup-twin`; see README):
 # the training step (and its parts) of the tiny and default presets at 256x256, batch 1 and 4,
 # and a whole epoch on the demo phantom with data loading. About an hour on 2 cores; override
 # BENCH_ARGS for less (e.g. BENCH_ARGS="--config tiny:256:4 --steps 3 --warmup 1").

@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TORCH_VERSION=2.13.0   # tch 0.26 is built for exactly this libtorch (torch-sys checks it)
+# TORCH_VERSION, CUDA_RUNTIME_VERSION, CUDA_CUPTI_VERSION: the one file that names them.
+. scripts/torch-version.env
 VENV=.venv
 PYTHON=${PYTHON:-python3}
 MODE=${NCCT2CTPA_TORCH:-cpu}
@@ -26,7 +27,7 @@ if [ "$MODE" = full ]; then
   "$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION"
 else
   "$VENV/bin/pip" install --quiet --no-deps "torch==$TORCH_VERSION" \
-    nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
+    "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" "nvidia-cuda-cupti==$CUDA_CUPTI_VERSION"
 fi
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ln -sfn "$(realpath --relative-to="$VENV" "$site/torch")" "$VENV/libtorch"

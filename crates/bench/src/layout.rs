@@ -2,7 +2,7 @@
 //! libtorch's CPU convolutions run faster on it (PyTorch: `model.to(memory_format=
 //! torch.channels_last)`, `x.contiguous(memory_format=torch.channels_last)`).
 //!
-//! tch 0.26 exposes no `MemoryFormat`, but the format is only a stride order: a 4-D tensor
+//! tch exposes no `MemoryFormat`, but the format is only a stride order: a 4-D tensor
 //! `[n, c, h, w]` is channels-last when its strides are `[h*w*c, 1, w*c, c]`, which
 //! `t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])` produces; libtorch's
 //! `suggest_memory_format` reads the strides, so its kernels (oneDNN convolutions, instance

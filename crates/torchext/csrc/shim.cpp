@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <torch/headeronly/version.h>
 #include <vector>
 
 namespace {
@@ -61,6 +62,14 @@ c10::DeviceType device_type(int code) {
 extern "C" {
 
 void torchext_free_error(char *message) { std::free(message); }
+
+// The libtorch version whose headers this shim was compiled against (the LIBTORCH of the
+// build, which tch links too).
+void torchext_torch_version(int *major, int *minor, int *patch) {
+  *major = TORCH_VERSION_MAJOR;
+  *minor = TORCH_VERSION_MINOR;
+  *patch = TORCH_VERSION_PATCH;
+}
 
 // at::_fused_adam_ over n parameters (torch.optim.Adam(fused=True)); no amsgrad, no maximize.
 // grad_scale and found_inf may be NULL.

@@ -1,4 +1,4 @@
-//! The few libtorch functions that tch 0.26 does not bind, behind safe Rust functions.
+//! The few libtorch functions that tch 0.24 does not bind, behind safe Rust functions.
 //!
 //! * [`fused_adam_`]: `at::_fused_adam_`, the one-pass Adam kernel that
 //!   `torch.optim.Adam(fused=True)` calls (CPU and CUDA). tch's generator skips functions
@@ -40,6 +40,7 @@ mod ffi {
     use super::*;
     extern "C" {
         pub fn torchext_free_error(message: *mut c_char);
+        pub fn torchext_torch_version(major: *mut c_int, minor: *mut c_int, patch: *mut c_int);
         #[allow(clippy::too_many_arguments)]
         pub fn torchext_fused_adam(
             params: *const Raw,
@@ -87,6 +88,17 @@ fn check(op: &'static str, message: *mut c_char) -> Result<(), TorchExtError> {
         .into_owned();
     unsafe { ffi::torchext_free_error(message) };
     Err(TorchExtError::Torch { op, message: text })
+}
+
+/// The libtorch version `(major, minor, patch)` this crate was compiled against (the headers
+/// of the build's `LIBTORCH`, which tch links too). `scripts/torch-version.env` names the one
+/// the project pins; `tests/torch_version.rs` checks that they agree.
+pub fn torch_version() -> (u32, u32, u32) {
+    let (mut major, mut minor, mut patch): (c_int, c_int, c_int) = (0, 0, 0);
+    // SAFETY: the shim writes three ints through the valid pointers and keeps none.
+    unsafe { ffi::torchext_torch_version(&mut major, &mut minor, &mut patch) };
+    let u = |v: c_int| u32::try_from(v).unwrap_or(0);
+    (u(major), u(minor), u(patch))
 }
 
 fn raw(t: &Tensor) -> Raw {

@@ -80,7 +80,7 @@ pub struct Args {
     /// Epochs per side, alternating ours and PyTorch's; the median is reported.
     #[arg(long, default_value_t = 1)]
     epoch_repeats: usize,
-    /// A Python with PyTorch 2.13 (e.g. .venv-bench/bin/python): runs the PyTorch twin too.
+    /// A Python with the pinned PyTorch (`make setup-twin`: .venv-twin/bin/python): runs the PyTorch twin too.
     #[arg(long, env = "NCCT2CTPA_PYTHON", value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
     /// The PyTorch side's script (default: tools/pytorch_twin/bench.py).

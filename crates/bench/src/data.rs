@@ -11,7 +11,7 @@ use dataset::augment::AugmentConfig;
 use dataset::manifest::Split;
 use dataset::prepare::{prepare, PrepareOptions};
 use dataset::sampler::{split_keys, Sampler, SamplerConfig, SliceKey};
-use dataset::store::PreparedDataset;
+use dataset::store::{PreparedDataset, WindowedStore};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,9 +80,9 @@ impl Store {
         Ok(self.ds.slice_at(k.case, k.z)?.dim())
     }
 
-    fn sampler(&self, crop: usize, batch: usize) -> anyhow::Result<Sampler<PreparedDataset>> {
+    fn sampler(&self, crop: usize, batch: usize) -> anyhow::Result<Sampler<WindowedStore>> {
         Ok(Sampler::new(
-            Arc::clone(&self.ds),
+            Arc::new(WindowedStore::with_dataset_window(Arc::clone(&self.ds))),
             self.keys.clone(),
             SamplerConfig {
                 batch_size: batch,
@@ -120,7 +120,7 @@ pub fn phantom_store(dir: &Path, cases: usize) -> anyhow::Result<PathBuf> {
 /// Runs `workers` threads producing batches until `stop` is set or `limit` batches are done;
 /// returns batches done and seconds.
 fn produce(
-    sampler: &Sampler<PreparedDataset>,
+    sampler: &Sampler<WindowedStore>,
     workers: usize,
     limit: Option<u64>,
     stop: &AtomicBool,

@@ -17,7 +17,7 @@ use anyhow::Context;
 use dataset::augment::AugmentConfig;
 use dataset::manifest::Split;
 use dataset::sampler::{split_keys, Loader, Sampler, SamplerConfig};
-use dataset::store::PreparedDataset;
+use dataset::store::{PreparedDataset, WindowedStore};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,7 +141,7 @@ pub fn run_ours(spec: &EpochSpec, device: Device, init: &Path) -> anyhow::Result
         spec.batch
     );
     let sampler = Arc::new(Sampler::new(
-        ds,
+        Arc::new(WindowedStore::with_dataset_window(ds)),
         keys,
         SamplerConfig {
             batch_size: spec.batch,

@@ -1,18 +1,23 @@
 //! Timing the training step: whole and by part, both through the trainer's own step.
 //!
-//! The whole-step figure calls `train::step::train_step`; the per-part figures call
-//! `train::step::train_step_with_laps` with a [`Clock`] that the step tells when each of its
-//! [`Part`]s ends, so they time exactly what training runs, whatever its switches (R1,
-//! progressive phases, perceptual loss, amp). On a GPU each lap synchronises the device, so
-//! the parts are true per-part times (and their sum a little above the whole step, which
-//! runs without those syncs).
+//! The whole-step figure calls `train::step::train_step`; the per-part figures call the same
+//! function under a [`PartClock`]: a `tracing` subscriber that times the step's own spans
+//! (`train::step::PARTS`, target `train::step::SPAN_TARGET`), so they time exactly what
+//! training runs, whatever its switches (R1, progressive phases, perceptual loss, amp). On a
+//! GPU the clock synchronises the device before each clock read, so the parts are true
+//! per-part times (and their sum a little above the whole step, which runs without those
+//! syncs).
 
 use crate::stats::Summary;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tch::Device;
+use tracing::span;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use train::config::TrainConfig;
 use train::nets::{Nets, Optimizers};
-use train::step::{train_step, train_step_with_laps, BatchTensors, Laps, Part, StepStats};
+use train::step::{train_step, BatchTensors, StepStats, PARTS, SPAN_TARGET};
 
 /// Waits for the device's queued work (CUDA), so that a clock read after it is honest.
 pub fn sync(device: Device) {
@@ -97,42 +102,51 @@ pub fn time_train_steps(
     Ok((StepTimes { wall, cpu }, first))
 }
 
-/// The parts of the step, in the order they end: (name, description) of each
-/// `train::step::Part` (the PyTorch twin times the same names).
+/// The parts of the step, in the order they first run: (name, description) of each of
+/// `train::step::PARTS` (the PyTorch twin times the same names).
 pub fn parts() -> impl Iterator<Item = (&'static str, &'static str)> {
-    Part::ALL.iter().map(|p| (p.name(), p.describe()))
+    PARTS.iter().copied()
 }
 
-/// Accumulates time per part within one step.
-struct Clock {
+/// A `tracing` layer that adds the time spent inside each of the step's spans to its part's
+/// total (a part may be entered several times per step), synchronising `device` before every
+/// clock read.
+struct PartClock {
     device: Device,
-    last: Instant,
-    acc: Vec<f64>,
+    totals: Arc<Mutex<Vec<f64>>>,
 }
 
-impl Clock {
-    fn new(device: Device) -> Self {
-        sync(device);
-        Self {
-            device,
-            last: Instant::now(),
-            acc: vec![0.0; Part::ALL.len()],
+/// When the span being timed was entered (kept in the span's extensions).
+struct Entered(Instant);
+
+impl<S> tracing_subscriber::Layer<S> for PartClock
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        if span.metadata().target() == SPAN_TARGET {
+            sync(self.device);
+            span.extensions_mut().replace(Entered(Instant::now()));
+        }
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let Some(Entered(t0)) = span.extensions_mut().remove::<Entered>() else {
+            return;
+        };
+        sync(self.device);
+        let name = span.metadata().name();
+        if let Some(i) = PARTS.iter().position(|(n, _)| *n == name) {
+            let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
+            totals[i] += t0.elapsed().as_secs_f64();
         }
     }
 }
 
-impl Laps for Clock {
-    /// Charges the time since the last lap to `part`.
-    fn lap(&mut self, part: Part) {
-        sync(self.device);
-        let now = Instant::now();
-        self.acc[part as usize] += (now - self.last).as_secs_f64();
-        self.last = now;
-    }
-}
-
-/// Times `warmup + steps` training steps part by part; returns one summary per
-/// `train::step::Part`, in [`parts`] order.
+/// Times `warmup + steps` training steps part by part; returns one summary per part of
+/// `train::step::PARTS`, in [`parts`] order.
 pub fn time_parts(
     nets: &mut Nets,
     opts: &mut Optimizers,
@@ -142,24 +156,34 @@ pub fn time_parts(
     steps: usize,
     first_step: u64,
 ) -> anyhow::Result<Vec<(String, Summary)>> {
-    let mut per_part: Vec<Vec<f64>> = vec![Vec::with_capacity(steps); Part::ALL.len()];
+    let mut per_part: Vec<Vec<f64>> = vec![Vec::with_capacity(steps); PARTS.len()];
     let device = batch.x.device();
-    for k in 0..warmup + steps {
-        let mut clock = Clock::new(device);
-        let step = first_step + k as u64;
-        train_step_with_laps(nets, opts, batch, cfg, step, 1.0, false, &mut clock)?;
-        if k >= warmup {
-            for (acc, v) in per_part.iter_mut().zip(&clock.acc) {
-                acc.push(*v);
+    let totals = Arc::new(Mutex::new(vec![0.0; PARTS.len()]));
+    let clock = PartClock {
+        device,
+        totals: Arc::clone(&totals),
+    };
+    let subscriber = tracing_subscriber::registry().with(clock);
+    tracing::subscriber::with_default(subscriber, || -> anyhow::Result<()> {
+        for k in 0..warmup + steps {
+            let step = first_step + k as u64;
+            train_step(nets, opts, batch, cfg, step, 1.0, false)?;
+            let mut acc = totals.lock().unwrap_or_else(PoisonError::into_inner);
+            if k >= warmup {
+                for (samples, v) in per_part.iter_mut().zip(acc.iter()) {
+                    samples.push(*v);
+                }
             }
+            acc.iter_mut().for_each(|v| *v = 0.0);
         }
-    }
-    Part::ALL
+        Ok(())
+    })?;
+    PARTS
         .iter()
         .zip(per_part)
-        .map(|(part, samples)| {
+        .map(|((name, _), samples)| {
             Summary::of(samples)
-                .map(|s| (part.name().to_owned(), s))
+                .map(|s| ((*name).to_owned(), s))
                 .ok_or_else(|| anyhow::anyhow!("no timed steps (steps = 0)"))
         })
         .collect()

@@ -1,10 +1,10 @@
 //! The inputs both sides of the benchmark use, defined by formulas so that
 //! `tools/pytorch_twin/bench.py` builds the same values without any file passing between them.
 
+use infer::tensors::array_to_tensor;
 use ndarray::{Array3, Array4};
 use tch::Device;
 use train::step::BatchTensors;
-use train::tensors::array_to_tensor;
 use volume::{Geometry, Volume};
 
 /// A training batch `[batch, 1, size, size]`: smooth images in [-0.8, 0.8]

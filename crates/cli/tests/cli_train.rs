@@ -106,10 +106,15 @@ fn a_nan_loss_exits_non_zero_naming_step_and_term() {
     let data = train::demo::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
     let run = tmp.path().join("run");
     let cfg = tmp.path().join("nan.toml");
-    std::fs::write(&cfg, "preset = \"tiny\"\n[debug]\ninject_nan_at_step = 3\n").unwrap();
+    std::fs::write(&cfg, "preset = \"tiny\"\n").unwrap();
     let mut args = train_args(&data, &run);
     args.extend(["--config".to_string(), cfg.display().to_string()]);
-    let out = bin().args(args).output().unwrap();
+    // The test hooks reach a binary through the environment only, never its config.
+    let out = bin()
+        .args(args)
+        .env("NCCT2CTPA_TEST_HOOKS", "inject_nan_at_step=3")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

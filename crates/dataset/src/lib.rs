@@ -6,11 +6,10 @@
 //! tensors.
 
 pub mod augment;
-pub mod canvas;
+pub mod cases;
 pub mod manifest;
 pub mod phantom;
 pub mod prepare;
-pub mod preview;
 pub mod raw;
 pub mod sampler;
 pub mod store;

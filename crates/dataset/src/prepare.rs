@@ -25,7 +25,6 @@
 
 mod case;
 pub mod checks;
-pub mod checksum;
 pub mod lock;
 
 pub use case::{prepare_case, CaseError, CaseOutcome, FILL_HU};
@@ -43,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
-use volume::io::atomic::write_atomic;
+use util::atomic::write_atomic;
 use volume::VolumeError;
 
 /// How to split cases into train/val/test.
@@ -258,7 +257,7 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Prepare
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
-    write_atomic(path, |w| w.write_all(&bytes))?;
+    write_atomic(path, |w| w.write_all(&bytes)).map_err(volume::VolumeError::from)?;
     Ok(())
 }
 

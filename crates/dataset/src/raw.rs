@@ -25,12 +25,11 @@
 //! - A case present in only one of `ncct/` and `ctpa/` is skipped ("missing half").
 //! - A lung mask without a pair is reported; an ambiguous lung mask skips its case.
 
+use crate::cases::{list_cases, Listing};
+pub use crate::cases::{Skipped, Source, SourceKind};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use tracing::debug;
-use volume::io::{is_nifti_path, nifti_stem};
 
 /// Errors that stop discovery as a whole (per-case problems are [`Skipped`] entries instead).
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +41,9 @@ pub enum RawError {
         #[source]
         source: std::io::Error,
     },
+    /// A sub-folder cannot be listed.
+    #[error(transparent)]
+    List(#[from] crate::cases::ListError),
     /// A required sub-folder (`ncct/` or `ctpa/`) is missing.
     #[error("{path}: missing folder (a raw dataset holds ncct/CASE.nii.gz and ctpa/CASE.nii.gz, or DICOM folders ncct/CASE/ and ctpa/CASE/)")]
     MissingFolder { path: PathBuf },
@@ -68,32 +70,6 @@ fn summarize(skipped: &[Skipped]) -> String {
     }
 }
 
-/// How a volume is stored on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    /// A `.nii` or `.nii.gz` file.
-    Nifti,
-    /// A folder holding a DICOM series.
-    DicomDir,
-}
-
-impl fmt::Display for SourceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            SourceKind::Nifti => "NIfTI",
-            SourceKind::DicomDir => "DICOM folder",
-        })
-    }
-}
-
-/// One volume of a case: where it is and how it is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Source {
-    pub path: PathBuf,
-    pub kind: SourceKind,
-}
-
 /// A usable case: an NCCT and a CTPA with the same name, and optionally a lung mask.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CasePair {
@@ -104,150 +80,12 @@ pub struct CasePair {
     pub lung: Option<PathBuf>,
 }
 
-/// Something that was not used, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Skipped {
-    /// The case name (or the entry's file name when no case name can be derived).
-    pub case: String,
-    pub reason: String,
-}
-
-impl fmt::Display for Skipped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.case, self.reason)
-    }
-}
-
 /// The result of [`discover`]: pairs sorted by case name, and everything skipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Discovery {
     pub root: PathBuf,
     pub pairs: Vec<CasePair>,
     pub skipped: Vec<Skipped>,
-}
-
-/// What one sub-folder (`ncct/`, `ctpa/` or `lung/`) holds: case name -> entries naming it.
-#[derive(Debug, Default)]
-struct Listing {
-    cases: BTreeMap<String, Vec<Source>>,
-    skipped: Vec<Skipped>,
-}
-
-/// Lists a sub-folder into case names. `allow_dicom` is false for `lung/` (masks are NIfTI).
-fn list_folder(dir: &Path, allow_dicom: bool) -> Result<Listing, RawError> {
-    let io = |source| RawError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut listing = Listing::default();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io)?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            listing.skipped.push(Skipped {
-                case: entry.file_name().to_string_lossy().into_owned(),
-                reason: format!("{}: file name is not valid UTF-8", path.display()),
-            });
-            continue;
-        };
-        if name.starts_with('.') {
-            debug!(path = %path.display(), "ignoring hidden entry");
-            continue;
-        }
-        // `metadata` follows symlinks, so a linked file or folder counts as what it points to.
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) => {
-                listing.skipped.push(Skipped {
-                    case: name.clone(),
-                    reason: format!("{}: {e}", path.display()),
-                });
-                continue;
-            }
-        };
-        let (case, kind) = if meta.is_dir() {
-            if !allow_dicom {
-                listing.skipped.push(Skipped {
-                    case: name.clone(),
-                    reason: format!(
-                        "{}: a folder; masks must be NIfTI files (CASE.nii.gz)",
-                        path.display()
-                    ),
-                });
-                continue;
-            }
-            match folder_has_files(&path) {
-                Ok(true) => (name.clone(), SourceKind::DicomDir),
-                Ok(false) => {
-                    listing.skipped.push(Skipped {
-                        case: name.clone(),
-                        reason: format!("{}: empty folder (no DICOM files)", path.display()),
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    listing.skipped.push(Skipped {
-                        case: name.clone(),
-                        reason: format!("{}: {e}", path.display()),
-                    });
-                    continue;
-                }
-            }
-        } else if is_nifti_path(&path) {
-            match nifti_stem(&path) {
-                Some(stem) if !stem.is_empty() => (stem.to_owned(), SourceKind::Nifti),
-                _ => {
-                    listing.skipped.push(Skipped {
-                        case: name.clone(),
-                        reason: format!("{}: no case name before .nii", path.display()),
-                    });
-                    continue;
-                }
-            }
-        } else {
-            listing.skipped.push(Skipped {
-                case: name.clone(),
-                reason: format!(
-                    "{}: not a NIfTI file (.nii, .nii.gz) or a DICOM folder",
-                    path.display()
-                ),
-            });
-            continue;
-        };
-        debug!(case = %case, %kind, path = %path.display(), "found");
-        listing
-            .cases
-            .entry(case)
-            .or_default()
-            .push(Source { path, kind });
-    }
-    Ok(listing)
-}
-
-fn folder_has_files(dir: &Path) -> std::io::Result<bool> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let ty = std::fs::metadata(entry.path())?;
-        if ty.is_file() || (ty.is_dir() && folder_has_files(&entry.path())?) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-fn ambiguous(sources: &[Source]) -> String {
-    let names: Vec<String> = sources
-        .iter()
-        .map(|s| s.path.display().to_string())
-        .collect();
-    format!(
-        "ambiguous: {} all name this case; keep one",
-        names.join(" and ")
-    )
 }
 
 /// Finds the cases of the raw dataset at `root` and pairs them by name.
@@ -279,10 +117,10 @@ pub fn discover(root: &Path) -> Result<Discovery, RawError> {
     let ctpa_dir = required("ctpa")?;
     let lung_dir = root.join("lung");
 
-    let ncct = list_folder(&ncct_dir, true)?;
-    let ctpa = list_folder(&ctpa_dir, true)?;
+    let ncct = list_cases(&ncct_dir, true)?;
+    let ctpa = list_cases(&ctpa_dir, true)?;
     let lung = if lung_dir.is_dir() {
-        list_folder(&lung_dir, false)?
+        list_cases(&lung_dir, false)?
     } else {
         Listing::default()
     };
@@ -311,11 +149,11 @@ pub fn discover(root: &Path) -> Result<Discovery, RawError> {
             reason,
         };
         let problem = if n.len() > 1 {
-            Some(ambiguous(n))
+            Some(crate::cases::ambiguous(n))
         } else if c.len() > 1 {
-            Some(ambiguous(c))
+            Some(crate::cases::ambiguous(c))
         } else if l.len() > 1 {
-            Some(ambiguous(l))
+            Some(crate::cases::ambiguous(l))
         } else if n.is_empty() {
             Some(format!(
                 "missing half: {} has no NCCT in {}",

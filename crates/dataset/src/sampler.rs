@@ -385,17 +385,19 @@ impl SliceSource for InMemorySource {
     }
 }
 
-impl SliceSource for crate::store::PreparedDataset {
+impl SliceSource for crate::store::WindowedStore {
     fn read_pair(&self, key: SliceKey) -> Result<SlicePair, SamplerError> {
         let s = self
+            .dataset()
             .slice_at(key.case, key.z)
             .map_err(|e| SamplerError::Read {
                 key,
                 source: Box::new(e),
             })?;
+        let w = self.window();
         Ok(SlicePair {
-            ncct: s.ncct_normalized(),
-            ctpa: s.ctpa_normalized(),
+            ncct: s.ncct.mapv(|v| w.normalize(f32::from(v))),
+            ctpa: s.ctpa.mapv(|v| w.normalize(f32::from(v))),
             lung: s.lung.to_owned(),
             body: s.body.to_owned(),
         })

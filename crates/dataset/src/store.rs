@@ -204,7 +204,7 @@ pub fn write_case(
         path: dir.join(META_FILE),
         message: e.to_string(),
     })?;
-    volume::io::atomic::write_dir_atomic(&dir, |tmp| {
+    util::atomic::write_dir_atomic(&dir, |tmp| {
         let file = |name: &str| tmp.join(name);
         let named = |name: &str| {
             let final_path = dir.join(name);
@@ -217,7 +217,7 @@ pub fn write_case(
         // meta.json last: inside the temporary folder nothing is visible anyway, but a
         // reader that finds meta.json can then rely on the arrays being complete.
         std::fs::write(file(META_FILE), &meta_json).map_err(named(META_FILE))?;
-        Ok(())
+        Ok::<(), VolumeError>(())
     })?;
     if aside.exists() {
         if let Err(e) = std::fs::remove_dir_all(&aside) {
@@ -417,6 +417,34 @@ pub struct CaseVolumes {
     pub ctpa: Volume,
     pub body: Mask,
     pub lung: Mask,
+}
+
+/// The prepared dataset as the sampler's slice source: slices normalised to [-1, 1] with
+/// `window`, the run's (which may differ from the dataset's: the store keeps HU).
+#[derive(Debug, Clone)]
+pub struct WindowedStore {
+    ds: std::sync::Arc<PreparedDataset>,
+    window: IntensityWindow,
+}
+
+impl WindowedStore {
+    pub fn new(ds: std::sync::Arc<PreparedDataset>, window: IntensityWindow) -> Self {
+        Self { ds, window }
+    }
+
+    /// Normalised with the dataset's own window.
+    pub fn with_dataset_window(ds: std::sync::Arc<PreparedDataset>) -> Self {
+        let window = ds.window();
+        Self { ds, window }
+    }
+
+    pub fn dataset(&self) -> &PreparedDataset {
+        &self.ds
+    }
+
+    pub fn window(&self) -> IntensityWindow {
+        self.window
+    }
 }
 
 /// An opened prepared dataset: the manifest and every case's arrays, memory-mapped.

@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     // Either a checkpoint (its G and window) or a random G of a preset.
     let (_store, generator, window, label);
     if std::path::Path::new(&source).exists() {
-        let loaded = train::checkpoint::load_generator(std::path::Path::new(&source), Device::Cpu)?;
+        let loaded = infer::checkpoint::load_generator(std::path::Path::new(&source), Device::Cpu)?;
         window = loaded.window;
         label = format!("checkpoint {source}");
         generator = loaded.generator;

@@ -1,5 +1,15 @@
 //! Inference of ncct2ctpa: an NCCT volume in, a synthetic CTPA volume in HU out, with the
-//! input's geometry; and evaluation of predictions against targets.
+//! input's geometry.
+//!
+//! - [`checkpoint`]: a checkpoint is self-describing; [`checkpoint::load_generator`] rebuilds
+//!   G from its folder alone (training writes the format, `train::checkpoint`).
+//! - [`translate`]: axial slices in HU to G's input and back (window, 2.5D stack, centred air
+//!   padding, crop), the code training's validation runs too.
+//! - [`predict`]: a whole volume through G: resampling to the model's spacing, precision,
+//!   test-time augmentation.
+//! - [`tensors`]: `ndarray` <-> tch.
 
-pub mod evaluate;
+pub mod checkpoint;
 pub mod predict;
+pub mod tensors;
+pub mod translate;

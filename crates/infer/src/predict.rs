@@ -12,7 +12,7 @@
 //! 4. the output is mapped back to HU and, if step 1 resampled, resampled back to the input
 //!    grid. The result carries the input's geometry, so it overlays the NCCT in any viewer.
 //!
-//! Steps 2 to 4 (less the resampling) are [`train::translate`], which training's validation
+//! Steps 2 to 4 (less the resampling) are [`crate::translate`], which training's validation
 //! runs too: a validation score is the score of what predict writes, bit for bit.
 //!
 //! Reduced precision ([`Precision`]): G's forward passes run under libtorch's autocast in
@@ -30,11 +30,12 @@
 //! prediction back, and averages them, each weighted by where its back-mapped field of view
 //! is valid (a rotation leaves the corners without a prediction).
 
+use crate::translate::{translate_slices, SliceFrame};
 use anyhow::{bail, Context, Result};
 use dataset::manifest::IntensityWindow;
+pub use model::precision::Precision;
 use ndarray::Array3;
-use tch::{nn::ModuleT, Device, Kind, Tensor};
-use train::translate::{translate_slices, SliceFrame};
+use tch::{nn::ModuleT, Device, Tensor};
 use volume::resample::{resample, Grid, Interpolation};
 use volume::Volume;
 
@@ -57,48 +58,16 @@ pub struct PredictOptions {
     pub precision: Precision,
 }
 
-/// Precision of the generator's forward passes at inference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// Everything in float32.
-    #[default]
-    Fp32,
-    /// Autocast to bfloat16 (CPU and CUDA).
-    Bf16,
-    /// Autocast to float16 (CUDA only).
-    F16,
-}
-
-impl Precision {
-    /// Parses `fp32`, `bf16` or `f16` (also `fp16`).
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "fp32" | "f32" | "float32" => Ok(Precision::Fp32),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
-            other => bail!("unknown precision {other:?}: expected fp32, bf16 or f16"),
-        }
+/// Whether `precision` runs on `device` at inference: f16 needs CUDA (the CPU has no fast
+/// f16 convolutions); bf16 runs anywhere.
+pub fn check_precision(precision: Precision, device: Device) -> Result<()> {
+    if precision == Precision::F16 && !device.is_cuda() {
+        bail!(
+            "precision f16 needs a CUDA device (running on {device:?}); use bf16 or fp32 on the \
+             CPU"
+        );
     }
-
-    /// The autocast dtype (`None` for fp32).
-    pub fn autocast_kind(self) -> Option<Kind> {
-        match self {
-            Precision::Fp32 => None,
-            Precision::Bf16 => Some(Kind::BFloat16),
-            Precision::F16 => Some(Kind::Half),
-        }
-    }
-
-    /// Whether this precision runs on `device`: f16 needs CUDA.
-    pub fn check_device(self, device: Device) -> Result<()> {
-        if self == Precision::F16 && !device.is_cuda() {
-            bail!(
-                "precision f16 needs a CUDA device (running on {device:?}); use bf16 or fp32 on \
-                 the CPU"
-            );
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 impl PredictOptions {
@@ -180,7 +149,7 @@ impl Translator<'_> {
         opts: &PredictOptions,
         mut on_slices: impl FnMut(usize),
     ) -> Result<Volume> {
-        opts.precision.check_device(self.device)?;
+        check_precision(opts.precision, self.device)?;
         if opts.precision == Precision::Bf16 && !self.device.is_cuda() {
             // Measured on an AVX2 CPU (no AVX512-BF16/AMX): 15x slower than fp32.
             tracing::warn!(
@@ -229,7 +198,7 @@ impl Translator<'_> {
     }
 
     /// Translates every axial slice of `hu` (`[z, y, x]`, HU) and returns HU, through
-    /// [`train::translate`] (the code training's validation runs), with this translator's
+    /// [`crate::translate`] (the code training's validation runs), with this translator's
     /// precision and test-time augmentation as the forward pass.
     fn translate_slices(
         &self,
@@ -343,6 +312,7 @@ mod tests {
     use super::*;
     use model::config::ModelConfig;
     use tch::nn::VarStore;
+    use tch::Kind;
     use volume::Geometry;
 
     pub(super) fn tiny_generator(vs: &VarStore) -> Generator {
@@ -553,7 +523,7 @@ mod precision_tests {
             err.to_string().contains("f16") && err.to_string().contains("CUDA"),
             "{err}"
         );
-        assert!(Precision::F16.check_device(Device::Cuda(0)).is_ok());
+        assert!(check_precision(Precision::F16, Device::Cuda(0)).is_ok());
         assert_eq!(Precision::parse("BF16").unwrap(), Precision::Bf16);
         assert_eq!(Precision::parse("fp16").unwrap(), Precision::F16);
         assert_eq!(Precision::parse("fp32").unwrap(), Precision::Fp32);

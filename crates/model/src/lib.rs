@@ -12,6 +12,7 @@ pub mod generator;
 pub mod losses;
 pub mod optim;
 pub mod perceptual;
+pub mod precision;
 pub mod r1;
 pub mod registration;
 pub mod spectral_norm;

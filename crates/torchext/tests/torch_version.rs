@@ -52,7 +52,11 @@ fn tch_in_cargo_toml_and_lock_is_the_pinned_one() {
     let pin = pinned();
     let want = &pin["TCH_VERSION"];
     assert_eq!(locked("tch").as_ref(), Some(want), "Cargo.lock's tch");
-    assert_eq!(locked("torch-sys").as_ref(), Some(want), "Cargo.lock's torch-sys");
+    assert_eq!(
+        locked("torch-sys").as_ref(),
+        Some(want),
+        "Cargo.lock's torch-sys"
+    );
     let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
     let line = manifest
         .lines()

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-use train::amp::AmpMode;
+use train::amp::Precision;
 use train::config::TrainConfig;
 use train::nets::Nets;
 use train::step::{train_step, BatchTensors};
@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         body: Tensor::ones(shape, (Kind::Float, Device::Cpu)),
     };
     println!("preset {preset}, batch {batch}, crop {crop}, {threads} threads, median of {steps}");
-    for mode in [AmpMode::Off, AmpMode::Bf16] {
+    for mode in [Precision::Fp32, Precision::Bf16] {
         let mut nets = Nets::new(&cfg, Device::Cpu);
         // optimizers built with amp off: the CPU refuses bf16 at start-up (train::amp)
         let mut opts = nets.optimizers(&cfg)?;

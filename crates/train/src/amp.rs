@@ -1,6 +1,7 @@
 //! Mixed precision: autocast for the forward passes and a dynamic loss scaler for f16.
 //!
-//! `amp = "off" | "bf16" | "f16"` in the training config ([`AmpMode`]).
+//! `amp = "off" | "bf16" | "f16"` in the training config ([`Precision`], the one type
+//! training and inference share).
 //!
 //! * **Forward passes** of G, R and D run inside an autocast region ([`Autocast::run`]):
 //!   libtorch casts convolutions and matrix products to the reduced dtype and keeps
@@ -37,39 +38,17 @@ use tracing::{debug, warn};
 /// The checkpoint file of the scaler state.
 pub const SCALER_FILE: &str = "amp_scaler.json";
 
-/// Precision of the forward passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AmpMode {
-    /// Everything in fp32.
-    #[default]
-    Off,
-    /// Autocast to bfloat16 (no loss scaling needed).
-    Bf16,
-    /// Autocast to float16 with dynamic loss scaling (CUDA only).
-    F16,
-}
-
-impl AmpMode {
-    /// The autocast dtype, `None` when off.
-    pub fn dtype(self) -> Option<Kind> {
-        match self {
-            AmpMode::Off => None,
-            AmpMode::Bf16 => Some(Kind::BFloat16),
-            AmpMode::F16 => Some(Kind::Half),
-        }
-    }
-}
+pub use model::precision::Precision;
 
 /// Whether `mode` can run on `device`: `off` anywhere, `bf16` and `f16` on CUDA only (see
 /// the module docs for the CPU measurement behind this).
-pub fn check_device(mode: AmpMode, device: Device) -> anyhow::Result<()> {
+pub fn check_device(mode: Precision, device: Device) -> anyhow::Result<()> {
     match (mode, device) {
-        (AmpMode::Off, _) | (_, Device::Cuda(_)) => Ok(()),
-        (AmpMode::F16, _) => bail!(
+        (Precision::Fp32, _) | (_, Device::Cuda(_)) => Ok(()),
+        (Precision::F16, _) => bail!(
             "amp = \"f16\" needs a CUDA device (training runs on {device:?}); use amp = \"off\""
         ),
-        (AmpMode::Bf16, _) => bail!(
+        (Precision::Bf16, _) => bail!(
             "amp = \"bf16\" is CUDA-only: on the CPU, bf16 autocast was measured slower than \
              fp32 for this model (training runs on {device:?}); use amp = \"off\""
         ),
@@ -85,10 +64,10 @@ pub struct Autocast {
 
 impl Autocast {
     /// Autocast in `mode` for tensors on `device`.
-    pub fn new(mode: AmpMode, device: Device) -> Self {
+    pub fn new(mode: Precision, device: Device) -> Self {
         Self {
             family: AutocastDevice::of(device),
-            dtype: mode.dtype(),
+            dtype: mode.autocast_kind(),
         }
     }
 
@@ -161,8 +140,8 @@ pub struct LossScaler {
 
 impl LossScaler {
     /// The scaler for `mode`: enabled for f16 only.
-    pub fn new(mode: AmpMode) -> Self {
-        Self::with_params(mode == AmpMode::F16, ScalerParams::default())
+    pub fn new(mode: Precision) -> Self {
+        Self::with_params(mode == Precision::F16, ScalerParams::default())
     }
 
     /// A scaler with explicit constants (tests use a short growth interval).
@@ -388,7 +367,7 @@ mod tests {
     fn gradients_are_scaled_then_unscaled_exactly() {
         let vs = VarStore::new(Device::Cpu);
         let vars = vec![var(&vs, "a", &[1.0, 2.0]), var(&vs, "b", &[3.0, 4.0])];
-        let mut s = LossScaler::new(AmpMode::F16);
+        let mut s = LossScaler::new(Precision::F16);
         assert_eq!(s.scale(), 65536.0);
         backward(&s, &vars, &[0.25, -3.0]);
         assert_eq!(
@@ -408,7 +387,7 @@ mod tests {
     fn inf_gradients_skip_the_step_and_halve_the_scale() {
         let vs = VarStore::new(Device::Cpu);
         let vars = vec![var(&vs, "a", &[1.0, 2.0])];
-        let mut s = LossScaler::new(AmpMode::F16);
+        let mut s = LossScaler::new(Precision::F16);
         for _ in 0..3 {
             backward(&s, &vars, &[1.0, 1.0]);
             assert!(s.unscale(&vars));
@@ -434,7 +413,7 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let g_vars = vec![var(&vs, "g", &[1.0])];
         let d_vars = vec![var(&vs, "d", &[1.0])];
-        let mut s = LossScaler::new(AmpMode::F16);
+        let mut s = LossScaler::new(Precision::F16);
         backward(&s, &g_vars, &[f32::INFINITY]);
         assert!(!s.unscale(&g_vars));
         backward(&s, &d_vars, &[1.0]);
@@ -466,7 +445,7 @@ mod tests {
     fn disabled_scaler_is_a_pass_through() {
         let vs = VarStore::new(Device::Cpu);
         let vars = vec![var(&vs, "a", &[1.0])];
-        let mut s = LossScaler::new(AmpMode::Bf16);
+        let mut s = LossScaler::new(Precision::Bf16);
         assert!(!s.enabled());
         backward(&s, &vars, &[f32::INFINITY]);
         assert_eq!(s.scale(), 1.0);
@@ -481,7 +460,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vs = VarStore::new(Device::Cpu);
         let vars = vec![var(&vs, "a", &[1.0])];
-        let mut s = LossScaler::new(AmpMode::F16);
+        let mut s = LossScaler::new(Precision::F16);
         backward(&s, &vars, &[f32::INFINITY]);
         s.unscale(&vars);
         s.update();
@@ -497,18 +476,18 @@ mod tests {
             "no temp file left"
         );
 
-        let mut r = LossScaler::new(AmpMode::F16);
+        let mut r = LossScaler::new(Precision::F16);
         r.load_from_checkpoint(dir.path()).unwrap();
         assert_eq!(r.state(), s.state());
         assert_eq!((r.scale(), r.state().growth_tracker), (32768.0, 5));
 
         // An fp32 run cannot resume an f16 checkpoint's scaler, and the reverse.
-        let mut off = LossScaler::new(AmpMode::Off);
+        let mut off = LossScaler::new(Precision::Fp32);
         let err = off.load_from_checkpoint(dir.path()).unwrap_err();
         assert!(err.to_string().contains(SCALER_FILE), "{err}");
         let empty = tempfile::tempdir().unwrap();
         off.load_from_checkpoint(empty.path()).unwrap();
-        assert!(LossScaler::new(AmpMode::F16)
+        assert!(LossScaler::new(Precision::F16)
             .load_from_checkpoint(empty.path())
             .is_err());
         // A corrupt scale.
@@ -523,8 +502,8 @@ mod tests {
 
     #[test]
     fn cpu_refuses_reduced_precision_with_a_clear_error() {
-        assert!(check_device(AmpMode::Off, Device::Cpu).is_ok());
-        for mode in [AmpMode::Bf16, AmpMode::F16] {
+        assert!(check_device(Precision::Fp32, Device::Cpu).is_ok());
+        for mode in [Precision::Bf16, Precision::F16] {
             let err = check_device(mode, Device::Cpu).unwrap_err().to_string();
             assert!(err.contains("amp") && err.contains("CUDA"), "{err}");
             assert!(check_device(mode, Device::Cuda(0)).is_ok());
@@ -535,10 +514,10 @@ mod tests {
     fn autocast_runs_the_forward_in_bf16_and_returns_fp32() {
         let a = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([8, 3], (Kind::Float, Device::Cpu));
-        let off = Autocast::new(AmpMode::Off, Device::Cpu);
+        let off = Autocast::new(Precision::Fp32, Device::Cpu);
         let exact = off.run(|| a.matmul(&b));
         let mut inner_kind = Kind::Float;
-        let bf16 = Autocast::new(AmpMode::Bf16, Device::Cpu).run(|| {
+        let bf16 = Autocast::new(Precision::Bf16, Device::Cpu).run(|| {
             let out = a.matmul(&b);
             inner_kind = out.kind();
             out

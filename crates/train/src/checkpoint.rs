@@ -1,4 +1,6 @@
-//! Checkpoints: complete, self-describing, written atomically.
+//! Checkpoints: complete, self-describing, written atomically. This is the writing side (and
+//! the full reading side that `--resume` needs); the layout and the reading that inference
+//! needs are `infer::checkpoint`'s.
 //!
 //! ```text
 //! RUN/checkpoints/NAME/          NAME = latest | best | final
@@ -13,7 +15,7 @@
 //! ```
 //!
 //! A checkpoint is written into a staging folder beside its final name
-//! (`volume::io::atomic::write_dir_atomic`), then swapped in: the old folder is renamed aside,
+//! (`util::atomic::write_dir_atomic`), then swapped in: the old folder is renamed aside,
 //! the new one renamed into place, the old one removed. A crash leaves either the old or the
 //! new checkpoint under `NAME`, or (between the two renames) the old one under `.NAME.old`,
 //! which [`resume_dir`] falls back to.
@@ -23,22 +25,16 @@
 //! (`crate::step`), so the step number is the whole RNG state.
 
 use crate::config::TrainConfig;
-use crate::nets::{Nets, Optimizers, GENERATOR_FILE};
+use crate::nets::{Nets, Optimizers};
 use crate::run_dir::RunDir;
 use anyhow::{bail, Context};
 use dataset::manifest::IntensityWindow;
-use model::generator::Generator;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tch::nn::VarStore;
-use tch::Device;
 
-pub const STATE_FILE: &str = "state.json";
-pub const CONFIG_FILE: &str = "config.toml";
+pub use infer::checkpoint::{find_checkpoint, CONFIG_FILE, FORMAT_VERSION, STATE_FILE};
 pub const OPTIM_GR_FILE: &str = "optim_gr.safetensors";
 pub const OPTIM_D_FILE: &str = "optim_d.safetensors";
-/// Version of the checkpoint layout.
-pub const FORMAT_VERSION: u32 = 1;
 
 /// The best validation score so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,23 +108,20 @@ pub fn save(
         }
     }
     let config_text = state.config.to_toml_string()?;
-    volume::io::atomic::write_dir_atomic(&staging, |dir| {
-        let fill = || -> anyhow::Result<()> {
-            nets.save(dir)?;
-            opts.gr
-                .save(dir.join(OPTIM_GR_FILE))
-                .context("saving the G+R optimizer")?;
-            opts.d
-                .save(dir.join(OPTIM_D_FILE))
-                .context("saving the D optimizer")?;
-            if opts.scaler.enabled() {
-                opts.scaler.save(&dir.join(crate::amp::SCALER_FILE))?;
-            }
-            std::fs::write(dir.join(CONFIG_FILE), &config_text)?;
-            std::fs::write(dir.join(STATE_FILE), serde_json::to_vec_pretty(state)?)?;
-            Ok(())
-        };
-        fill().map_err(|e| volume::VolumeError::invalid(format!("{e:#}")))
+    util::atomic::write_dir_atomic(&staging, |dir| -> anyhow::Result<()> {
+        nets.save(dir)?;
+        opts.gr
+            .save(dir.join(OPTIM_GR_FILE))
+            .context("saving the G+R optimizer")?;
+        opts.d
+            .save(dir.join(OPTIM_D_FILE))
+            .context("saving the D optimizer")?;
+        if opts.scaler.enabled() {
+            opts.scaler.save(&dir.join(crate::amp::SCALER_FILE))?;
+        }
+        std::fs::write(dir.join(CONFIG_FILE), &config_text)?;
+        std::fs::write(dir.join(STATE_FILE), serde_json::to_vec_pretty(state)?)?;
+        Ok(())
     })
     .with_context(|| format!("writing checkpoint {}", dest.display()))?;
     if dest.exists() {
@@ -149,13 +142,7 @@ pub fn load_state(dir: &Path) -> anyhow::Result<TrainState> {
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let state: TrainState =
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-    if state.format_version != FORMAT_VERSION {
-        bail!(
-            "{}: checkpoint format {} is not the supported {FORMAT_VERSION}",
-            path.display(),
-            state.format_version
-        );
-    }
+    infer::checkpoint::check_format_version(&path, state.format_version)?;
     Ok(state)
 }
 
@@ -194,68 +181,4 @@ pub fn resume_dir(run: &RunDir) -> anyhow::Result<PathBuf> {
          checkpoint; start it again without --resume into a new folder)",
         run.root().display()
     )
-}
-
-/// A checkpoint folder from what a user names: a checkpoint folder itself, or a run folder
-/// (then its `best`, else `final`, else `latest` checkpoint).
-pub fn find_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.join(STATE_FILE).is_file() {
-        return Ok(path.to_path_buf());
-    }
-    for name in ["best", "final", "latest"] {
-        let dir = path.join("checkpoints").join(name);
-        if dir.join(STATE_FILE).is_file() {
-            return Ok(dir);
-        }
-    }
-    bail!(
-        "{} is neither a checkpoint folder (with {STATE_FILE}) nor a run folder with \
-         checkpoints/{{best,final,latest}}",
-        path.display()
-    )
-}
-
-/// A generator rebuilt from a checkpoint, for inference.
-pub struct LoadedGenerator {
-    /// Owns G's variables (keep it alive while using `generator`).
-    pub store: VarStore,
-    pub generator: Generator,
-    /// The window the network's [-1, 1] scale maps to.
-    pub window: IntensityWindow,
-    pub config: TrainConfig,
-    /// The checkpoint folder it came from.
-    pub checkpoint: PathBuf,
-    pub step: u64,
-}
-
-impl std::fmt::Debug for LoadedGenerator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedGenerator")
-            .field("checkpoint", &self.checkpoint)
-            .field("step", &self.step)
-            .field("window", &self.window)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Rebuilds G from a checkpoint (or a run folder, see [`find_checkpoint`]) on `device`, from
-/// the configuration stored with it: nothing else is needed.
-pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGenerator> {
-    let dir = find_checkpoint(path)?;
-    let state = load_state(&dir)?;
-    let mut store = VarStore::new(device);
-    let generator = Generator::new(&store.root(), &state.config.model.generator);
-    let weights = dir.join(GENERATOR_FILE);
-    store
-        .load(&weights)
-        .with_context(|| format!("loading {}", weights.display()))?;
-    tracing::info!(checkpoint = %dir.display(), step = state.step, "generator loaded");
-    Ok(LoadedGenerator {
-        store,
-        generator,
-        window: state.window,
-        config: state.config,
-        checkpoint: dir,
-        step: state.step,
-    })
 }

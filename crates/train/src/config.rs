@@ -5,7 +5,8 @@
 //! 1. [`TrainConfig::default`] (every default below), with `model` set from the `preset`;
 //! 2. the TOML file (`--config`), merged key by key over that, so a file names only what it
 //!    changes (a `[model.generator]` table with one key keeps the preset's other keys);
-//! 3. command-line flags ([`Overrides`]);
+//! 3. command-line flags: one more layer ([`Layer`], built by the CLI from its flags and
+//!    `--set KEY=VALUE`), merged the same way, so a new key needs no code in the CLI;
 //! 4. [`TrainConfig::resolve`]: data-dependent values (the HU window, the step count when the
 //!    schedule is given in epochs) are filled in, and the result is checked.
 //!
@@ -59,15 +60,23 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     /// Mixed precision of the forward passes: "off", "bf16" or "f16" (f16 with dynamic loss
     /// scaling; both CUDA-only, see `crate::amp`). Default: "off".
-    pub amp: crate::amp::AmpMode,
+    pub amp: crate::amp::Precision,
     /// Length of training and the learning-rate schedule.
     pub schedule: ScheduleConfig,
     /// Batches, crops, augmentation, loader.
     pub data: DataConfig,
     /// Logging, validation, samples and checkpoints.
     pub log: LogConfig,
-    /// Fault injection for tests of the failure paths.
-    pub debug: DebugConfig,
+    /// Fault injection for tests of the failure paths: never read from or written to a config
+    /// file (binaries take them from `NCCT2CTPA_TEST_HOOKS`, see [`TestHooks`]).
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub hooks: TestHooks,
+    /// The `[debug]` table that configs written before the test hooks left the config hold:
+    /// accepted and ignored, so those runs still load.
+    #[serde(default, skip_serializing, rename = "debug")]
+    #[doc(hidden)]
+    pub legacy_debug: Option<serde::de::IgnoredAny>,
 }
 
 impl Default for TrainConfig {
@@ -84,11 +93,12 @@ impl Default for TrainConfig {
             r1: model::r1::R1Config::default(),
             progressive: ProgressiveConfig::default(),
             optim: OptimConfig::default(),
-            amp: crate::amp::AmpMode::Off,
+            amp: crate::amp::Precision::Fp32,
             schedule: ScheduleConfig::default(),
             data: DataConfig::default(),
             log: LogConfig::default(),
-            debug: DebugConfig::default(),
+            hooks: TestHooks::default(),
+            legacy_debug: None,
         }
     }
 }
@@ -215,39 +225,128 @@ impl Default for LogConfig {
     }
 }
 
-/// Hooks for testing failure handling. Leave unset in real runs.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DebugConfig {
+/// Hooks for testing failure handling; not part of a run's configuration.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TestHooks {
     /// Replace the generator's loss with NaN at this step, to exercise the non-finite-loss
-    /// stop (snapshot, message, non-zero exit). Default: unset.
+    /// stop (snapshot, message, non-zero exit).
     pub inject_nan_at_step: Option<u64>,
     /// Stop (without the final checkpoint) after this step, as if the process had been
     /// killed there: tests of `--resume` use it. Ignored once the run has passed it.
-    /// Default: unset.
     pub stop_after_step: Option<u64>,
 }
 
-/// Command-line overrides, applied after the file. `None` leaves the field as it is.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub preset: Option<String>,
-    pub steps: Option<u64>,
-    pub epochs: Option<f64>,
-    pub batch_size: Option<usize>,
-    pub crop_size: Option<usize>,
-    pub device: Option<String>,
-    /// Learning rate of both optimizers.
-    pub lr: Option<f64>,
-    pub seed: Option<u64>,
-    pub threads: Option<usize>,
-    /// `Some(false)` for `--no-registration`.
-    pub registration: Option<bool>,
-    pub val_every: Option<u64>,
-    pub checkpoint_every: Option<u64>,
-    pub sample_every: Option<u64>,
-    pub log_every: Option<u64>,
-    pub progress: Option<bool>,
+impl TestHooks {
+    /// The environment variable binaries read the hooks from:
+    /// `NCCT2CTPA_TEST_HOOKS="inject_nan_at_step=3,stop_after_step=5"`.
+    pub const ENV: &'static str = "NCCT2CTPA_TEST_HOOKS";
+
+    /// These hooks, with those the environment sets (see [`Self::ENV`]) on top.
+    pub fn with_env(mut self) -> anyhow::Result<Self> {
+        let Ok(text) = std::env::var(Self::ENV) else {
+            return Ok(self);
+        };
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .with_context(|| format!("{}: expected KEY=STEP, got {item:?}", Self::ENV))?;
+            let step: u64 = value
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: {item:?} is not a step", Self::ENV))?;
+            match key.trim() {
+                "inject_nan_at_step" => self.inject_nan_at_step = Some(step),
+                "stop_after_step" => self.stop_after_step = Some(step),
+                other => bail!("{}: unknown hook {other:?}", Self::ENV),
+            }
+        }
+        tracing::warn!("test hooks set from {}: {self:?}", Self::ENV);
+        Ok(self)
+    }
+}
+
+/// A configuration layer: TOML keys to merge over the files, key by key (what the CLI's flags
+/// become). Dotted keys name nested tables: `schedule.steps`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layer(pub toml::Table);
+
+impl Layer {
+    /// Sets dotted `key` to `value`.
+    pub fn set(&mut self, key: &str, value: impl Into<toml::Value>) -> &mut Self {
+        let mut table = &mut self.0;
+        let mut parts = key.split('.').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                table.insert(part.to_owned(), value.into());
+                break;
+            }
+            let entry = table
+                .entry(part.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            let Some(next) = entry.as_table_mut() else {
+                break;
+            };
+            table = next;
+        }
+        self
+    }
+
+    /// Sets `KEY=VALUE` (`--set`): VALUE is read as a TOML value (`3`, `1e-4`, `true`,
+    /// `"bf16"`, `[1, 2]`), else taken as a string.
+    pub fn assign(&mut self, assignment: &str) -> anyhow::Result<&mut Self> {
+        let (key, value) = assignment
+            .split_once('=')
+            .with_context(|| format!("expected KEY=VALUE, got {assignment:?}"))?;
+        let key = key.trim();
+        if key.is_empty() || key.split('.').any(str::is_empty) {
+            bail!("{assignment:?}: the key is empty or has an empty part");
+        }
+        let value = value.trim();
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+        Ok(self.set(key, parsed))
+    }
+
+    /// The dotted names of every key this layer sets, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(sub) => walk(&key, sub, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &self.0, &mut out);
+        out.sort();
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value at dotted `key`, if this layer sets it.
+    pub fn get(&self, key: &str) -> Option<&toml::Value> {
+        let mut parts = key.split('.');
+        let mut value = self.0.get(parts.next()?)?;
+        for part in parts {
+            value = value.as_table()?.get(part)?;
+        }
+        Some(value)
+    }
 }
 
 impl TrainConfig {
@@ -269,10 +368,10 @@ impl TrainConfig {
 
     /// Builds the config from TOML tables applied in order over the defaults (a later table
     /// wins key by key). The preset is the last one any table names, else `default_preset`.
-    fn from_layers(layers: Vec<toml::Table>, default_preset: &str) -> anyhow::Result<Self> {
+    pub fn from_layers(layers: Vec<toml::Table>, default_preset: &str) -> anyhow::Result<Self> {
         let mut user = toml::Table::new();
         for layer in layers {
-            merge(&mut user, layer);
+            merge_layer(&mut user, layer);
         }
         let preset = match user.get("preset") {
             Some(toml::Value::String(s)) => s.clone(),
@@ -297,6 +396,15 @@ impl TrainConfig {
     /// way an ablation arm (`--config configs/demo.toml --config configs/ablation/r1.toml`)
     /// names only what it changes. Errors name the file at fault.
     pub fn load_layered<P: AsRef<Path>>(paths: &[P], default_preset: &str) -> anyhow::Result<Self> {
+        Self::load_layers(paths, &Layer::default(), default_preset)
+    }
+
+    /// [`Self::load_layered`], then `flags` (the command line's layer) over the files.
+    pub fn load_layers<P: AsRef<Path>>(
+        paths: &[P],
+        flags: &Layer,
+        default_preset: &str,
+    ) -> anyhow::Result<Self> {
         let mut layers = Vec::with_capacity(paths.len());
         for path in paths {
             let path = path.as_ref();
@@ -308,10 +416,14 @@ impl TrainConfig {
             tracing::debug!(config = %path.display(), keys = table.len(), "config layer");
             layers.push(table);
         }
-        let names: Vec<String> = paths
+        let mut names: Vec<String> = paths
             .iter()
             .map(|p| p.as_ref().display().to_string())
             .collect();
+        if !flags.is_empty() {
+            layers.push(flags.0.clone());
+            names.push("the command line".into());
+        }
         Self::from_layers(layers, default_preset)
             .with_context(|| format!("config {}", names.join(" + ")))
     }
@@ -319,60 +431,6 @@ impl TrainConfig {
     /// The config as commented-free TOML (what `RUN/config.toml` holds).
     pub fn to_toml_string(&self) -> anyhow::Result<String> {
         toml::to_string_pretty(self).context("serializing the training configuration")
-    }
-
-    /// Applies command-line overrides. A new `--preset` replaces the `model` tables with that
-    /// preset's (flags come last, so they win over the file).
-    pub fn apply(&mut self, o: &Overrides) -> anyhow::Result<()> {
-        if let Some(p) = &o.preset {
-            self.model = ModelConfig::preset(p)?;
-            self.preset = p.clone();
-        }
-        if let Some(v) = o.steps {
-            self.schedule.steps = v;
-            self.schedule.epochs = None;
-        }
-        if let Some(v) = o.epochs {
-            self.schedule.epochs = Some(v);
-        }
-        if let Some(v) = o.batch_size {
-            self.data.batch_size = v;
-        }
-        if let Some(v) = o.crop_size {
-            self.data.crop_size = v;
-        }
-        if let Some(v) = &o.device {
-            self.device = v.clone();
-        }
-        if let Some(v) = o.lr {
-            self.optim.generator.lr = v;
-            self.optim.discriminator.lr = v;
-        }
-        if let Some(v) = o.seed {
-            self.seed = v;
-        }
-        if let Some(v) = o.threads {
-            self.threads = v;
-        }
-        if let Some(v) = o.registration {
-            self.registration = v;
-        }
-        if let Some(v) = o.val_every {
-            self.log.val_every = v;
-        }
-        if let Some(v) = o.checkpoint_every {
-            self.log.checkpoint_every = v;
-        }
-        if let Some(v) = o.sample_every {
-            self.log.sample_every = v;
-        }
-        if let Some(v) = o.log_every {
-            self.log.every = v;
-        }
-        if let Some(v) = o.progress {
-            self.log.progress = v;
-        }
-        Ok(())
     }
 
     /// Fills in what depends on the data and checks every field.
@@ -484,6 +542,30 @@ impl TrainConfig {
     }
 }
 
+/// Keys that say the same thing two ways: a layer that names one drops the other from the
+/// layers below it (`--steps` wins over a file's `schedule.epochs`).
+const EXCLUSIVE: [(&str, &str, &str); 1] = [("schedule", "steps", "epochs")];
+
+/// [`merge`], where a layer naming one key of an [`EXCLUSIVE`] pair drops the other first.
+fn merge_layer(base: &mut toml::Table, over: toml::Table) {
+    for (table, a, b) in EXCLUSIVE {
+        let names = |k: &str| {
+            over.get(table)
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key(k))
+        };
+        let drop = match (names(a), names(b)) {
+            (true, false) => Some(b),
+            (false, true) => Some(a),
+            _ => None,
+        };
+        if let (Some(k), Some(toml::Value::Table(t))) = (drop, base.get_mut(table)) {
+            t.remove(k);
+        }
+    }
+    merge(base, over);
+}
+
 /// Overlays `over` onto `base`: tables merge key by key, anything else replaces.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
@@ -499,6 +581,49 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The command line's layer: dotted keys, TOML values, and `--steps` over a file's epochs.
+    #[test]
+    fn flag_layers_merge_key_by_key() {
+        let mut flags = Layer::default();
+        flags
+            .set("schedule.steps", 7)
+            .set("optim.generator.lr", 0.5);
+        flags.assign("amp = \"bf16\"").unwrap();
+        flags.assign("log.every=3").unwrap();
+        assert!(flags.clone().assign("novalue").is_err());
+        assert!(flags.clone().assign(".x=1").is_err());
+        assert_eq!(
+            flags.keys(),
+            ["amp", "log.every", "optim.generator.lr", "schedule.steps"]
+        );
+        assert_eq!(flags.get("log.every"), Some(&toml::Value::Integer(3)));
+        let file: toml::Table = toml::from_str("[schedule]\nepochs = 2.0\n").unwrap();
+        let cfg = TrainConfig::from_layers(vec![file, flags.0], "tiny").unwrap();
+        assert_eq!((cfg.schedule.steps, cfg.schedule.epochs), (7, None));
+        assert_eq!(cfg.optim.generator.lr, 0.5);
+        assert_eq!(cfg.log.every, 3);
+        assert_eq!(cfg.amp, crate::amp::Precision::Bf16);
+        // a typo in a flag's key is an error, as in a file
+        let mut typo = Layer::default();
+        typo.set("schedule.stepz", 3);
+        assert!(TrainConfig::from_layers(vec![typo.0], "tiny").is_err());
+    }
+
+    /// Configs written before the test hooks left the config hold an (empty) `[debug]` table;
+    /// they still load, and the hooks are never written.
+    #[test]
+    fn old_debug_tables_load_and_hooks_are_never_written() {
+        let cfg = TrainConfig::from_toml_str("[debug]\nstop_after_step = 3\n", "tiny").unwrap();
+        assert_eq!(cfg.hooks, TestHooks::default());
+        let mut c = TrainConfig::with_preset("tiny").unwrap();
+        c.hooks.stop_after_step = Some(2);
+        let text = c.to_toml_string().unwrap();
+        assert!(
+            !text.contains("debug") && !text.contains("stop_after"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn merge_keeps_unnamed_keys() {

@@ -33,7 +33,13 @@ pub fn phantom_config() -> PhantomConfig {
 
 /// The demo's training configuration (see `configs/demo.toml`, the same values as a file).
 pub fn train_config() -> anyhow::Result<TrainConfig> {
-    TrainConfig::from_toml_str(DEMO_TOML, "tiny")
+    train_config_with(&crate::config::Layer::default())
+}
+
+/// The demo's configuration with `flags` (the command line's layer) merged over it.
+pub fn train_config_with(flags: &crate::config::Layer) -> anyhow::Result<TrainConfig> {
+    let demo: toml::Table = toml::from_str(DEMO_TOML).context("configs/demo.toml")?;
+    TrainConfig::from_layers(vec![demo, flags.0.clone()], "tiny")
 }
 
 /// `configs/demo.toml`, compiled in so the demo needs no file.

@@ -49,7 +49,7 @@ impl EventLog {
                 })
                 .map(|(_, line)| line)
                 .collect();
-            volume::io::atomic::write_atomic(path, |w| {
+            util::atomic::write_atomic(path, |w| {
                 for line in &kept {
                     writeln!(w, "{line}")?;
                 }

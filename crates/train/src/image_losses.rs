@@ -100,7 +100,7 @@ pub fn image_losses(
 
 /// SHA-256 (hex) of a weights file, with the workspace's one checksum helper.
 fn sha256(path: &std::path::Path) -> anyhow::Result<String> {
-    dataset::prepare::checksum::sha256_path(path)
+    util::checksum::sha256_path(path)
         .map_err(|(p, e)| PerceptualError::Read { path: p, source: e })
         .context("checksumming the perceptual loss's VGG weights")
 }

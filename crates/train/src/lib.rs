@@ -19,10 +19,8 @@ pub mod plot;
 pub mod run_dir;
 pub mod schedule;
 pub mod step;
-pub mod tensors;
 pub mod trainer;
-pub mod translate;
 pub mod validate;
 
-pub use config::{Overrides, TrainConfig};
+pub use config::{Layer, TrainConfig};
 pub use trainer::{train, RunSpec, TrainOutcome};

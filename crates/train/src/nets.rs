@@ -10,6 +10,7 @@
 
 use crate::config::TrainConfig;
 use anyhow::{bail, Context};
+use infer::checkpoint::{DISCRIMINATOR_FILE, GENERATOR_FILE, REGISTRATION_FILE};
 use model::discriminator::Discriminator;
 use model::generator::Generator;
 use model::optim::Adam;
@@ -138,10 +139,6 @@ impl Nets {
         named.into_iter().map(|(_, t)| t).collect()
     }
 }
-
-pub const GENERATOR_FILE: &str = "generator.safetensors";
-pub const REGISTRATION_FILE: &str = "registration.safetensors";
-pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
 
 /// Saves the variables under `prefix.` with the prefix removed.
 fn save_prefixed(vs: &VarStore, prefix: &str, path: &Path) -> anyhow::Result<()> {

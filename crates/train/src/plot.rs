@@ -1,9 +1,9 @@
 //! Line charts on a [`Canvas`], and `curves.png`: the run's loss and validation curves drawn
 //! from `metrics.jsonl` (so a resumed run's figure shows its whole history).
 
-use dataset::canvas::{Canvas, Rgb, BLACK, GREY, LIGHT_GREY, PALETTE, WHITE};
 use serde_json::Value;
 use std::path::Path;
+use util::canvas::{Canvas, Rgb, BLACK, GREY, LIGHT_GREY, PALETTE, WHITE};
 
 /// One curve.
 #[derive(Debug, Clone, PartialEq)]

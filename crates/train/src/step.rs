@@ -28,18 +28,22 @@
 //! output of step 1 and not G's weights, so the order changes no value, and it lets one
 //! flag cover both updates.
 //!
-//! [`train_step_with_laps`] reports the end of each [`Part`] to a [`Laps`] (the benchmark's
-//! per-part profile times the trainer's own step this way).
+//! The code reads as those numbered sections ([`train_step`] calls one function each). Each
+//! part of the work ([`PARTS`]) runs inside a trace-level `tracing` span; the benchmark times
+//! the trainer's own step by subscribing to them (synchronising the device at each span
+//! boundary), so profiling needs no parameter of the step.
 //!
 //! The step reseeds libtorch's RNG from `(seed, step)` first, so whatever randomness the
 //! networks use (dropout, if a config adds it) is a function of the step, and a resumed run
 //! repeats the uninterrupted one without saving libtorch's generator state.
 
+use crate::amp::Autocast;
 use crate::config::TrainConfig;
 use crate::image_losses::image_losses;
 use crate::nets::{Nets, Optimizers, GENERATOR, REGISTRATION};
-use crate::tensors::array_to_tensor;
+use crate::phases::Phase;
 use dataset::sampler::Batch;
+use infer::tensors::array_to_tensor;
 use model::losses::{discriminator_adversarial, generator_adversarial, smoothness};
 use model::warp::warp_with;
 use tch::nn::ModuleT;
@@ -116,91 +120,36 @@ pub struct NonFinite {
     pub value: f64,
 }
 
-/// The parts of a step, declared in the order they first end (for a profiler, through
-/// [`Laps`]): `part as usize` is its index in [`Part::ALL`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// Dropping the G+R and D gradients.
-    ZeroGrad,
-    GForward,
-    /// R forward and the warp.
-    RForward,
-    /// Every loss computation (image losses, smoothness, adversarial, D's loss).
-    Losses,
-    /// D forward on the fake, for G's adversarial term.
-    DForwardForG,
-    /// G+R backward through the frozen D (and the amp unscale, gradient norms).
-    GrBackward,
-    /// D forward on real and fake, in one pass.
-    DForward,
-    /// D backward (and R1's double backward on its steps).
-    DBackward,
-    GrAdam,
-    DAdam,
-    /// The one read-back of every loss term and statistic.
-    Readback,
-}
+/// The target of the step's profiling spans ([`PARTS`]). The spans are at trace level, so a
+/// normal log never records them; the benchmark times them with its own subscriber.
+pub const SPAN_TARGET: &str = "ncct2ctpa::step";
 
-impl Part {
-    /// Every part, in the order they first end in a step.
-    pub const ALL: [Part; 11] = [
-        Part::ZeroGrad,
-        Part::GForward,
-        Part::RForward,
-        Part::Losses,
-        Part::DForwardForG,
-        Part::GrBackward,
-        Part::DForward,
-        Part::DBackward,
-        Part::GrAdam,
-        Part::DAdam,
-        Part::Readback,
-    ];
+/// The parts of a step, in the order they first run: `(span name, what it covers)`. Each is a
+/// trace span of target [`SPAN_TARGET`] around its code (a part may be entered more than once
+/// per step); the PyTorch twin times the same names.
+pub const PARTS: [(&str, &str); 11] = [
+    ("zero_grad", "drop the G+R and D gradients"),
+    ("g_forward", "G forward"),
+    ("r_forward", "R forward + warp"),
+    ("losses", "L1+SSIM, smoothness, adversarial and D losses"),
+    (
+        "d_forward_for_g",
+        "D forward on the fake (G's adversarial term)",
+    ),
+    ("gr_backward", "G+R backward (through frozen D)"),
+    ("d_forward", "D forward on real and fake (one pass)"),
+    ("d_backward", "D backward"),
+    ("gr_adam", "Adam step of G+R (gated on the device)"),
+    ("d_adam", "Adam step of D (gated on the device)"),
+    ("readback", "the one read-back of losses and statistics"),
+];
 
-    /// Short name (the benchmark's JSON key; the PyTorch twin uses the same names).
-    pub fn name(self) -> &'static str {
-        match self {
-            Part::ZeroGrad => "zero_grad",
-            Part::GForward => "g_forward",
-            Part::RForward => "r_forward",
-            Part::DForwardForG => "d_forward_for_g",
-            Part::Losses => "losses",
-            Part::GrBackward => "gr_backward",
-            Part::DForward => "d_forward",
-            Part::DBackward => "d_backward",
-            Part::GrAdam => "gr_adam",
-            Part::DAdam => "d_adam",
-            Part::Readback => "readback",
-        }
-    }
-
-    /// One line for a table.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Part::ZeroGrad => "drop the G+R and D gradients",
-            Part::GForward => "G forward",
-            Part::RForward => "R forward + warp",
-            Part::DForwardForG => "D forward on the fake (G's adversarial term)",
-            Part::Losses => "L1+SSIM, smoothness, adversarial and D losses",
-            Part::GrBackward => "G+R backward (through frozen D)",
-            Part::DForward => "D forward on real and fake (one pass)",
-            Part::DBackward => "D backward",
-            Part::GrAdam => "Adam step of G+R (gated on the device)",
-            Part::DAdam => "Adam step of D (gated on the device)",
-            Part::Readback => "the one read-back of losses and statistics",
-        }
-    }
-}
-
-/// Told when each part of a step ends (a part may end more than once per step: the time
-/// since the previous lap belongs to the part named).
-pub trait Laps {
-    fn lap(&mut self, part: Part);
-}
-
-/// No profiling.
-impl Laps for () {
-    fn lap(&mut self, _part: Part) {}
+/// Enters the profiling span of a part of the step (one of [`PARTS`]) until the end of the
+/// enclosing block.
+macro_rules! part {
+    ($name:literal) => {
+        tracing::trace_span!(target: "ncct2ctpa::step", $name).entered()
+    };
 }
 
 /// Global L2 norm of the gradients of `vars` (those that have one), on the device, f64.
@@ -221,6 +170,7 @@ fn grad_norm(vars: &[Tensor], device: Device) -> Tensor {
 
 /// Device scalars waiting for the step's one read-back: loss terms (checked for finiteness)
 /// and statistics (not checked), each with where its value goes.
+#[derive(Default)]
 struct Pending {
     terms: Vec<(&'static str, Tensor, SetStat)>,
     stats: Vec<(Tensor, SetStat)>,
@@ -268,6 +218,41 @@ fn either(a: &Tensor, b: Option<&Tensor>) -> Tensor {
     }
 }
 
+/// What one step needs besides the networks: its settings, resolved once.
+struct StepCtx<'a> {
+    cfg: &'a TrainConfig,
+    /// The (1-based) step being taken.
+    step: u64,
+    phase: Phase,
+    /// Mixed precision (crate::amp): forward passes autocast, outputs and losses in fp32.
+    amp: Autocast,
+    device: Device,
+    /// Compute the gradient norms (a few extra reductions, so only on logging steps).
+    want_grad_norms: bool,
+}
+
+impl StepCtx<'_> {
+    /// A failure that is not a loss value (bad shapes, autograd): reported as a non-finite
+    /// `term`, so the run stops the same way.
+    fn internal(&self, term: &'static str) -> NonFinite {
+        NonFinite {
+            step: self.step,
+            term,
+            value: f64::NAN,
+        }
+    }
+}
+
+/// What section 1 (G and R) leaves for the rest of the step.
+struct GeneratorPass {
+    /// G's output, `[batch, 1, height, width]`, still attached to G's graph.
+    fake: Tensor,
+    /// The lung weight the reconstruction used.
+    lung_weight: f64,
+    /// amp's found-inf flag of G+R's gradients (`None` without the f16 scaler).
+    amp_flag: Option<Tensor>,
+}
+
 /// One step on `batch`: updates G+R, then D. `step` is 1-based (the step being taken);
 /// `lr_factor` scales both optimizers' configured learning rates; `want_grad_norms` computes
 /// the gradient norms (a few extra reductions, so only on logging steps).
@@ -280,105 +265,158 @@ pub fn train_step(
     lr_factor: f64,
     want_grad_norms: bool,
 ) -> Result<StepStats, NonFinite> {
-    train_step_with_laps(
-        nets,
-        opts,
-        batch,
-        cfg,
-        step,
-        lr_factor,
-        want_grad_norms,
-        &mut (),
-    )
-}
-
-/// [`train_step`], telling `laps` when each [`Part`] ends.
-#[allow(clippy::too_many_arguments)]
-pub fn train_step_with_laps(
-    nets: &mut Nets,
-    opts: &mut Optimizers,
-    batch: &BatchTensors,
-    cfg: &TrainConfig,
-    step: u64,
-    lr_factor: f64,
-    want_grad_norms: bool,
-    laps: &mut dyn Laps,
-) -> Result<StepStats, NonFinite> {
     tch::manual_seed(step_seed(cfg.seed, step));
     opts.gr.set_lr(cfg.optim.generator.lr * lr_factor);
     opts.d.set_lr(cfg.optim.discriminator.lr * lr_factor);
-    let loss_cfg = &cfg.loss;
     let device = batch.x.device();
-    let internal = |term: &'static str| NonFinite {
-        step,
-        term,
-        value: f64::NAN,
-    };
-    let mut pending = Pending {
-        terms: Vec::with_capacity(8),
-        stats: Vec::with_capacity(8),
-    };
-    let phase = cfg.progressive.phase_at(step);
-    // Mixed precision (crate::amp): forward passes autocast, outputs and losses in fp32.
-    let amp = crate::amp::Autocast::new(cfg.amp, device);
-
-    // 1. G and R. D's weights take no gradient from this loss.
-    nets.d_store.freeze();
-    opts.gr.zero_grad();
-    laps.lap(Part::ZeroGrad);
-    // [batch, 1, height, width]
-    let fake = amp.run(|| nets.g.forward_t(&batch.x, true));
-    laps.lap(Part::GForward);
-    let (registered, smooth) = match nets.r.as_ref().filter(|_| phase.trains_registration()) {
-        Some(r) => {
-            // [batch, 2, height, width], pixels
-            let flow = amp.run(|| r.forward_t(&fake, &batch.y, true));
-            let registered = warp_with(cfg.model.registration.warp, &fake, &flow);
-            laps.lap(Part::RForward);
-            let mag = flow
-                .detach()
-                .square()
-                .sum_dim_intlist(1, false, Kind::Float)
-                .sqrt();
-            pending.stat(mag.mean(Kind::Float), |s, v| s.flow_mean = v);
-            pending.stat(mag.max(), |s, v| s.flow_max = v);
-            let smooth = smoothness(&flow).map_err(|_| internal("smoothness (bad flow shape)"))?;
-            (registered, Some(smooth))
-        }
-        None => (fake.shallow_clone(), None),
-    };
-    // Reconstruction (multi-resolution, curriculum lung weight) + perceptual.
-    let image = image_losses(
-        &registered,
-        &batch.y,
-        &batch.lung,
+    let ctx = StepCtx {
         cfg,
-        nets.perceptual.as_ref(),
         step,
-    )
-    .map_err(|e| {
-        tracing::error!("step {step}: {e}");
-        internal(e.term())
-    })?;
-    laps.lap(Part::Losses);
+        phase: cfg.progressive.phase_at(step),
+        amp: Autocast::new(cfg.amp, device),
+        device,
+        want_grad_norms,
+    };
+    let mut pending = Pending::default();
+    // 1. G and R: forward, losses, backward (D frozen).
+    let gr = generator_pass(&ctx, nets, opts, batch, &mut pending)?;
+    // 2. D on real vs the detached fake (crate::phases: before D joins it is neither run
+    //    nor stepped).
+    let amp_d = match ctx.phase.trains_discriminator() {
+        true => discriminator_pass(&ctx, nets, opts, batch, &gr.fake, &mut pending)?,
+        false => None,
+    };
+    // 3. The updates, called off on the device if any term (or, with amp, any gradient) is
+    //    not finite.
+    gated_updates(&ctx, opts, &pending, gr.amp_flag.as_ref(), amp_d.as_ref());
+    // 4. The one read-back of terms, statistics and amp's flags; then the host's verdict.
+    let flags = [gr.amp_flag.as_ref(), amp_d.as_ref()];
+    let values = read_back(&ctx, &pending, &flags)?;
+    settle(&ctx, opts, &pending, &values, &flags, gr.lung_weight)
+}
+
+/// Section 1: G (and R) forward, G+R's loss, and its backward pass through the frozen D.
+fn generator_pass(
+    ctx: &StepCtx<'_>,
+    nets: &mut Nets,
+    opts: &mut Optimizers,
+    batch: &BatchTensors,
+    pending: &mut Pending,
+) -> Result<GeneratorPass, NonFinite> {
+    {
+        let _part = part!("zero_grad");
+        // D's weights take no gradient from this loss.
+        nets.d_store.freeze();
+        opts.gr.zero_grad();
+    }
+    // [batch, 1, height, width]
+    let fake = {
+        let _part = part!("g_forward");
+        ctx.amp.run(|| nets.g.forward_t(&batch.x, true))
+    };
+    let (registered, smooth) = register(ctx, nets, batch, &fake, pending)?;
+    let (loss_g, lung_weight) =
+        generator_loss(ctx, nets, batch, &fake, &registered, smooth, pending)?;
+    let _part = part!("gr_backward");
+    // scaled by the f16 loss scale, then unscaled before any use of the gradients
+    opts.scaler.backward(&loss_g);
+    let amp_flag = opts
+        .scaler
+        .unscale_flag(&nets.gr_store.trainable_variables());
+    if ctx.want_grad_norms {
+        let g = grad_norm(&nets.gr_variables(GENERATOR), ctx.device);
+        pending.stat(g, |s, v| s.grad_g = v);
+        let r = grad_norm(&nets.gr_variables(REGISTRATION), ctx.device);
+        pending.stat(r, |s, v| s.grad_r = v);
+    }
+    nets.d_store.unfreeze();
+    Ok(GeneratorPass {
+        fake,
+        lung_weight,
+        amp_flag,
+    })
+}
+
+/// R's flow on `fake` against the CTPA and the warped `fake`, with the flow's smoothness
+/// term; `fake` itself and no smoothness without R (or before R joins, crate::phases).
+fn register(
+    ctx: &StepCtx<'_>,
+    nets: &Nets,
+    batch: &BatchTensors,
+    fake: &Tensor,
+    pending: &mut Pending,
+) -> Result<(Tensor, Option<Tensor>), NonFinite> {
+    let Some(r) = nets.r.as_ref().filter(|_| ctx.phase.trains_registration()) else {
+        return Ok((fake.shallow_clone(), None));
+    };
+    let (flow, registered) = {
+        let _part = part!("r_forward");
+        // [batch, 2, height, width], pixels
+        let flow = ctx.amp.run(|| r.forward_t(fake, &batch.y, true));
+        let registered = warp_with(ctx.cfg.model.registration.warp, fake, &flow);
+        (flow, registered)
+    };
+    let _part = part!("losses");
+    let mag = flow
+        .detach()
+        .square()
+        .sum_dim_intlist(1, false, Kind::Float)
+        .sqrt();
+    pending.stat(mag.mean(Kind::Float), |s, v| s.flow_mean = v);
+    pending.stat(mag.max(), |s, v| s.flow_max = v);
+    let smooth = smoothness(&flow).map_err(|_| ctx.internal("smoothness (bad flow shape)"))?;
+    Ok((registered, Some(smooth)))
+}
+
+/// G+R's loss: reconstruction (multi-resolution, curriculum lung weight) + perceptual,
+/// adversarial (once D trains) and smoothness, each queued for the read-back. Returns the
+/// total and the lung weight used.
+fn generator_loss(
+    ctx: &StepCtx<'_>,
+    nets: &Nets,
+    batch: &BatchTensors,
+    fake: &Tensor,
+    registered: &Tensor,
+    smooth: Option<Tensor>,
+    pending: &mut Pending,
+) -> Result<(Tensor, f64), NonFinite> {
+    let (cfg, step) = (ctx.cfg, ctx.step);
+    let image = {
+        let _part = part!("losses");
+        let losses = cfg.loss.clone();
+        image_losses(
+            registered,
+            &batch.y,
+            &batch.lung,
+            cfg,
+            nets.perceptual.as_ref(),
+            step,
+        )
+        .map_err(|e| {
+            tracing::error!("step {step}: {e} (loss settings {losses:?})");
+            ctx.internal(e.term())
+        })?
+    };
     // D judges G's output only once it trains (crate::phases)
-    let adv_g = phase.trains_discriminator().then(|| {
-        let d_fake_for_g = amp.run(|| nets.d.forward_t(&nets.d.input(&fake, &batch.x), true));
-        laps.lap(Part::DForwardForG);
-        generator_adversarial(loss_cfg.adversarial, &d_fake_for_g)
+    let adv_g = ctx.phase.trains_discriminator().then(|| {
+        let _part = part!("d_forward_for_g");
+        let d_fake_for_g = ctx
+            .amp
+            .run(|| nets.d.forward_t(&nets.d.input(fake, &batch.x), true));
+        generator_adversarial(cfg.loss.adversarial, &d_fake_for_g)
     });
+    let _part = part!("losses");
     let mut loss_g = match &adv_g {
-        Some(a) => &image.total + a * loss_cfg.adversarial_weight,
+        Some(a) => &image.total + a * cfg.loss.adversarial_weight,
         // a new tensor: the `+=` below must not write into image.total
         None => image.total.copy(),
     };
     if let Some(s) = &smooth {
-        loss_g += s * loss_cfg.smoothness_weight;
+        loss_g += s * cfg.loss.smoothness_weight;
     }
-    if cfg.debug.inject_nan_at_step == Some(step) {
+    if cfg.hooks.inject_nan_at_step == Some(step) {
         loss_g *= f64::NAN;
     }
-    laps.lap(Part::Losses);
     pending.term("l1", &image.recon.l1, |s, v| s.l1 = v);
     pending.term("ssim", &image.recon.ssim, |s, v| s.ssim = v);
     if let Some(p) = &image.perceptual {
@@ -391,56 +429,106 @@ pub fn train_step_with_laps(
         pending.term("smoothness", s, |st, v| st.smooth = v);
     }
     pending.term("total G+R", &loss_g, |s, v| s.loss_g = v);
-    // scaled by the f16 loss scale, then unscaled before any use of the gradients
-    opts.scaler.backward(&loss_g);
-    let amp_gr = opts
-        .scaler
-        .unscale_flag(&nets.gr_store.trainable_variables());
-    if want_grad_norms {
-        pending.stat(grad_norm(&nets.gr_variables(GENERATOR), device), |s, v| {
-            s.grad_g = v
-        });
-        pending.stat(
-            grad_norm(&nets.gr_variables(REGISTRATION), device),
-            |s, v| s.grad_r = v,
-        );
-    }
-    nets.d_store.unfreeze();
-    laps.lap(Part::GrBackward);
+    Ok((loss_g, image.lung_weight))
+}
 
-    // 2. D on real vs the detached fake (crate::phases: before D joins it is neither run
-    // nor stepped).
-    let amp_d = if phase.trains_discriminator() {
-        discriminator_pass(
-            nets,
-            opts,
-            batch,
-            cfg,
-            step,
-            want_grad_norms,
-            &fake,
-            &amp,
-            &mut pending,
-            laps,
-        )?
-    } else {
-        None
+/// Section 2: D's forward, loss (+ R1) and backward on real vs the detached `fake`; queues
+/// its terms in `pending` and returns amp's found-inf flag for D's gradients (`None` without
+/// amp).
+fn discriminator_pass(
+    ctx: &StepCtx<'_>,
+    nets: &mut Nets,
+    opts: &mut Optimizers,
+    batch: &BatchTensors,
+    fake: &Tensor,
+    pending: &mut Pending,
+) -> Result<Option<Tensor>, NonFinite> {
+    {
+        let _part = part!("zero_grad");
+        opts.d.zero_grad();
+    }
+    let cfg = ctx.cfg;
+    let n = batch.y.size()[0];
+    // On R1 steps the real image is a leaf that requires a gradient (model::r1).
+    let r1_now = cfg.r1.active_at(ctx.step);
+    let real = match r1_now {
+        true => batch.y.detach().copy().set_requires_grad(true),
+        false => batch.y.shallow_clone(),
     };
-
-    // 3. The updates, called off on the device if any term is not finite (or, with amp,
-    // any gradient).
-    let bad = pending.non_finite_flag(device);
-    opts.gr.step_unless(&either(&bad, amp_gr.as_ref()));
-    laps.lap(Part::GrAdam);
-    if phase.trains_discriminator() {
-        opts.d.step_unless(&either(&bad, amp_d.as_ref()));
-        laps.lap(Part::DAdam);
+    // [2 * batch, 1, h', w']
+    let d_out = {
+        let _part = part!("d_forward");
+        // Real and fake go through D in one forward pass (concatenated along the batch; D's
+        // instance norm is per image, so this equals two passes): one power iteration per D
+        // update, and the spectral-norm vectors the graph saved are not changed in place by
+        // a second forward before the backward pass.
+        let d_in = Tensor::cat(
+            &[
+                nets.d.input(&real, &batch.x),
+                nets.d.input(&fake.detach(), &batch.x),
+            ],
+            0,
+        );
+        ctx.amp.run(|| nets.d.forward_t(&d_in, true))
+    };
+    let (d_real, d_fake) = (d_out.narrow(0, 0, n), d_out.narrow(0, n, n));
+    let mut loss_d = {
+        let _part = part!("losses");
+        discriminator_adversarial(cfg.loss.adversarial, &d_real, &d_fake)
+            * cfg.loss.adversarial_weight
+    };
+    let _part = part!("d_backward");
+    if r1_now {
+        // E ||grad_y D(y)||^2 by double backward; its gradient reaches D's weights below
+        let r1 = model::r1::mean_squared_gradient(&d_real, &real).map_err(|e| {
+            tracing::error!("step {}: {e}", ctx.step);
+            ctx.internal("R1 penalty (autograd)")
+        })?;
+        pending.term("R1 penalty", &r1, |s, v| s.r1 = Some(v));
+        loss_d += r1 * cfg.r1.weight();
     }
+    pending.term("discriminator", &loss_d, |s, v| s.loss_d = v);
+    pending.stat(d_real.detach().mean(Kind::Float), |s, v| s.d_real = v);
+    pending.stat(d_fake.detach().mean(Kind::Float), |s, v| s.d_fake = v);
+    opts.scaler.backward(&loss_d);
+    let vars = nets.d_store.trainable_variables();
+    let amp_d = opts.scaler.unscale_flag(&vars);
+    if ctx.want_grad_norms {
+        pending.stat(grad_norm(&vars, ctx.device), |s, v| s.grad_d = v);
+    }
+    Ok(amp_d)
+}
 
-    // 4. The one read-back: terms, statistics and amp's flags.
-    let mut flags = vec![];
-    flags.extend(amp_gr.iter().map(|f| f.reshape([1])));
-    flags.extend(amp_d.iter().map(|f| f.reshape([1])));
+/// Section 3: both Adam updates, queued on the device and called off there when any term is
+/// not finite (or, with amp, when that network's gradients are not): nothing waits for the
+/// host.
+fn gated_updates(
+    ctx: &StepCtx<'_>,
+    opts: &mut Optimizers,
+    pending: &Pending,
+    amp_gr: Option<&Tensor>,
+    amp_d: Option<&Tensor>,
+) {
+    let bad = {
+        let _part = part!("gr_adam");
+        let bad = pending.non_finite_flag(ctx.device);
+        opts.gr.step_unless(&either(&bad, amp_gr));
+        bad
+    };
+    if ctx.phase.trains_discriminator() {
+        let _part = part!("d_adam");
+        opts.d.step_unless(&either(&bad, amp_d));
+    }
+}
+
+/// Section 4: every queued term and statistic, then amp's flags, to the host in one
+/// transfer, in that order.
+fn read_back(
+    ctx: &StepCtx<'_>,
+    pending: &Pending,
+    flags: &[Option<&Tensor>; 2],
+) -> Result<Vec<f64>, NonFinite> {
+    let _part = part!("readback");
     let all: Vec<Tensor> = pending
         .terms
         .iter()
@@ -450,16 +538,29 @@ pub fn train_step_with_laps(
         .chain(
             flags
                 .iter()
-                .map(|f| f.to_device(device).to_kind(Kind::Double)),
+                .flatten()
+                .map(|f| f.reshape([1]).to_device(ctx.device).to_kind(Kind::Double)),
         )
         .collect();
-    let values = Vec::<f64>::try_from(Tensor::cat(&all, 0).to_device(Device::Cpu))
-        .map_err(|_| internal("read-back"))?;
-    laps.lap(Part::Readback);
+    Vec::<f64>::try_from(Tensor::cat(&all, 0).to_device(Device::Cpu))
+        .map_err(|_| ctx.internal("read-back"))
+}
+
+/// The host's side of the read-back `values`: fills the statistics, takes back the step
+/// counts of updates the device called off, reports the first non-finite term, and feeds
+/// amp's loss scaler.
+fn settle(
+    ctx: &StepCtx<'_>,
+    opts: &mut Optimizers,
+    pending: &Pending,
+    values: &[f64],
+    flags: &[Option<&Tensor>; 2],
+    lung_weight: f64,
+) -> Result<StepStats, NonFinite> {
     let (term_values, rest) = values.split_at(pending.terms.len());
     let (stat_values, flag_values) = rest.split_at(pending.stats.len());
     let mut stats = StepStats {
-        lung_weight: image.lung_weight,
+        lung_weight,
         ..StepStats::default()
     };
     for ((_, _, set), v) in pending.terms.iter().zip(term_values) {
@@ -469,6 +570,7 @@ pub fn train_step_with_laps(
         set(&mut stats, *v);
     }
     let mut flag_values = flag_values.iter();
+    let [amp_gr, amp_d] = flags;
     let gr_finite = amp_gr.is_none() || flag_values.next() == Some(&0.0);
     let d_finite = amp_d.is_none() || flag_values.next() == Some(&0.0);
     let first_bad = pending
@@ -479,12 +581,12 @@ pub fn train_step_with_laps(
     if first_bad.is_some() || !gr_finite {
         opts.gr.uncount_step();
     }
-    if phase.trains_discriminator() && (first_bad.is_some() || !d_finite) {
+    if ctx.phase.trains_discriminator() && (first_bad.is_some() || !d_finite) {
         opts.d.uncount_step();
     }
     if let Some(((term, _, _), value)) = first_bad {
         return Err(NonFinite {
-            step,
+            step: ctx.step,
             term,
             value: *value,
         });
@@ -497,77 +599,6 @@ pub fn train_step_with_laps(
     }
     opts.scaler.update();
     Ok(stats)
-}
-
-/// D's forward, loss (+ R1) and backward on real vs the detached `fake`; queues its terms in
-/// `pending` and returns amp's found-inf flag for D's gradients (`None` without amp).
-#[allow(clippy::too_many_arguments)]
-fn discriminator_pass(
-    nets: &mut Nets,
-    opts: &mut Optimizers,
-    batch: &BatchTensors,
-    cfg: &TrainConfig,
-    step: u64,
-    want_grad_norms: bool,
-    fake: &Tensor,
-    amp: &crate::amp::Autocast,
-    pending: &mut Pending,
-    laps: &mut dyn Laps,
-) -> Result<Option<Tensor>, NonFinite> {
-    opts.d.zero_grad();
-    laps.lap(Part::ZeroGrad);
-    let fake = fake.detach();
-    // Real and fake go through D in one forward pass (concatenated along the batch; D's
-    // instance norm is per image, so this equals two passes): one power iteration per D
-    // update, and the spectral-norm vectors the graph saved are not changed in place by a
-    // second forward before the backward pass.
-    let n = batch.y.size()[0];
-    // On R1 steps the real image is a leaf that requires a gradient (model::r1).
-    let r1_now = cfg.r1.active_at(step);
-    let real = if r1_now {
-        batch.y.detach().copy().set_requires_grad(true)
-    } else {
-        batch.y.shallow_clone()
-    };
-    let d_in = Tensor::cat(
-        &[nets.d.input(&real, &batch.x), nets.d.input(&fake, &batch.x)],
-        0,
-    );
-    // [2 * batch, 1, h', w']
-    let d_out = amp.run(|| nets.d.forward_t(&d_in, true));
-    laps.lap(Part::DForward);
-    let d_real = d_out.narrow(0, 0, n);
-    let d_fake = d_out.narrow(0, n, n);
-    let mut loss_d = discriminator_adversarial(cfg.loss.adversarial, &d_real, &d_fake)
-        * cfg.loss.adversarial_weight;
-    laps.lap(Part::Losses);
-    if r1_now {
-        // E ||grad_y D(y)||^2 by double backward; its gradient reaches D's weights below
-        let r1 = model::r1::mean_squared_gradient(&d_real, &real).map_err(|e| {
-            tracing::error!("step {step}: {e}");
-            NonFinite {
-                step,
-                term: "R1 penalty (autograd)",
-                value: f64::NAN,
-            }
-        })?;
-        pending.term("R1 penalty", &r1, |s, v| s.r1 = Some(v));
-        loss_d += r1 * cfg.r1.weight();
-        laps.lap(Part::DBackward);
-    }
-    pending.term("discriminator", &loss_d, |s, v| s.loss_d = v);
-    pending.stat(d_real.detach().mean(Kind::Float), |s, v| s.d_real = v);
-    pending.stat(d_fake.detach().mean(Kind::Float), |s, v| s.d_fake = v);
-    opts.scaler.backward(&loss_d);
-    let amp_d = opts
-        .scaler
-        .unscale_flag(&nets.d_store.trainable_variables());
-    if want_grad_norms {
-        let vars = nets.d_store.trainable_variables();
-        pending.stat(grad_norm(&vars, fake.device()), |s, v| s.grad_d = v);
-    }
-    laps.lap(Part::DBackward);
-    Ok(amp_d)
 }
 
 /// libtorch's seed for step `step` of a run seeded `seed` (splitmix64 of the pair, kept
@@ -586,16 +617,14 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
 mod tests {
     use super::*;
 
-    /// `Part::ALL` lists every part once, in declaration order, so `part as usize` indexes
-    /// it (the benchmark's clock relies on this); names are distinct.
+    /// Every part has a distinct name and a description (the benchmark's JSON keys and the
+    /// PyTorch twin's).
     #[test]
-    fn parts_are_listed_in_declaration_order_with_distinct_names() {
-        for (i, part) in Part::ALL.iter().enumerate() {
-            assert_eq!(*part as usize, i, "{part:?}");
-        }
-        let mut names: Vec<&str> = Part::ALL.iter().map(|p| p.name()).collect();
+    fn parts_have_distinct_names() {
+        let mut names: Vec<&str> = PARTS.iter().map(|(n, _)| *n).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), Part::ALL.len());
+        assert_eq!(names.len(), PARTS.len());
+        assert!(PARTS.iter().all(|(_, d)| !d.is_empty()));
     }
 }

@@ -1,27 +1,45 @@
-//! The training loop, top to bottom: set up (run folder, data, networks, resume), then for each
-//! step: batch, RegGAN step, log, validate, sample, checkpoint.
+//! The training loop, top to bottom: [`Trainer::set_up`] (configuration, run folder, data,
+//! networks, the state to continue from), then for each step [`Trainer::step`] (batch, the
+//! RegGAN step of [`crate::step`]) and [`Trainer::end_of_step`] (log, validate, sample,
+//! checkpoint), then [`Trainer::finish`].
+//!
+//! A run is [`Start::New`] (a configuration, into a folder that holds no run yet) or
+//! [`Start::Resume`] (the run's own `config.toml`, continued from `checkpoints/latest`, where
+//! only process-local settings may change: device, threads, the progress bar).
 
 use crate::checkpoint::{self, Best, TrainState};
-use crate::config::TrainConfig;
+use crate::config::{Layer, TestHooks, TrainConfig};
 use crate::events::{num, EventLog, HumanLog};
-use crate::nets::Nets;
+use crate::nets::{Nets, Optimizers};
 use crate::plot::draw_curves;
 use crate::run_dir::RunDir;
 use crate::step::{train_step, BatchTensors, NonFinite, StepStats};
 use crate::validate::{Scores, Validator};
-use anyhow::Context;
-use dataset::augment::SlicePair;
-use dataset::manifest::{IntensityWindow, Split};
-use dataset::sampler::{
-    split_keys, Loader, Sampler, SamplerConfig, SamplerError, SliceKey, SliceSource,
-};
-use dataset::store::PreparedDataset;
+use anyhow::{bail, Context};
+use dataset::manifest::Split;
+use dataset::sampler::{split_keys, Batch, Loader, Sampler, SamplerConfig, SliceKey};
+use dataset::store::{PreparedDataset, WindowedStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::Tensor;
+use tch::{Device, Tensor};
+
+/// How a run starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// A new run of this configuration (the folder must not hold a run).
+    New(Box<TrainConfig>),
+    /// Continue the run in the folder from `checkpoints/latest` with its own configuration,
+    /// exactly as if it had not stopped. `local` may set only the keys of
+    /// [`LOCAL_KEYS`] (what this process runs on, not what is trained).
+    Resume { local: Layer, hooks: TestHooks },
+}
+
+/// The keys a resumed process may change: where and how it runs, never what it trains.
+pub const LOCAL_KEYS: [&str; 3] = ["device", "threads", "log.progress"];
 
 /// Where and how to run.
 #[derive(Debug, Clone)]
@@ -30,8 +48,7 @@ pub struct RunSpec {
     pub data: PathBuf,
     /// Run folder.
     pub run: PathBuf,
-    /// Continue the run in `run` from its `checkpoints/latest` (the config is the run's own).
-    pub resume: bool,
+    pub start: Start,
 }
 
 /// What a finished run reports.
@@ -52,80 +69,463 @@ pub struct TrainOutcome {
     pub wall: Duration,
 }
 
-/// Reads slices from the prepared store, normalised with the run's window (which may differ
-/// from the dataset's: the store keeps HU).
-struct WindowedSource {
-    ds: Arc<PreparedDataset>,
-    window: IntensityWindow,
+/// Trains as `spec` says (see [`Start`]).
+pub fn train(spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
+    Trainer::set_up(spec)?.run()
 }
 
-impl SliceSource for WindowedSource {
-    fn read_pair(&self, key: SliceKey) -> Result<SlicePair, SamplerError> {
-        let s = self
-            .ds
-            .slice_at(key.case, key.z)
-            .map_err(|e| SamplerError::Read {
-                key,
-                source: Box::new(e),
-            })?;
-        let w = self.window;
-        Ok(SlicePair {
-            ncct: s.ncct.mapv(|v| w.normalize(f32::from(v))),
-            ctpa: s.ctpa.mapv(|v| w.normalize(f32::from(v))),
-            lung: s.lung.to_owned(),
-            body: s.body.to_owned(),
+/// A run in progress: everything the loop reads and writes.
+pub struct Trainer {
+    cfg: TrainConfig,
+    run: RunDir,
+    data: PathBuf,
+    device: Device,
+    human: HumanLog,
+    events: EventLog,
+    sampler: Arc<Sampler<WindowedStore>>,
+    validator: Validator,
+    nets: Nets,
+    opts: Optimizers,
+    /// The step this process starts after (0 or the checkpoint's) and the run's last step.
+    start: u64,
+    total: u64,
+    best: Option<Best>,
+    last: Scores,
+    /// Steps that waited for their batch longer than `log.starve_warn_ms`.
+    starved: u64,
+    lung_log: crate::curriculum::LungWeightLog,
+    pb: ProgressBar,
+    t0: Instant,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("run", &self.run.root())
+            .field("device", &self.device)
+            .field("start", &self.start)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// Opens the data, resolves the configuration and the run folder (written before step 1),
+    /// builds the networks and restores the checkpoint of a resumed run.
+    pub fn set_up(spec: &RunSpec) -> anyhow::Result<Self> {
+        let t0 = Instant::now();
+        let ds =
+            Arc::new(PreparedDataset::open(&spec.data).with_context(|| {
+                format!("opening the prepared dataset {}", spec.data.display())
+            })?);
+        let (cfg, run) = open_run(spec, &ds)?;
+        if cfg.threads > 0 {
+            tch::set_num_threads(cfg.threads as i32);
+        }
+        let device = model::device::select(&cfg.device)?;
+        let mut human = HumanLog::open(&run.log())?;
+        let sampler = training_sampler(&cfg, &ds, &spec.data)?;
+        let validator = Validator::load(
+            &ds,
+            cfg.window(),
+            cfg.size_multiple(),
+            cfg.log.val_max_cases,
+        )?;
+        let mut nets = Nets::new(&cfg, device);
+        // The perceptual loss's frozen VGG (checked against the recorded SHA-256) and the log
+        // lines describing the image loss terms.
+        let image_lines = crate::image_losses::attach(&mut nets, &cfg, device)?;
+        let mut opts = nets.optimizers(&cfg)?;
+        let total = cfg.schedule.steps;
+        let resume = matches!(spec.start, Start::Resume { .. });
+        let (start, best, events) =
+            restore_or_begin(&run, &mut nets, &mut opts, &mut human, resume)?;
+        let mut trainer = Self {
+            pb: progress_bar(&cfg, total),
+            cfg,
+            run,
+            data: spec.data.clone(),
+            device,
+            human,
+            events,
+            sampler,
+            validator,
+            nets,
+            opts,
+            start,
+            total,
+            best,
+            last: Scores::default(),
+            starved: 0,
+            lung_log: Default::default(),
+            t0,
+        };
+        trainer.log_start(&image_lines)?;
+        Ok(trainer)
+    }
+
+    /// The start-up line (device, data, model, steps) and the `start` event of a new run.
+    fn log_start(&mut self, image_lines: &[String]) -> anyhow::Result<()> {
+        let (cfg, nets) = (&self.cfg, &self.nets);
+        let summary = model::summary::NetworkCount::of(&nets.gr_store);
+        let line = format!(
+            "run {} | device {:?} | data {} ({} training slices, {} validation cases) | preset \
+             {} | registration {} | steps {}..{} | batch {} x {}px | G+R variables {} ({} \
+             params)",
+            self.run.root().display(),
+            self.device,
+            self.data.display(),
+            self.sampler.slices_per_epoch(),
+            self.validator.cases.len(),
+            cfg.preset,
+            if cfg.registration { "on" } else { "off" },
+            self.start + 1,
+            self.total,
+            cfg.data.batch_size,
+            cfg.data.crop_size,
+            nets.gr_store.len(),
+            summary.total,
+        );
+        for line in std::iter::once(&line).chain(image_lines) {
+            self.human.line(line);
+            tracing::info!("{line}");
+        }
+        if self.start == 0 {
+            let fields = [
+                ("device", Value::from(format!("{:?}", self.device))),
+                ("train_slices", Value::from(self.sampler.slices_per_epoch())),
+                ("val_cases", Value::from(self.validator.cases.len())),
+                ("total_steps", Value::from(self.total)),
+            ];
+            self.events.write(0, "start", &fields)?;
+        }
+        if self.start >= self.total {
+            self.human.line(&format!(
+                "nothing to do: the run already completed {} of {} steps",
+                self.start, self.total
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the remaining steps, then [`Self::finish`].
+    pub fn run(mut self) -> anyhow::Result<TrainOutcome> {
+        let (start, total) = (self.start, self.total);
+        let mut loader = Loader::spawn(
+            Arc::clone(&self.sampler),
+            start..total,
+            self.cfg.data.loader_threads,
+            self.cfg.data.prefetch,
+        )?;
+        self.pb.set_position(start);
+        self.pb.reset_eta();
+        for step in start + 1..=total {
+            let batch = self.next_batch(&mut loader, step)?;
+            let stats = self.step(&batch, step)?;
+            if let ControlFlow::Break(()) = self.end_of_step(step, &stats, &batch.keys)? {
+                self.pb.abandon();
+                return Ok(self.outcome(step));
+            }
+        }
+        drop(loader);
+        self.finish()
+    }
+
+    /// The batch of `step` from the loader, warning when the loader is slower than training.
+    fn next_batch(&mut self, loader: &mut Loader, step: u64) -> anyhow::Result<Batch> {
+        let batch = loader
+            .next_batch()
+            .ok_or_else(|| anyhow::anyhow!("the data loader ended early at step {step}"))?
+            .with_context(|| format!("loading the batch of step {step}"))?;
+        let warn_after = Duration::from_millis(self.cfg.log.starve_warn_ms);
+        // The first batch always waits for the loader to start.
+        if step > self.start + 1 && loader.last_wait() > warn_after {
+            self.starved += 1;
+            if self.starved == 1 || self.starved.is_multiple_of(100) {
+                tracing::warn!(
+                    "step {step} waited {:.0} ms for its batch ({} starved steps so far): the \
+                     data loader is slower than training; raise data.loader_threads",
+                    loader.last_wait().as_secs_f64() * 1e3,
+                    self.starved
+                );
+            }
+        }
+        Ok(batch)
+    }
+
+    /// The RegGAN step on `batch`; a non-finite loss stops the run with a debug snapshot.
+    fn step(&mut self, batch: &Batch, step: u64) -> anyhow::Result<StepStats> {
+        let tensors = BatchTensors::from_batch(batch, self.device)?;
+        let (cfg, events, human) = (&self.cfg, &mut self.events, &mut self.human);
+        self.pb.suspend(|| {
+            crate::phases::log_switch(&cfg.progressive, step, self.total, events, human)
+        })?;
+        let lr_factor = cfg.schedule.lr_factor(step);
+        let log_now = is_due(step, cfg.log.every, self.total);
+        let result = train_step(
+            &mut self.nets,
+            &mut self.opts,
+            &tensors,
+            cfg,
+            step,
+            lr_factor,
+            log_now,
+        );
+        result.map_err(|nf| {
+            self.pb.abandon();
+            stop_non_finite(
+                &self.run,
+                &self.nets,
+                &tensors,
+                &batch.keys,
+                &nf,
+                (&mut self.events, &mut self.human),
+            )
         })
     }
+
+    /// What follows a step: its log, validation, samples and checkpoints when due; `Break`
+    /// when a test hook stops the run here.
+    fn end_of_step(
+        &mut self,
+        step: u64,
+        stats: &StepStats,
+        keys: &[SliceKey],
+    ) -> anyhow::Result<ControlFlow<()>> {
+        let (every, total) = (&self.cfg.log, self.total);
+        let epoch = self.sampler.epoch_at(step);
+        self.pb.set_position(step);
+        self.pb.set_message(format!(
+            "ep {epoch:.2} G {:.3} D {:.3} L1 {:.4}",
+            stats.loss_g, stats.loss_d, stats.l1
+        ));
+        let log_now = is_due(step, every.every, total);
+        if log_now {
+            let fields = train_fields(stats, epoch, self.opts.gr.lr(), keys);
+            self.events.write(step, "train", &fields)?;
+        }
+        let (cfg, events, human) = (&self.cfg, &mut self.events, &mut self.human);
+        let lung_log = &mut self.lung_log;
+        self.pb.suspend(|| {
+            lung_log.observe(
+                &cfg.lung_curriculum,
+                step,
+                stats.lung_weight,
+                log_now,
+                events,
+                human,
+            )
+        })?;
+        if is_due(step, self.cfg.log.val_every, total) {
+            self.validate(step, epoch)?;
+        }
+        if is_due(step, self.cfg.log.sample_every, total) {
+            let path = self.run.sample(step);
+            self.validator
+                .sample_grid(&self.nets, self.device, step, &path)?;
+        }
+        if is_due(step, self.cfg.log.checkpoint_every, total) {
+            self.save_latest(step, epoch)?;
+        }
+        if self.cfg.hooks.stop_after_step == Some(step) && step < total {
+            self.human
+                .line(&format!("stopping after step {step} (test hook)"));
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Validates on whole volumes, logs the scores beside the baseline, keeps `best`, and
+    /// redraws the curves.
+    fn validate(&mut self, step: u64, epoch: f64) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.last = self.validator.run(&self.nets, self.device)?;
+        let mut fields = vec![("epoch", num(epoch))];
+        for (k, v) in self.last.fields() {
+            fields.push((k, v.map_or(Value::Null, num)));
+        }
+        for (k, (_, v)) in BASELINE_KEYS
+            .into_iter()
+            .zip(self.validator.baseline.fields())
+        {
+            fields.push((k, v.map_or(Value::Null, num)));
+        }
+        fields.push(("seconds", num(t.elapsed().as_secs_f64())));
+        self.events.write(step, "val", &fields)?;
+        let line = format!(
+            "step {step}: validation {}",
+            scores_line(&self.last, &self.validator.baseline)
+        );
+        self.human.line(&line);
+        self.pb.suspend(|| tracing::info!("{line}"));
+        self.keep_best(step, epoch)?;
+        if let Err(e) = checkpoint_free_curves(&self.run) {
+            tracing::warn!("could not draw curves.png: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// Saves `best` when the last validation beats it.
+    fn keep_best(&mut self, step: u64, epoch: f64) -> anyhow::Result<()> {
+        let metric = self.cfg.log.best_metric;
+        let Some(value) = self.last.get(metric.key()) else {
+            return Ok(());
+        };
+        let better = self
+            .best
+            .as_ref()
+            .is_none_or(|b| metric.improves(value, b.value));
+        if !better {
+            return Ok(());
+        }
+        self.best = Some(Best {
+            metric: metric.key().into(),
+            value,
+            step,
+        });
+        let state = TrainState::new(&self.cfg, step, epoch, self.best.clone());
+        checkpoint::save(&self.run, "best", &self.nets, &self.opts, &state)?;
+        let fields = [("name", "best".into()), (metric.key(), num(value))];
+        self.events.write(step, "checkpoint", &fields)
+    }
+
+    /// Saves `latest` (and `final` at the last step).
+    fn save_latest(&mut self, step: u64, epoch: f64) -> anyhow::Result<()> {
+        let state = TrainState::new(&self.cfg, step, epoch, self.best.clone());
+        let names: &[&str] = match step == self.total {
+            true => &["latest", "final"],
+            false => &["latest"],
+        };
+        for name in names {
+            checkpoint::save(&self.run, name, &self.nets, &self.opts, &state)?;
+            self.events
+                .write(step, "checkpoint", &[("name", (*name).into())])?;
+        }
+        Ok(())
+    }
+
+    /// The `end` event and line, and the outcome.
+    fn finish(mut self) -> anyhow::Result<TrainOutcome> {
+        self.pb.finish_and_clear();
+        let (start, total) = (self.start, self.total);
+        let wall = self.t0.elapsed();
+        if start < total {
+            let fields = [
+                ("seconds", num(wall.as_secs_f64())),
+                ("starved_steps", Value::from(self.starved)),
+            ];
+            self.events.write(total, "end", &fields)?;
+            self.human.line(&format!(
+                "finished {total} steps in {:.1} s ({} steps waited for data); final \
+                 validation {}",
+                wall.as_secs_f64(),
+                self.starved,
+                scores_line(&self.last, &self.validator.baseline)
+            ));
+        }
+        Ok(self.outcome(total))
+    }
+
+    fn outcome(&self, steps: u64) -> TrainOutcome {
+        TrainOutcome {
+            run: self.run.root().to_path_buf(),
+            steps,
+            started_at: self.start,
+            last: self.last,
+            baseline: self.validator.baseline,
+            best: self.best.clone(),
+            device: format!("{:?}", self.device),
+            wall: self.t0.elapsed(),
+        }
+    }
 }
 
-/// Trains `cfg` (ignored when resuming: the run's own config is used) on `spec.data` into
-/// `spec.run`.
-pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
-    let t0 = Instant::now();
-    let ds = Arc::new(
-        PreparedDataset::open(&spec.data)
-            .with_context(|| format!("opening the prepared dataset {}", spec.data.display()))?,
-    );
-
-    // 1. Configuration and run folder.
-    let (cfg, run) = if spec.resume {
-        let run = RunDir::open_existing(&spec.run)?;
-        let mut saved = TrainConfig::load(&run.config(), "default")?;
-        saved
-            .validate()
-            .with_context(|| format!("config of {}", run.root().display()))?;
-        // Whether to draw a progress bar is this process's business, not the run's.
-        saved.log.progress = cfg.log.progress;
-        (saved, run)
-    } else {
-        let mut cfg = cfg;
-        let probe = split_keys(&ds, Split::Train, cfg.data.min_body_fraction)?;
-        cfg.resolve(ds.window(), probe.len())?;
-        let run = RunDir::create_new(&spec.run)?;
-        write_text_atomic(&run.config(), &cfg.to_toml_string()?)?;
-        (cfg, run)
-    };
-    if cfg.threads > 0 {
-        tch::set_num_threads(cfg.threads as i32);
+/// A resumed run's weights, moments, step, best score and metrics from `checkpoints/latest`;
+/// a new run's step 0 and empty metrics.
+fn restore_or_begin(
+    run: &RunDir,
+    nets: &mut Nets,
+    opts: &mut Optimizers,
+    human: &mut HumanLog,
+    resume: bool,
+) -> anyhow::Result<(u64, Option<Best>, EventLog)> {
+    if !resume {
+        return Ok((0, None, EventLog::open(&run.metrics())?));
     }
-    let device = model::device::select(&cfg.device)?;
-    let mut human = HumanLog::open(&run.log())?;
+    let dir = checkpoint::resume_dir(run)?;
+    let state = checkpoint::restore(&dir, nets, opts)?;
+    let mut events = EventLog::open_resumed(&run.metrics(), state.step)?;
+    let from = Value::from(dir.display().to_string());
+    events.write(state.step, "resume", &[("from", from)])?;
+    human.line(&format!(
+        "resumed from {} at step {}",
+        dir.display(),
+        state.step
+    ));
+    Ok((state.step, state.best, events))
+}
 
-    // 2. Data: training slices, sampler and validation volumes.
-    let keys = split_keys(&ds, Split::Train, cfg.data.min_body_fraction)?;
+/// The run's configuration and folder: a new run's resolved config written into a new folder,
+/// or a resumed run's own config with the process-local keys of `local` on top.
+fn open_run(spec: &RunSpec, ds: &PreparedDataset) -> anyhow::Result<(TrainConfig, RunDir)> {
+    match &spec.start {
+        Start::New(cfg) => {
+            let mut cfg = (**cfg).clone();
+            let probe = split_keys(ds, Split::Train, cfg.data.min_body_fraction)?;
+            cfg.resolve(ds.window(), probe.len())?;
+            cfg.hooks = cfg.hooks.clone().with_env()?;
+            let run = RunDir::create_new(&spec.run)?;
+            write_text_atomic(&run.config(), &cfg.to_toml_string()?)?;
+            Ok((cfg, run))
+        }
+        Start::Resume { local, hooks } => {
+            let refused: Vec<String> = local
+                .keys()
+                .into_iter()
+                .filter(|k| !LOCAL_KEYS.contains(&k.as_str()))
+                .collect();
+            if !refused.is_empty() {
+                bail!(
+                    "a resumed run trains with its own config.toml; only {} may change, not {}",
+                    LOCAL_KEYS.join(", "),
+                    refused.join(", ")
+                );
+            }
+            let run = RunDir::open_existing(&spec.run)?;
+            let mut layers = vec![toml::from_str(&read_text(&run.config())?)
+                .with_context(|| format!("config {}", run.config().display()))?];
+            layers.push(local.0.clone());
+            let mut cfg = TrainConfig::from_layers(layers, "default")
+                .with_context(|| format!("config of {}", run.root().display()))?;
+            cfg.validate()
+                .with_context(|| format!("config of {}", run.root().display()))?;
+            cfg.hooks = hooks.clone().with_env()?;
+            Ok((cfg, run))
+        }
+    }
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The sampler over the training split's slices, normalised with the run's window.
+fn training_sampler(
+    cfg: &TrainConfig,
+    ds: &Arc<PreparedDataset>,
+    data: &Path,
+) -> anyhow::Result<Arc<Sampler<WindowedStore>>> {
+    let keys = split_keys(ds, Split::Train, cfg.data.min_body_fraction)?;
     if keys.is_empty() {
-        anyhow::bail!(
+        bail!(
             "{}: no training slices (no case in the train split has a slice with at least {} of \
              body pixels)",
-            spec.data.display(),
+            data.display(),
             cfg.data.min_body_fraction
         );
     }
-    let source = Arc::new(WindowedSource {
-        ds: Arc::clone(&ds),
-        window: cfg.window(),
-    });
-    let sampler = Arc::new(Sampler::new(
+    let source = Arc::new(WindowedStore::new(Arc::clone(ds), cfg.window()));
+    let sampler = Sampler::new(
         source,
         keys,
         SamplerConfig {
@@ -135,270 +535,26 @@ pub fn train(cfg: TrainConfig, spec: &RunSpec) -> anyhow::Result<TrainOutcome> {
             seed: cfg.seed,
             augment: cfg.data.augment.clone(),
         },
-    )?);
-    let validator = Validator::load(
-        &ds,
-        cfg.window(),
-        cfg.size_multiple(),
-        cfg.log.val_max_cases,
     )?;
-
-    // 3. Networks, optimizers, and the state to continue from.
-    let mut nets = Nets::new(&cfg, device);
-    // The perceptual loss's frozen VGG (checked against the recorded SHA-256) and the log
-    // lines describing the image loss terms.
-    let image_lines = crate::image_losses::attach(&mut nets, &cfg, device)?;
-    let mut opts = nets.optimizers(&cfg)?;
-    let total = cfg.schedule.steps;
-    let (start, mut best, mut events) = if spec.resume {
-        let dir = checkpoint::resume_dir(&run)?;
-        let state = checkpoint::restore(&dir, &mut nets, &mut opts)?;
-        let mut events = EventLog::open_resumed(&run.metrics(), state.step)?;
-        events.write(
-            state.step,
-            "resume",
-            &[("from", Value::from(dir.display().to_string()))],
-        )?;
-        human.line(&format!(
-            "resumed from {} at step {}",
-            dir.display(),
-            state.step
-        ));
-        (state.step, state.best, events)
-    } else {
-        (0, None, EventLog::open(&run.metrics())?)
-    };
-    let summary = model::summary::NetworkCount::of(&nets.gr_store);
-    let start_msg = format!(
-        "run {} | device {device:?} | data {} ({} training slices, {} validation cases) | preset \
-         {} | registration {} | steps {}..{total} | batch {} x {}px | G+R variables {} ({} \
-         params)",
-        run.root().display(),
-        spec.data.display(),
-        sampler.slices_per_epoch(),
-        validator.cases.len(),
-        cfg.preset,
-        if cfg.registration { "on" } else { "off" },
-        start + 1,
-        cfg.data.batch_size,
-        cfg.data.crop_size,
-        nets.gr_store.len(),
-        summary.total,
-    );
-    human.line(&start_msg);
-    tracing::info!("{start_msg}");
-    for line in &image_lines {
-        human.line(line);
-        tracing::info!("{line}");
-    }
-    if start == 0 {
-        events.write(
-            0,
-            "start",
-            &[
-                ("device", Value::from(format!("{device:?}"))),
-                ("train_slices", Value::from(sampler.slices_per_epoch())),
-                ("val_cases", Value::from(validator.cases.len())),
-                ("total_steps", Value::from(total)),
-            ],
-        )?;
-    }
-    if start >= total {
-        human.line(&format!(
-            "nothing to do: the run already completed {start} of {total} steps"
-        ));
-    }
-
-    // 4. The loop.
-    let mut loader = Loader::spawn(
-        Arc::clone(&sampler),
-        start..total,
-        cfg.data.loader_threads,
-        cfg.data.prefetch,
-    )?;
-    let pb = progress_bar(&cfg, start, total);
-    let mut last = Scores::default();
-    let mut starved = 0u64;
-    let mut lung_log = crate::curriculum::LungWeightLog::default();
-    let warn_after = Duration::from_millis(cfg.log.starve_warn_ms);
-    for step in start + 1..=total {
-        let batch = loader
-            .next_batch()
-            .ok_or_else(|| anyhow::anyhow!("the data loader ended early at step {step}"))?
-            .with_context(|| format!("loading the batch of step {step}"))?;
-        // The first batch always waits for the loader to start.
-        if step > start + 1 && loader.last_wait() > warn_after {
-            starved += 1;
-            if starved == 1 || starved.is_multiple_of(100) {
-                tracing::warn!(
-                    "step {step} waited {:.0} ms for its batch ({starved} starved steps so far): \
-                     the data loader is slower than training; raise data.loader_threads",
-                    loader.last_wait().as_secs_f64() * 1e3
-                );
-            }
-        }
-        let tensors = BatchTensors::from_batch(&batch, device)?;
-        pb.suspend(|| {
-            crate::phases::log_switch(&cfg.progressive, step, total, &mut events, &mut human)
-        })?;
-        let lr_factor = cfg.schedule.lr_factor(step);
-        let log_now = is_due(step, cfg.log.every, total);
-        let stats = match train_step(
-            &mut nets, &mut opts, &tensors, &cfg, step, lr_factor, log_now,
-        ) {
-            Ok(s) => s,
-            Err(nf) => {
-                pb.abandon();
-                return Err(stop_non_finite(
-                    &run,
-                    &nets,
-                    &tensors,
-                    &batch.keys,
-                    &nf,
-                    &mut events,
-                    &mut human,
-                ));
-            }
-        };
-        let epoch = sampler.epoch_at(step);
-        pb.set_position(step);
-        pb.set_message(format!(
-            "ep {epoch:.2} G {:.3} D {:.3} L1 {:.4}",
-            stats.loss_g, stats.loss_d, stats.l1
-        ));
-        if log_now {
-            events.write(
-                step,
-                "train",
-                &train_fields(&stats, epoch, opts.gr.lr(), &batch.keys),
-            )?;
-        }
-        pb.suspend(|| {
-            lung_log.observe(
-                &cfg.lung_curriculum,
-                step,
-                stats.lung_weight,
-                log_now,
-                &mut events,
-                &mut human,
-            )
-        })?;
-        if is_due(step, cfg.log.val_every, total) {
-            let t = Instant::now();
-            last = validator.run(&nets, device)?;
-            let mut fields = vec![("epoch", num(epoch))];
-            for (k, v) in last.fields() {
-                fields.push((k, v.map_or(Value::Null, num)));
-            }
-            let base_keys = [
-                "baseline_mae_body",
-                "baseline_mae_lung",
-                "baseline_psnr_body",
-                "baseline_psnr_lung",
-                "baseline_ssim_body",
-                "baseline_ssim_lung",
-            ];
-            for (k, (_, v)) in base_keys.into_iter().zip(validator.baseline.fields()) {
-                fields.push((k, v.map_or(Value::Null, num)));
-            }
-            fields.push(("seconds", num(t.elapsed().as_secs_f64())));
-            events.write(step, "val", &fields)?;
-            let line = format!(
-                "step {step}: validation {}",
-                scores_line(&last, &validator.baseline)
-            );
-            human.line(&line);
-            pb.suspend(|| tracing::info!("{line}"));
-            let key = cfg.log.best_metric.key();
-            if let Some(v) = last.get(key) {
-                let better = best
-                    .as_ref()
-                    .is_none_or(|b| cfg.log.best_metric.improves(v, b.value));
-                if better {
-                    best = Some(Best {
-                        metric: key.into(),
-                        value: v,
-                        step,
-                    });
-                    let state = TrainState::new(&cfg, step, epoch, best.clone());
-                    checkpoint::save(&run, "best", &nets, &opts, &state)?;
-                    events.write(
-                        step,
-                        "checkpoint",
-                        &[("name", "best".into()), (key, num(v))],
-                    )?;
-                }
-            }
-            if let Err(e) = checkpoint_free_curves(&run) {
-                tracing::warn!("could not draw curves.png: {e:#}");
-            }
-        }
-        if is_due(step, cfg.log.sample_every, total) {
-            validator.sample_grid(&nets, device, step, &run.sample(step))?;
-        }
-        if is_due(step, cfg.log.checkpoint_every, total) {
-            let state = TrainState::new(&cfg, step, epoch, best.clone());
-            checkpoint::save(&run, "latest", &nets, &opts, &state)?;
-            events.write(step, "checkpoint", &[("name", "latest".into())])?;
-            if step == total {
-                checkpoint::save(&run, "final", &nets, &opts, &state)?;
-                events.write(step, "checkpoint", &[("name", "final".into())])?;
-            }
-        }
-        if cfg.debug.stop_after_step == Some(step) && step < total {
-            human.line(&format!(
-                "stopping after step {step} (debug.stop_after_step)"
-            ));
-            pb.abandon();
-            return Ok(TrainOutcome {
-                run: run.root().to_path_buf(),
-                steps: step,
-                started_at: start,
-                last,
-                baseline: validator.baseline,
-                best,
-                device: format!("{device:?}"),
-                wall: t0.elapsed(),
-            });
-        }
-    }
-    pb.finish_and_clear();
-    drop(loader);
-    let wall = t0.elapsed();
-    if start < total {
-        events.write(
-            total,
-            "end",
-            &[
-                ("seconds", num(wall.as_secs_f64())),
-                ("starved_steps", Value::from(starved)),
-            ],
-        )?;
-        human.line(&format!(
-            "finished {total} steps in {:.1} s ({starved} steps waited for data); final \
-             validation {}",
-            wall.as_secs_f64(),
-            scores_line(&last, &validator.baseline)
-        ));
-    }
-    Ok(TrainOutcome {
-        run: run.root().to_path_buf(),
-        steps: total,
-        started_at: start,
-        last,
-        baseline: validator.baseline,
-        best,
-        device: format!("{device:?}"),
-        wall,
-    })
+    Ok(Arc::new(sampler))
 }
+
+/// The NCCT baseline's keys in `val` events, in [`Scores::fields`] order.
+const BASELINE_KEYS: [&str; 6] = [
+    "baseline_mae_body",
+    "baseline_mae_lung",
+    "baseline_psnr_body",
+    "baseline_psnr_lung",
+    "baseline_ssim_body",
+    "baseline_ssim_lung",
+];
 
 /// Whether a periodic event with interval `every` falls on `step` (the last step always).
 fn is_due(step: u64, every: u64, total: u64) -> bool {
     step == total || (every > 0 && step.is_multiple_of(every))
 }
 
-fn progress_bar(cfg: &TrainConfig, start: u64, total: u64) -> ProgressBar {
+fn progress_bar(cfg: &TrainConfig, total: u64) -> ProgressBar {
     if !cfg.log.progress {
         return ProgressBar::hidden();
     }
@@ -408,8 +564,6 @@ fn progress_bar(cfg: &TrainConfig, start: u64, total: u64) -> ProgressBar {
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
-    pb.set_position(start);
-    pb.reset_eta();
     pb
 }
 
@@ -481,16 +635,15 @@ fn stop_non_finite(
     batch: &BatchTensors,
     keys: &[SliceKey],
     nf: &NonFinite,
-    events: &mut EventLog,
-    human: &mut HumanLog,
+    (events, human): (&mut EventLog, &mut HumanLog),
 ) -> anyhow::Error {
     let dir = run.debug_step(nf.step);
     let snapshot = (|| -> anyhow::Result<()> {
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        volume::io::atomic::write_dir_atomic(&dir, |d| {
-            let fill = || -> anyhow::Result<()> {
+        util::atomic::write_dir_atomic(&dir, |d| -> anyhow::Result<()> {
+            {
                 let cpu = |t: &Tensor| t.to_device(tch::Device::Cpu).contiguous();
                 let named = [
                     ("ncct", cpu(&batch.x)),
@@ -509,8 +662,7 @@ fn stop_non_finite(
                 });
                 std::fs::write(d.join("reason.json"), serde_json::to_vec_pretty(&reason)?)?;
                 Ok(())
-            };
-            fill().map_err(|e| volume::VolumeError::invalid(format!("{e:#}")))
+            }
         })?;
         Ok(())
     })();
@@ -533,6 +685,6 @@ fn stop_non_finite(
 
 /// Writes `path` atomically with the given text (small helper for callers).
 pub fn write_text_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    volume::io::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))
+    util::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))
         .with_context(|| format!("writing {}", path.display()))
 }

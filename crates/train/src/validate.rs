@@ -2,19 +2,18 @@
 //! grids.
 //!
 //! Each validation case is translated slice by slice by G in eval mode with
-//! [`crate::translate`], the code `ncct2ctpa predict` runs too (so a validation score is the
+//! [`infer::translate`], the code `ncct2ctpa predict` runs too (so a validation score is the
 //! score of what predict would write for that case), and scored with [`metrics::score_regions`] inside the body and lung masks: MAE (HU), PSNR
 //! (data range of the metrics' HU window, [-1024, 3071] = 4095) and SSIM (2D, per axial slice,
 //! like the 2D network is trained). The same scores of the NCCT itself (the baseline every
 //! paper reports beside the model) are computed once.
 
 use crate::nets::Nets;
-use crate::tensors::tensor_to_array;
-use crate::translate::{translate_slices, SliceFrame};
 use anyhow::Context;
-use dataset::canvas::{Canvas, BLACK, WHITE};
 use dataset::manifest::{IntensityWindow, Split};
 use dataset::store::PreparedDataset;
+use infer::tensors::tensor_to_array;
+use infer::translate::{translate_slices, SliceFrame};
 use metrics::{score_regions, RegionScores, ScoreConfig, SsimMode};
 use model::generator::Generator;
 use model::warp::warp;
@@ -23,6 +22,7 @@ use serde::Serialize;
 use std::path::Path;
 use tch::nn::ModuleT;
 use tch::{Device, Kind};
+use util::canvas::{Canvas, BLACK, WHITE};
 use volume::{Mask, Volume};
 
 /// One validation case in HU.

@@ -8,7 +8,7 @@ mod common;
 
 use common::{fixed_batch, serial};
 use tch::Tensor;
-use train::amp::{AmpMode, LossScaler, ScalerParams, SCALER_FILE};
+use train::amp::{LossScaler, Precision, ScalerParams, SCALER_FILE};
 use train::checkpoint::{self, TrainState};
 use train::config::TrainConfig;
 use train::nets::{Nets, Optimizers};
@@ -47,7 +47,7 @@ fn all_equal(a: &Nets, b: &Nets) -> bool {
 }
 
 fn f16_scaler() -> LossScaler {
-    LossScaler::new(AmpMode::F16)
+    LossScaler::new(Precision::F16)
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn power_of_two_loss_scaling_leaves_the_fp32_step_bitwise_unchanged() {
     let _serial = serial();
     let batch = fixed_batch();
     let cfg = tiny();
-    let (mut plain, mut plain_opts) = nets_with(&cfg, LossScaler::new(AmpMode::Off));
+    let (mut plain, mut plain_opts) = nets_with(&cfg, LossScaler::new(Precision::Fp32));
     let (mut scaled, mut scaled_opts) = nets_with(&cfg, f16_scaler());
     let a = run(&mut plain, &mut plain_opts, &cfg, &batch, 1..=2);
     let b = run(&mut scaled, &mut scaled_opts, &cfg, &batch, 1..=2);
@@ -81,7 +81,7 @@ fn overflowing_gradients_skip_both_updates_and_back_off_the_scale() {
         ..ScalerParams::default()
     };
     let (mut nets, mut opts) = nets_with(&cfg, LossScaler::with_params(true, huge));
-    let (before, _) = nets_with(&cfg, LossScaler::new(AmpMode::Off));
+    let (before, _) = nets_with(&cfg, LossScaler::new(Precision::Fp32));
     assert!(
         all_equal(&nets, &before),
         "same seed, same initial networks"
@@ -168,7 +168,7 @@ fn scaler_state_travels_with_the_checkpoint_and_the_continuation_is_exact() {
     assert_eq!(c_opts.scaler.state(), a_opts.scaler.state());
 
     // An fp32 run cannot silently resume the f16 checkpoint (and vice versa).
-    let (mut d, mut d_opts) = nets_with(&cfg, LossScaler::new(AmpMode::Off));
+    let (mut d, mut d_opts) = nets_with(&cfg, LossScaler::new(Precision::Fp32));
     let err = checkpoint::restore(&dir, &mut d, &mut d_opts).unwrap_err();
     assert!(format!("{err:#}").contains(SCALER_FILE), "{err:#}");
 }
@@ -178,11 +178,11 @@ fn bf16_autocast_runs_the_step_close_to_fp32() {
     let _serial = serial();
     let batch = fixed_batch();
     let cfg = tiny();
-    let (mut fp32, mut fp32_opts) = nets_with(&cfg, LossScaler::new(AmpMode::Off));
-    let (mut bf16, mut bf16_opts) = nets_with(&cfg, LossScaler::new(AmpMode::Bf16));
+    let (mut fp32, mut fp32_opts) = nets_with(&cfg, LossScaler::new(Precision::Fp32));
+    let (mut bf16, mut bf16_opts) = nets_with(&cfg, LossScaler::new(Precision::Bf16));
     let mut bf16_cfg = cfg.clone();
     // (the CPU refuses bf16 at start-up; train_step itself runs it, which tests the wiring)
-    bf16_cfg.amp = AmpMode::Bf16;
+    bf16_cfg.amp = Precision::Bf16;
     let a = run(&mut fp32, &mut fp32_opts, &cfg, &batch, 1..=1);
     let b = run(&mut bf16, &mut bf16_opts, &bf16_cfg, &batch, 1..=1);
     for (x, y) in a.iter().zip(&b) {
@@ -199,7 +199,7 @@ fn bf16_autocast_runs_the_step_close_to_fp32() {
 #[test]
 fn reduced_precision_on_the_cpu_is_a_start_up_error() {
     let _serial = serial();
-    for (mode, text) in [(AmpMode::Bf16, "bf16"), (AmpMode::F16, "f16")] {
+    for (mode, text) in [(Precision::Bf16, "bf16"), (Precision::F16, "f16")] {
         let mut cfg = tiny();
         cfg.amp = mode;
         let nets = Nets::new(&cfg, tch::Device::Cpu);
@@ -208,7 +208,7 @@ fn reduced_precision_on_the_cpu_is_a_start_up_error() {
     }
     // The config key parses and defaults to off.
     let cfg = TrainConfig::from_toml_str("amp = \"f16\"\n", "tiny").unwrap();
-    assert_eq!(cfg.amp, AmpMode::F16);
-    assert_eq!(TrainConfig::default().amp, AmpMode::Off);
+    assert_eq!(cfg.amp, Precision::F16);
+    assert_eq!(TrainConfig::default().amp, Precision::Fp32);
     assert!(TrainConfig::from_toml_str("amp = \"fp8\"\n", "tiny").is_err());
 }

@@ -1,6 +1,6 @@
 //! The training config: defaults, presets, TOML round trip, unknown keys, overrides, checks.
 
-use train::config::{Overrides, TrainConfig};
+use train::config::{Layer, TrainConfig};
 
 #[test]
 fn defaults_round_trip_through_toml() {
@@ -64,17 +64,15 @@ fn unknown_keys_are_errors_at_every_level() {
 
 #[test]
 fn flags_override_the_file() {
-    let mut cfg =
-        TrainConfig::from_toml_str("preset = \"tiny\"\n[schedule]\nsteps = 10\n", "default")
-            .unwrap();
-    cfg.apply(&Overrides {
-        steps: Some(99),
-        lr: Some(3e-4),
-        registration: Some(false),
-        preset: Some("reggan".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    let file: toml::Table = toml::from_str("preset = \"tiny\"\n[schedule]\nsteps = 10\n").unwrap();
+    let mut flags = Layer::default();
+    flags
+        .set("schedule.steps", 99)
+        .set("optim.generator.lr", 3e-4)
+        .set("optim.discriminator.lr", 3e-4)
+        .set("registration", false)
+        .set("preset", "reggan");
+    let cfg = TrainConfig::from_layers(vec![file, flags.0], "default").unwrap();
     assert_eq!(cfg.schedule.steps, 99);
     assert_eq!(cfg.optim.generator.lr, 3e-4);
     assert_eq!(cfg.optim.discriminator.lr, 3e-4);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{dataset, events, run_spec, serial};
+use common::{dataset, events, new_run, resume_run, serial};
 use std::path::{Path, PathBuf};
 
 use train::config::TrainConfig;
@@ -55,11 +55,11 @@ fn all_three_on_resume_exactly_and_are_logged_and_recorded() {
     let vgg = tmp.path().join("vgg16.safetensors");
     std::fs::copy(vgg16_file(), &vgg).unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("killed"));
-    train(all_on(8, &vgg), &run_spec(&data, &a, false)).unwrap();
+    train(&new_run(all_on(8, &vgg), &data, &a)).unwrap();
     let mut first = all_on(8, &vgg);
-    first.debug.stop_after_step = Some(3);
-    train(first, &run_spec(&data, &b, false)).unwrap();
-    let out = train(all_on(999, &vgg), &run_spec(&data, &b, true)).unwrap();
+    first.hooks.stop_after_step = Some(3);
+    train(&new_run(first, &data, &b)).unwrap();
+    let out = train(&resume_run(&data, &b, Default::default())).unwrap();
     assert_eq!((out.started_at, out.steps), (3, 8));
 
     let (ta, tb) = (train_terms(&a), train_terms(&b));
@@ -108,14 +108,15 @@ fn all_three_on_resume_exactly_and_are_logged_and_recorded() {
     }
 
     // A changed file stops a resume before any step.
-    let mut c = all_on(10, &vgg);
-    c.debug.stop_after_step = Some(9);
     let bytes = std::fs::read(&vgg).unwrap();
     let mut tensors = tch::Tensor::read_safetensors(&vgg).unwrap();
     tensors[0].1 = &tensors[0].1 * 2.0;
     tch::Tensor::write_safetensors(&tensors, &vgg).unwrap();
     assert_ne!(std::fs::read(&vgg).unwrap(), bytes);
-    let err = format!("{:#}", train(c, &run_spec(&data, &b, true)).unwrap_err());
+    let err = format!(
+        "{:#}",
+        train(&resume_run(&data, &b, Default::default())).unwrap_err()
+    );
     assert!(err.contains("SHA-256") && err.contains(&sha), "{err}");
 }
 
@@ -128,7 +129,7 @@ fn a_bad_vgg_file_is_refused_before_the_run_folder_exists() {
     let missing = tmp.path().join("no_such_vgg.safetensors");
     let err = format!(
         "{:#}",
-        train(all_on(4, &missing), &run_spec(&data, &run, false)).unwrap_err()
+        train(&new_run(all_on(4, &missing), &data, &run)).unwrap_err()
     );
     assert!(
         err.contains("no_such_vgg.safetensors") && err.contains("[loss.perceptual]"),
@@ -138,7 +139,7 @@ fn a_bad_vgg_file_is_refused_before_the_run_folder_exists() {
     // A VGG16 file given as VGG19: the key at fault is named.
     let mut c = all_on(4, &vgg16_file());
     c.loss.perceptual.variant = model::perceptual::VggVariant::Vgg19;
-    let err = format!("{:#}", train(c, &run_spec(&data, &run, false)).unwrap_err());
+    let err = format!("{:#}", train(&new_run(c, &data, &run)).unwrap_err());
     assert!(
         err.contains("vgg16_random.safetensors") && err.contains("features.17."),
         "{err}"

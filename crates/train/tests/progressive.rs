@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::{dataset, fixed_batch, run_spec, serial};
+use common::{dataset, fixed_batch, new_run, resume_run, serial};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::Tensor;
-use train::config::TrainConfig;
+use train::config::{TestHooks, TrainConfig};
 use train::nets::{Nets, Optimizers};
 use train::step::train_step;
 use train::trainer::train;
@@ -173,19 +173,18 @@ fn resume_in_the_middle_of_a_phase_continues_it_exactly() {
         c
     };
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("killed"));
-    train(cfg(), &run_spec(&data, &a, false)).unwrap();
+    train(&new_run(cfg(), &data, &a)).unwrap();
     let mut first = cfg();
-    first.debug.stop_after_step = Some(2);
-    assert_eq!(train(first, &run_spec(&data, &b, false)).unwrap().steps, 2);
+    first.hooks.stop_after_step = Some(2);
+    assert_eq!(train(&new_run(first, &data, &b)).unwrap().steps, 2);
     // the resumed run follows its own saved config; make it stop again in phase 2
-    let saved = b.join("config.toml");
-    let text = std::fs::read_to_string(&saved).unwrap();
-    let mut resumed_cfg: TrainConfig = TrainConfig::from_toml_str(&text, "tiny").unwrap();
-    resumed_cfg.debug.stop_after_step = Some(5);
-    std::fs::write(&saved, resumed_cfg.to_toml_string().unwrap()).unwrap();
-    let out = train(cfg(), &run_spec(&data, &b, true)).unwrap();
+    let hooks = TestHooks {
+        stop_after_step: Some(5),
+        ..Default::default()
+    };
+    let out = train(&resume_run(&data, &b, hooks)).unwrap();
     assert_eq!((out.started_at, out.steps), (2, 5));
-    let out = train(cfg(), &run_spec(&data, &b, true)).unwrap();
+    let out = train(&resume_run(&data, &b, Default::default())).unwrap();
     assert_eq!((out.started_at, out.steps), (5, 8));
 
     let (la, lb) = (losses(&a), losses(&b));

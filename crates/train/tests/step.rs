@@ -48,7 +48,7 @@ fn a_non_finite_term_updates_nothing_and_the_run_can_continue_exactly() {
     // step or not; without them, *every* variable must be as it was.
     cfg.model.discriminator.spectral_norm = false;
     let mut nan_cfg = cfg.clone();
-    nan_cfg.debug.inject_nan_at_step = Some(2);
+    nan_cfg.hooks.inject_nan_at_step = Some(2);
     let (mut a, mut b) = (Nets::new(&cfg, Device::Cpu), Nets::new(&cfg, Device::Cpu));
     let (mut oa, mut ob) = (a.optimizers(&cfg).unwrap(), b.optimizers(&cfg).unwrap());
     train_step(&mut a, &mut oa, &batch, &cfg, 1, 1.0, false).unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dataset, fixed_batch, run_spec, serial, tiny};
+use common::{dataset, fixed_batch, new_run, resume_run, serial, tiny};
 use std::path::Path;
 use train::config::TrainConfig;
 use train::events::read_events;
@@ -52,15 +52,15 @@ fn resume_continues_exactly() {
     let data = dataset();
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("killed"));
-    train(tiny(6), &run_spec(&data, &a, false)).unwrap();
+    train(&new_run(tiny(6), &data, &a)).unwrap();
     let mut first_half = tiny(6);
-    first_half.debug.stop_after_step = Some(3);
-    let out = train(first_half, &run_spec(&data, &b, false)).unwrap();
+    first_half.hooks.stop_after_step = Some(3);
+    let out = train(&new_run(first_half, &data, &b)).unwrap();
     assert_eq!(out.steps, 3);
     assert!(!b.join("checkpoints/final").exists());
     // Later train events of the "killed" process that the checkpoint does not cover would be
     // trimmed on resume; the config given here is ignored in favour of the run's own.
-    let out = train(tiny(999), &run_spec(&data, &b, true)).unwrap();
+    let out = train(&resume_run(&data, &b, Default::default())).unwrap();
     assert_eq!((out.started_at, out.steps), (3, 6));
 
     let (la, lb) = (losses(&a), losses(&b));
@@ -86,7 +86,7 @@ fn run_folder_holds_everything_and_is_never_reused() {
     let data = dataset();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let out = train(tiny(3), &run_spec(&data, &run, false)).unwrap();
+    let out = train(&new_run(tiny(3), &data, &run)).unwrap();
     for f in [
         "config.toml",
         "train.log",
@@ -115,11 +115,11 @@ fn run_folder_holds_everything_and_is_never_reused() {
     assert!(val[0]["baseline_mae_lung"].as_f64().unwrap() > 0.0);
     assert!(out.baseline.mae_body.is_some());
     // predict's entry point rebuilds G from the run folder alone.
-    let g = train::checkpoint::load_generator(&run, tch::Device::Cpu).unwrap();
+    let g = infer::checkpoint::load_generator(&run, tch::Device::Cpu).unwrap();
     assert_eq!(g.step, 3);
     // A second run into the same folder is refused, files untouched.
     let before = std::fs::read(run.join("metrics.jsonl")).unwrap();
-    let err = train(tiny(3), &run_spec(&data, &run, false)).unwrap_err();
+    let err = train(&new_run(tiny(3), &data, &run)).unwrap_err();
     assert!(format!("{err:#}").contains("not empty"), "{err:#}");
     assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), before);
 }
@@ -132,7 +132,7 @@ fn without_registration_no_r_is_trained_or_saved() {
     let run = tmp.path().join("run");
     let mut cfg = tiny(2);
     cfg.registration = false;
-    train(cfg, &run_spec(&data, &run, false)).unwrap();
+    train(&new_run(cfg, &data, &run)).unwrap();
     assert!(run
         .join("checkpoints/final/generator.safetensors")
         .is_file());
@@ -151,8 +151,8 @@ fn a_non_finite_loss_stops_with_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let mut cfg = tiny(5);
-    cfg.debug.inject_nan_at_step = Some(2);
-    let err = train(cfg, &run_spec(&data, &run, false)).unwrap_err();
+    cfg.hooks.inject_nan_at_step = Some(2);
+    let err = train(&new_run(cfg, &data, &run)).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("step 2") && msg.contains("total G+R"), "{msg}");
     let snap = run.join("debug/step_2");

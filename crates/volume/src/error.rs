@@ -50,3 +50,12 @@ impl VolumeError {
         Self::Invalid(message.into())
     }
 }
+
+impl From<util::atomic::WriteError> for VolumeError {
+    fn from(e: util::atomic::WriteError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -1,12 +1,12 @@
 //! `ncct2ctpa evaluate`: score predicted CTPA volumes against targets in HU (MAE, PSNR, SSIM)
 //! inside body, lung and vessel masks, beside the NCCT-as-prediction baseline
-//! (see `infer::evaluate`). Prints the summary table; writes `evaluation.csv` (per case) and
+//! (see the `evaluate` crate). Prints the summary table; writes `evaluation.csv` (per case) and
 //! `evaluation.json` (summary). Exits non-zero on zero pairs, mismatched grids or unreadable
 //! files.
 
 use anyhow::Context;
+use evaluate::{evaluate_with_progress, EvaluateConfig, Region};
 use indicatif::{ProgressBar, ProgressStyle};
-use infer::evaluate::{evaluate_with_progress, EvaluateConfig, Region};
 use metrics::{ScoreWindow, SsimMode};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,7 +2,7 @@
 //! exactly its input's geometry.
 //!
 //! The model is rebuilt from the configuration stored with the checkpoint
-//! (`train::checkpoint::load_generator`): a run folder or a checkpoint folder is all it needs.
+//! (`infer::checkpoint::load_generator`): a run folder or a checkpoint folder is all it needs.
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -83,7 +83,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let device = model::device::select(&args.device)?;
-    let loaded = train::checkpoint::load_generator(&args.model, device)
+    let loaded = infer::checkpoint::load_generator(&args.model, device)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
     tracing::info!(
         checkpoint = %loaded.checkpoint.display(), step = loaded.step,
@@ -100,7 +100,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         tta: args.tta.then(infer::predict::Tta::default),
         precision: args.precision,
     };
-    opts.precision.check_device(device)?;
+    infer::predict::check_precision(opts.precision, device)?;
 
     for job in &jobs {
         let ncct = if job.dicom_input {

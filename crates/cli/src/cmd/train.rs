@@ -2,16 +2,19 @@
 //! phantom demo (the README's first command).
 //!
 //! Configuration: `--config FILE.toml` over the defaults of `--preset` (or the file's
-//! `preset`), then the flags below. A new run goes into `--run` (which must not hold another
-//! run: that is an error, never an overwrite); `--resume` continues the run in `--run` from its
-//! latest checkpoint with the run's own config, exactly as if it had not stopped.
+//! `preset`), then the flags below, which become one more layer of keys
+//! ([`train::config::Layer`]; `--set KEY=VALUE` reaches any key, so a new key needs no code
+//! here). A new run goes into `--run` (which must not hold another run: that is an error,
+//! never an overwrite); `--resume` continues the run in `--run` from its latest checkpoint
+//! with the run's own config, exactly as if it had not stopped: only where it runs (`--device`,
+//! `--threads`, the progress bar) may change.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use train::config::{Overrides, TrainConfig};
-use train::trainer::{scores_line, RunSpec};
+use train::config::{Layer, TrainConfig};
+use train::trainer::{scores_line, RunSpec, Start};
 use train::validate::Scores;
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +77,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Set any configuration key, e.g. `--set loss.lung_weight=5 --set amp=\"bf16\"`
+    /// (repeatable; a TOML value, else a string). Applied after the flags above.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Where the demo keeps its phantom dataset (raw/ and prepared/).
     #[arg(long, value_name = "DIR", default_value = "data/phantom-demo")]
     demo_data: PathBuf,
@@ -81,38 +88,26 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let demo = args.data.is_none();
-    let overrides = Overrides {
-        preset: args.preset.clone(),
-        steps: args.steps,
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        crop_size: args.crop_size,
-        device: args.device.clone(),
-        lr: args.lr,
-        seed: args.seed,
-        threads: args.threads,
-        registration: args.no_registration.then_some(false),
-        val_every: args.val_every,
-        checkpoint_every: args.checkpoint_every,
-        sample_every: args.sample_every,
-        log_every: args.log_every,
-        progress: Some(!args.no_progress && std::io::stderr().is_terminal()),
-    };
-    if args.resume && has_model_overrides(&overrides) {
-        bail!(
-            "--resume continues a run with its own config.toml; flags that change training \
-             (--preset, --steps, --lr, ...) cannot be combined with it"
-        );
-    }
-    let mut cfg = match (args.config.is_empty(), demo) {
-        (false, _) => {
-            TrainConfig::load_layered(&args.config, if demo { "tiny" } else { "default" })?
+    let flags = flag_layer(&args)?;
+    let start = if args.resume {
+        Start::Resume {
+            local: flags,
+            hooks: Default::default(),
         }
-        (true, true) => train::demo::train_config()?,
-        (true, false) => TrainConfig::with_preset("default")?,
+    } else {
+        let cfg = match (args.config.is_empty(), demo) {
+            (false, _) => TrainConfig::load_layers(
+                &args.config,
+                &flags,
+                if demo { "tiny" } else { "default" },
+            )?,
+            (true, true) => train::demo::train_config_with(&flags)?,
+            (true, false) => {
+                TrainConfig::from_layers(vec![flags.0], "default").context("the command line")?
+            }
+        };
+        Start::New(Box::new(cfg))
     };
-    cfg.apply(&overrides)?;
-
     let data = match &args.data {
         Some(d) => d.clone(),
         None => {
@@ -134,13 +129,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         run.display()
     );
-    let spec = RunSpec {
-        data,
-        run,
-        resume: args.resume,
-    };
+    let spec = RunSpec { data, run, start };
     let outcome =
-        train::train(cfg, &spec).with_context(|| format!("training run {}", spec.run.display()))?;
+        train::train(&spec).with_context(|| format!("training run {}", spec.run.display()))?;
 
     println!("{}", summary_table(&outcome.last, &outcome.baseline));
     println!(
@@ -166,15 +157,59 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn has_model_overrides(o: &Overrides) -> bool {
-    o.preset.is_some()
-        || o.steps.is_some()
-        || o.epochs.is_some()
-        || o.batch_size.is_some()
-        || o.crop_size.is_some()
-        || o.lr.is_some()
-        || o.seed.is_some()
-        || o.registration.is_some()
+/// The flags as a configuration layer: each named flag is its key, then `--set` pairs.
+fn flag_layer(args: &Args) -> anyhow::Result<Layer> {
+    let mut l = Layer::default();
+    if let Some(v) = &args.preset {
+        l.set("preset", v.as_str());
+    }
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let size = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    let u64_keys = [
+        ("schedule.steps", args.steps),
+        ("seed", args.seed),
+        ("log.val_every", args.val_every),
+        ("log.checkpoint_every", args.checkpoint_every),
+        ("log.sample_every", args.sample_every),
+        ("log.every", args.log_every),
+    ];
+    for (key, v) in u64_keys {
+        if let Some(v) = v {
+            l.set(key, int(v));
+        }
+    }
+    let usize_keys = [
+        ("data.batch_size", args.batch_size),
+        ("data.crop_size", args.crop_size),
+        ("threads", args.threads),
+    ];
+    for (key, v) in usize_keys {
+        if let Some(v) = v {
+            l.set(key, size(v));
+        }
+    }
+    if let Some(v) = args.epochs {
+        l.set("schedule.epochs", v);
+    }
+    if let Some(v) = &args.device {
+        l.set("device", v.as_str());
+    }
+    if let Some(v) = args.lr {
+        l.set("optim.generator.lr", v)
+            .set("optim.discriminator.lr", v);
+    }
+    if args.no_registration {
+        l.set("registration", false);
+    }
+    // Whether to draw a progress bar is this process's business, never the run's.
+    l.set(
+        "log.progress",
+        !args.no_progress && std::io::stderr().is_terminal(),
+    );
+    for assignment in &args.set {
+        l.assign(assignment).context("--set")?;
+    }
+    Ok(l)
 }
 
 /// The final table: model vs the NCCT-as-prediction baseline, per metric and region.

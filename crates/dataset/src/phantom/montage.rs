@@ -2,9 +2,9 @@
 //! NCCT (mediastinal window) | CTPA (mediastinal window) | |CTPA − NCCT| | NCCT (lung window).
 
 use super::PhantomCase;
-use crate::canvas::Canvas;
-use crate::preview::{Grid, Window};
 use ndarray::{Array2, Axis};
+use util::canvas::Canvas;
+use util::preview::{DisplayWindow as Window, Grid};
 
 /// Anatomical heights of the axial rows: aortic arch, pulmonary bifurcation, mid heart,
 /// lung bases (mm, anatomical frame).

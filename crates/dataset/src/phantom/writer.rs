@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::{debug, info, warn};
-use volume::io::atomic::write_atomic;
+use util::atomic::write_atomic;
 use volume::io::nifti::{write_nifti, write_nifti_displacement, write_nifti_mask};
 
 /// Format tag of `phantom.json`.
@@ -173,7 +173,9 @@ pub fn write_dataset(
         if opts.preview {
             let dir = root.join("preview");
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            montage(&case).save_png(&dir.join(format!("{}.png", case.params.name)))?;
+            montage(&case)
+                .save_png(&dir.join(format!("{}.png", case.params.name)))
+                .map_err(volume::VolumeError::from)?;
         }
         let summary = CaseSummary {
             name: case.params.name.clone(),
@@ -198,7 +200,8 @@ pub fn write_dataset(
         path: path.clone(),
         message: format!("could not encode: {e}"),
     })?;
-    write_atomic(&path, |w| std::io::Write::write_all(w, &text))?;
+    write_atomic(&path, |w| std::io::Write::write_all(w, &text))
+        .map_err(volume::VolumeError::from)?;
     let seconds = start.elapsed().as_secs_f64();
     info!(cases = opts.cases, seconds, root = %root.display(), "phantom set written");
     Ok(DatasetSummary {

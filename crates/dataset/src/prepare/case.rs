@@ -2,7 +2,6 @@
 //! resampling, masks, and the store.
 
 use super::checks::{check_pair, target_grid, PairGeometryError};
-use super::checksum::sha256_path;
 use crate::manifest::{
     AlignMode, AlignmentRecord, CaseMeta, CaseSettings, GridRecord, MaskRecord, MaskSource,
     SourceRecord, TOOL_VERSION,
@@ -12,6 +11,7 @@ use crate::store::{self, CaseArrays, StoreError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::{debug, info};
+use util::checksum::sha256_path;
 use volume::io::{read_mask, read_volume};
 use volume::masks::{body_mask, lung_mask};
 use volume::register::align_rigid;

@@ -5,9 +5,10 @@
 
 use dataset::augment::AugmentConfig;
 use std::path::{Path, PathBuf};
+use train::config::TestHooks;
 use train::config::TrainConfig;
 use train::step::BatchTensors;
-use train::trainer::RunSpec;
+use train::trainer::{RunSpec, Start};
 
 /// One prepared dataset per test binary (prepare takes a moment; tests only read it).
 pub fn dataset() -> PathBuf {
@@ -54,7 +55,7 @@ pub fn fixed_batch() -> BatchTensors {
     let ds = std::sync::Arc::new(dataset::store::PreparedDataset::open(&dataset()).unwrap());
     let keys = dataset::sampler::split_keys(&ds, dataset::manifest::Split::Train, 0.0).unwrap();
     let sampler = dataset::sampler::Sampler::new(
-        ds,
+        std::sync::Arc::new(dataset::store::WindowedStore::with_dataset_window(ds)),
         keys,
         dataset::sampler::SamplerConfig {
             batch_size: 2,
@@ -68,11 +69,24 @@ pub fn fixed_batch() -> BatchTensors {
     BatchTensors::from_batch(&sampler.batch(0).unwrap(), tch::Device::Cpu).unwrap()
 }
 
-pub fn run_spec(data: &Path, run: &Path, resume: bool) -> RunSpec {
+/// A new run of `cfg` on `data` into `run`.
+pub fn new_run(cfg: TrainConfig, data: &Path, run: &Path) -> RunSpec {
     RunSpec {
         data: data.to_path_buf(),
         run: run.to_path_buf(),
-        resume,
+        start: Start::New(Box::new(cfg)),
+    }
+}
+
+/// Resuming the run in `run` (its own config), with `hooks`.
+pub fn resume_run(data: &Path, run: &Path, hooks: TestHooks) -> RunSpec {
+    RunSpec {
+        data: data.to_path_buf(),
+        run: run.to_path_buf(),
+        start: Start::Resume {
+            local: Default::default(),
+            hooks,
+        },
     }
 }
 

@@ -3,7 +3,6 @@
 //! [`read_volume`] is the single entry point the rest of the toolkit uses: it accepts a
 //! `.nii`/`.nii.gz` file or a folder holding a DICOM series.
 
-pub mod atomic;
 pub mod dicom;
 pub mod nifti;
 

@@ -8,12 +8,12 @@
 //! result files into the same study. The folder is written atomically.
 
 use super::scan;
-use crate::io::atomic::write_dir_atomic;
 use crate::{Result, Volume, VolumeError};
 use dicom_core::{dicom_value, DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, Tag};
 use std::path::Path;
+use util::atomic::write_dir_atomic;
 
 /// Patient/study attributes copied from a reference series when present.
 const CARRIED: &[Tag] = &[

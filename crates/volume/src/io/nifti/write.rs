@@ -8,12 +8,12 @@
 
 use super::header::{DataType, NiftiHeader, DEFAULT_VOX_OFFSET, INTENT_DISPVECT, UNITS_MM_SEC};
 use super::orient::xform_fields;
-use crate::io::atomic::write_atomic;
 use crate::{Geometry, Mask, Result, Volume, VolumeError};
 use flate2::{Compression, GzBuilder};
 use ndarray::Array3;
 use std::io::Write;
 use std::path::Path;
+use util::atomic::write_atomic;
 
 /// Voxels per chunk when converting to little-endian bytes.
 const CHUNK: usize = 1 << 16;
@@ -167,7 +167,8 @@ where
             w.write_all(&header.encode())?;
             voxels(w)
         }
-    })
+    })?;
+    Ok(())
 }
 
 /// Writes values in iteration (logical `[z, y, x]`, x fastest) order as little-endian bytes.

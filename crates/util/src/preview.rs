@@ -2,29 +2,31 @@
 //! [`Canvas`] (`Canvas::draw` resamples each tile to its cell).
 //!
 //! Used by `ncct2ctpa synth --preview` for phantom pairs and by the trainer for sample grids.
+//! A [`DisplayWindow`] is a viewer's window/level (black..white), not the network's
+//! `IntensityWindow` (HU to [-1, 1]) nor the metrics' `ScoreWindow` (clip and data range).
 
 use crate::canvas::Canvas;
 
 /// A display window in HU (or any unit): values `center ± width / 2` map to black..white.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Window {
+pub struct DisplayWindow {
     pub center: f32,
     pub width: f32,
 }
 
-impl Window {
+impl DisplayWindow {
     /// Lung window (level −600, width 1500).
-    pub const LUNG: Window = Window {
+    pub const LUNG: DisplayWindow = DisplayWindow {
         center: -600.0,
         width: 1500.0,
     };
     /// Mediastinal (soft-tissue) window (level 40, width 400).
-    pub const MEDIASTINUM: Window = Window {
+    pub const MEDIASTINUM: DisplayWindow = DisplayWindow {
         center: 40.0,
         width: 400.0,
     };
     /// CT angiography window (level 100, width 700): contrast-filled vessels not saturated.
-    pub const ANGIO: Window = Window {
+    pub const ANGIO: DisplayWindow = DisplayWindow {
         center: 100.0,
         width: 700.0,
     };
@@ -83,14 +85,14 @@ mod tests {
 
     #[test]
     fn window_maps_level_and_width() {
-        let w = Window::MEDIASTINUM;
+        let w = DisplayWindow::MEDIASTINUM;
         assert_eq!(w.gray(-160.0), 0);
         assert_eq!(w.gray(240.0), 255);
         assert_eq!(w.gray(40.0), 128);
         assert_eq!(w.gray(f32::NAN), 0);
         assert_eq!(
-            Window::range(0.0, 10.0),
-            Window {
+            DisplayWindow::range(0.0, 10.0),
+            DisplayWindow {
                 center: 5.0,
                 width: 10.0
             }
@@ -110,7 +112,7 @@ mod tests {
         assert_eq!((c.width(), c.height()), (11, 6));
         let img = array![[0.0f32, 0.0], [1.0, 1.0]];
         let (x, y) = grid.cell(0, 1);
-        c.draw(x, y, img.view(), Window::range(0.0, 1.0), 4, 4);
+        c.draw(x, y, img.view(), DisplayWindow::range(0.0, 1.0), 4, 4);
         assert_eq!((x, y), (6, 1));
         let px = |x, y| c.get(x, y).unwrap()[0];
         assert_eq!(px(6, 1), 0); // top row black
@@ -119,7 +121,7 @@ mod tests {
         assert_eq!(px(2, 2), 7); // other cell untouched
                                  // Halfway between the rows (bilinear, align corners = false): rows 1 and 2 of 4
                                  // sample at 0.25 and 0.75 of the way.
-        assert_eq!(px(7, 2), Window::range(0.0, 1.0).gray(0.25));
-        assert_eq!(px(7, 3), Window::range(0.0, 1.0).gray(0.75));
+        assert_eq!(px(7, 2), DisplayWindow::range(0.0, 1.0).gray(0.25));
+        assert_eq!(px(7, 3), DisplayWindow::range(0.0, 1.0).gray(0.75));
     }
 }

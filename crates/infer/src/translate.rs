@@ -1,5 +1,5 @@
 //! Running the 2D generator over a `[z, y, x]` HU volume, axial slice by axial slice: the one
-//! implementation behind training's validation ([`crate::validate`]) and `infer`'s predict, so
+//! implementation behind training's validation (`train::validate`) and [`crate::predict`], so
 //! that a validation score is the score of exactly what `ncct2ctpa predict` would write.
 //!
 //! How a volume becomes G's input and G's output becomes HU ([`SliceFrame`]):
@@ -13,7 +13,7 @@
 //!
 //! The forward pass itself is the caller's ([`translate_slices`] takes it as a closure):
 //! plain G in eval mode for validation; G under autocast and with test-time augmentation in
-//! predict. This module lives in `train` because `infer` depends on `train`, not the reverse.
+//! predict.
 
 use crate::tensors::{array_to_tensor, tensor_to_array};
 use anyhow::{bail, ensure};

@@ -7,7 +7,8 @@
 //! stack (system fonts, FreeType) that a fresh headless machine may lack, or cannot draw text
 //! at all. A 5x7 font covers the digits, capitals and the punctuation of axis labels.
 
-use crate::preview::Window;
+use crate::atomic::{write_atomic, WriteError};
+use crate::preview::DisplayWindow;
 use ndarray::ArrayView2;
 use std::path::Path;
 
@@ -122,7 +123,7 @@ impl Canvas {
     /// draws red so it cannot go unnoticed).
     pub fn gray_tile(&mut self, x: i64, y: i64, img: ArrayView2<'_, f32>, lo: f32, hi: f32) {
         let (rows, cols) = img.dim();
-        self.draw(x, y, img, Window::range(lo, hi), cols, rows);
+        self.draw(x, y, img, DisplayWindow::range(lo, hi), cols, rows);
     }
 
     /// Draws `image` (`[rows, cols]`, row 0 at the top) through `window`, resampled
@@ -134,7 +135,7 @@ impl Canvas {
         x0: i64,
         y0: i64,
         image: ArrayView2<'_, f32>,
-        window: Window,
+        window: DisplayWindow,
         w: usize,
         h: usize,
     ) {
@@ -210,8 +211,8 @@ impl Canvas {
     }
 
     /// Writes the PNG atomically (temporary name, then rename).
-    pub fn save_png(&self, path: &Path) -> volume::Result<()> {
-        volume::io::atomic::write_atomic(path, |w| self.encode_png(w))?;
+    pub fn save_png(&self, path: &Path) -> Result<(), WriteError> {
+        write_atomic(path, |w| self.encode_png(w))?;
         tracing::debug!(path = %path.display(), self.width, self.height, "PNG written");
         Ok(())
     }

@@ -1,10 +1,10 @@
-//! `infer::evaluate` on tiny synthetic chest volumes written as NIfTI in a temporary folder.
+//! `evaluate` on tiny synthetic chest volumes written as NIfTI in a temporary folder.
 //!
 //! The volumes are built so that the expected scores can be worked out by hand: the
 //! prediction is the target plus 10 HU inside the body, and the NCCT is the target with the
 //! contrast-filled vessel at 40 HU instead of 350 HU.
 
-use infer::evaluate::{evaluate, EvalError, EvaluateConfig, Region, CSV_NAME, JSON_NAME};
+use evaluate::{evaluate, EvalError, EvaluateConfig, Region, CSV_NAME, JSON_NAME};
 use ndarray::Array3;
 use std::path::{Path, PathBuf};
 use volume::io::nifti::{write_nifti, write_nifti_mask};
@@ -216,7 +216,7 @@ fn custom_mask_folders_and_region_selection() {
     assert!(r[0].baseline.is_none());
     assert!((r[0].model.mae.unwrap() - 10.0).abs() < 1e-9);
     let mut csv = Vec::new();
-    infer::evaluate::report::write_csv(&ev.cases, &mut csv).unwrap();
+    evaluate::report::write_csv(&ev.cases, &mut csv).unwrap();
     let text = String::from_utf8(csv).unwrap();
     assert!(text.lines().nth(1).unwrap().ends_with(",10,"), "{text}");
 }

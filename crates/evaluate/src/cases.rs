@@ -1,64 +1,50 @@
 //! Finding the cases of a prediction, target or NCCT folder and pairing them by name.
 //!
 //! A folder holds one volume per case: `CASE.nii.gz` / `CASE.nii`, or a sub-folder `CASE/`
-//! holding a DICOM series (what `predict --format dicom` writes). Other files (logs, the
-//! evaluation's own CSV and JSON, which by default land in the prediction folder) are ignored,
-//! and so are hidden entries. Two entries naming the same case are an error: guessing which
-//! one the user meant would score the wrong volume.
+//! holding a DICOM series (what `predict --format dicom` writes), read with the listing every
+//! command shares ([`dataset::cases`]). Other files (logs, the evaluation's own CSV and JSON,
+//! which by default land in the prediction folder) are ignored, and so are hidden entries. Two
+//! entries naming the same case are an error: guessing which one the user meant would score
+//! the wrong volume.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tracing::debug;
-use volume::io::{is_nifti_path, nifti_stem};
 
 use super::EvalError;
 
 /// Case name -> volume path (NIfTI file or DICOM folder), sorted by name.
 pub type CaseFiles = BTreeMap<String, PathBuf>;
 
-/// Lists the volumes of `dir` by case name.
+/// Lists the volumes of `dir` by case name ([`dataset::cases`], the listing `prepare` and
+/// `predict` read too). Entries that name no case are ignored (logged at debug level); two
+/// entries naming one case are an error.
 pub fn list_cases(dir: &Path) -> Result<CaseFiles, EvalError> {
-    let io = |source| EvalError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
     if !dir.is_dir() {
         return Err(EvalError::NotAFolder(dir.to_path_buf()));
     }
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io)?;
-    entries.sort_by_key(|e| e.file_name());
+    let listing = dataset::cases::list_cases(dir, true).map_err(|e| EvalError::Io {
+        path: e.path,
+        source: e.source,
+    })?;
+    for s in &listing.skipped {
+        debug!(dir = %dir.display(), "ignoring {s}");
+    }
     let mut cases = CaseFiles::new();
-    for entry in entries {
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            debug!(path = %path.display(), "ignoring a name that is not UTF-8");
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        let case = if path.is_dir() {
-            name
-        } else if is_nifti_path(&path) {
-            match nifti_stem(&path) {
-                Some(stem) if !stem.is_empty() => stem.to_owned(),
-                _ => continue,
+    for (case, sources) in listing.cases {
+        match sources.as_slice() {
+            [one] => {
+                cases.insert(case, one.path.clone());
             }
-        } else {
-            debug!(path = %path.display(), "ignoring: not a NIfTI file or a DICOM folder");
-            continue;
-        };
-        if let Some(first) = cases.get(&case) {
-            return Err(EvalError::Ambiguous {
-                case,
-                first: first.clone(),
-                second: path,
-            });
+            [first, second, ..] => {
+                return Err(EvalError::Ambiguous {
+                    case,
+                    first: first.path.clone(),
+                    second: second.path.clone(),
+                })
+            }
+            [] => {}
         }
-        cases.insert(case, path);
     }
     debug!(dir = %dir.display(), n = cases.len(), "listed cases");
     Ok(cases)

@@ -6,20 +6,42 @@
 //! system and is atomic), flushed to disk with `fsync`, and only then renamed into place. If
 //! the writer fails or panics, the temporary is removed and the destination is untouched.
 
-use crate::{Result, VolumeError};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// An atomic write that failed, naming the destination.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct WriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl WriteError {
+    pub fn new(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Self {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+}
+
+type Result<T, E = WriteError> = std::result::Result<T, E>;
 
 /// Distinguishes temporaries created by concurrent writers within one process.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A hidden temporary name beside `path`: `.NAME.PID.N.tmp`.
 fn temp_sibling(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| VolumeError::invalid(format!("{}: not a file name", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        WriteError::new(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+        )
+    })?;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp_name = format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id());
     Ok(path.with_file_name(tmp_name))
@@ -76,10 +98,10 @@ fn sync_dir(dir: &Path) {
 ///
 /// ```no_run
 /// # use std::io::Write;
-/// volume::io::atomic::write_atomic(std::path::Path::new("out.json"), |w| {
+/// util::atomic::write_atomic(std::path::Path::new("out.json"), |w| {
 ///     w.write_all(b"{}")
 /// })?;
-/// # Ok::<(), volume::VolumeError>(())
+/// # Ok::<(), util::atomic::WriteError>(())
 /// ```
 pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
 where
@@ -90,20 +112,20 @@ where
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .map_err(|e| VolumeError::io(path, e))?;
+        .map_err(|e| WriteError::new(path, e))?;
     let guard = TempGuard {
         path: tmp.clone(),
         is_dir: false,
         armed: true,
     };
     let mut out = BufWriter::new(file);
-    write(&mut out).map_err(|e| VolumeError::io(path, e))?;
+    write(&mut out).map_err(|e| WriteError::new(path, e))?;
     let file = out
         .into_inner()
-        .map_err(|e| VolumeError::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| VolumeError::io(path, e))?;
+        .map_err(|e| WriteError::new(path, e.into_error()))?;
+    file.sync_all().map_err(|e| WriteError::new(path, e))?;
     drop(file);
-    fs::rename(&tmp, path).map_err(|e| VolumeError::io(path, e))?;
+    fs::rename(&tmp, path).map_err(|e| WriteError::new(path, e))?;
     guard.keep();
     sync_dir(parent_dir(path));
     tracing::debug!("wrote {} atomically", path.display());
@@ -115,24 +137,28 @@ where
 ///
 /// `dir` must not exist yet, or be an empty folder; a non-empty `dir` is an error (we never
 /// replace someone's data). On any error the temporary folder and everything in it is removed.
-pub fn write_dir_atomic<F>(dir: &Path, fill: F) -> Result<()>
+/// `fill` returns the caller's own error type `E`; this function's own I/O failures become
+/// `E` through `From<WriteError>`.
+pub fn write_dir_atomic<F, E>(dir: &Path, fill: F) -> Result<(), E>
 where
-    F: FnOnce(&Path) -> Result<()>,
+    F: FnOnce(&Path) -> Result<(), E>,
+    E: From<WriteError>,
 {
     if dir.exists() {
-        let mut entries = fs::read_dir(dir).map_err(|e| VolumeError::io(dir, e))?;
+        let mut entries = fs::read_dir(dir).map_err(|e| WriteError::new(dir, e))?;
         if entries.next().is_some() {
-            return Err(VolumeError::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(
+            return Err(WriteError::new(
+                dir,
+                std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
                     "output folder exists and is not empty",
                 ),
-            });
+            )
+            .into());
         }
     }
     let tmp = temp_sibling(dir)?;
-    fs::create_dir(&tmp).map_err(|e| VolumeError::io(dir, e))?;
+    fs::create_dir(&tmp).map_err(|e| WriteError::new(dir, e))?;
     let guard = TempGuard {
         path: tmp.clone(),
         is_dir: true,
@@ -142,9 +168,9 @@ where
     sync_dir(&tmp);
     if dir.exists() {
         // Empty (checked above); rename(2) replaces an empty folder, but be explicit.
-        fs::remove_dir(dir).map_err(|e| VolumeError::io(dir, e))?;
+        fs::remove_dir(dir).map_err(|e| WriteError::new(dir, e))?;
     }
-    fs::rename(&tmp, dir).map_err(|e| VolumeError::io(dir, e))?;
+    fs::rename(&tmp, dir).map_err(|e| WriteError::new(dir, e))?;
     guard.keep();
     sync_dir(parent_dir(dir));
     tracing::debug!("wrote folder {} atomically", dir.display());
@@ -216,20 +242,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("series");
         let err = write_dir_atomic(&out, |tmp| {
-            fs::write(tmp.join("1.dcm"), b"x").map_err(|e| VolumeError::io(tmp, e))?;
-            Err(VolumeError::invalid("second slice failed"))
+            fs::write(tmp.join("1.dcm"), b"x").map_err(|e| WriteError::new(tmp, e))?;
+            Err(WriteError::new(
+                tmp,
+                std::io::Error::other("second slice failed"),
+            ))
         })
         .unwrap_err();
         assert!(err.to_string().contains("second slice"));
         assert!(names(d.path()).is_empty());
 
         write_dir_atomic(&out, |tmp| {
-            fs::write(tmp.join("1.dcm"), b"x").map_err(|e| VolumeError::io(tmp, e))
+            fs::write(tmp.join("1.dcm"), b"x").map_err(|e| WriteError::new(tmp, e))
         })
         .unwrap();
         assert_eq!(names(&out), vec!["1.dcm"]);
         // A non-empty destination is never replaced.
-        assert!(write_dir_atomic(&out, |_| Ok(())).is_err());
+        assert!(write_dir_atomic::<_, WriteError>(&out, |_| Ok(())).is_err());
         assert_eq!(names(&out), vec!["1.dcm"]);
     }
 }

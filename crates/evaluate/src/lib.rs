@@ -1,4 +1,4 @@
-//! Evaluation: scores predicted CTPA volumes against target CTPA volumes in HU, inside body,
+//! Evaluation (no deep-learning dependency): scores predicted CTPA volumes against target CTPA volumes in HU, inside body,
 //! lung and vessel masks, beside the NCCT-as-prediction baseline that the literature reports.
 //!
 //! The flow of [`evaluate`]:
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::{debug, info, warn};
-use volume::io::atomic::write_atomic;
+use util::atomic::write_atomic;
 use volume::{Volume, VolumeError};
 
 pub use cases::CasePaths;
@@ -398,13 +398,14 @@ impl Evaluation {
             source,
         })?;
         let csv = out_dir.join(CSV_NAME);
-        write_atomic(&csv, |w| report::write_csv(&self.cases, w))?;
+        write_atomic(&csv, |w| report::write_csv(&self.cases, w)).map_err(VolumeError::from)?;
         let json = out_dir.join(JSON_NAME);
         let file = self.summary_file();
         write_atomic(&json, |w| {
             serde_json::to_writer_pretty(&mut *w, &file)?;
             writeln!(w)
-        })?;
+        })
+        .map_err(VolumeError::from)?;
         info!(csv = %csv.display(), json = %json.display(), "wrote evaluation");
         Ok((csv, json))
     }

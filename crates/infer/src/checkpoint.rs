@@ -1,0 +1,163 @@
+//! Reading a checkpoint for inference: a checkpoint is self-describing, so `predict` needs
+//! nothing but its folder.
+//!
+//! ```text
+//! RUN/checkpoints/NAME/          NAME = latest | best | final
+//!   generator.safetensors        G (names relative to G)
+//!   registration.safetensors     R (absent when trained without registration)
+//!   discriminator.safetensors    D, with the spectral-norm u/v vectors
+//!   optim_gr.safetensors         Adam of G + R
+//!   optim_d.safetensors          Adam of D
+//!   amp_scaler.json              loss scale and clean-step count (only with amp = "f16")
+//!   config.toml                  the run's resolved configuration
+//!   state.json                   step, epoch, best metric, HU window, and the config again
+//! ```
+//!
+//! Training writes this layout (`train::checkpoint`); this module is its reading side for
+//! inference. [`CheckpointInfo`] takes from `state.json` only what inference needs (format
+//! version, step, HU window, G's shape), and ignores every other key, so a checkpoint written
+//! by a training configuration with more (or fewer) options than this build knows still
+//! loads, as long as its format version is one this build reads.
+
+use anyhow::{bail, Context};
+use dataset::manifest::IntensityWindow;
+use model::config::GeneratorConfig;
+use model::generator::Generator;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::Device;
+
+/// `state.json`: the checkpoint's description.
+pub const STATE_FILE: &str = "state.json";
+/// `config.toml`: the run's resolved configuration.
+pub const CONFIG_FILE: &str = "config.toml";
+/// G's weights (variable names relative to G).
+pub const GENERATOR_FILE: &str = "generator.safetensors";
+/// R's weights.
+pub const REGISTRATION_FILE: &str = "registration.safetensors";
+/// D's weights and spectral-norm vectors.
+pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
+/// The newest checkpoint layout this build writes and reads. Every older version is read too
+/// (version 1 is the first).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What inference reads from a checkpoint's `state.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CheckpointInfo {
+    pub format_version: u32,
+    /// Optimizer steps completed when it was written.
+    pub step: u64,
+    /// The HU window of the network's [-1, 1] scale.
+    pub window: IntensityWindow,
+    /// The part of the run's configuration that rebuilds G.
+    pub config: RunSection,
+}
+
+/// `state.json`'s `config`, as far as inference reads it (other keys are ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RunSection {
+    pub model: ModelSection,
+}
+
+/// `config.model`, as far as inference reads it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ModelSection {
+    /// G's shape, as it was built for training.
+    pub generator: GeneratorConfig,
+}
+
+impl CheckpointInfo {
+    /// Reads `state.json` of checkpoint folder `dir`. Errors name the file: missing, not
+    /// JSON, without the keys inference needs, or written by a newer format than this build
+    /// reads.
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let version: Versioned = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        check_format_version(&path, version.format_version)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Only the version, read first so that a newer format gets its own message rather than a
+/// missing-field error.
+#[derive(Deserialize)]
+struct Versioned {
+    format_version: u32,
+}
+
+/// Errors unless checkpoint format `version` (of file `path`) is one this build reads.
+pub fn check_format_version(path: &Path, version: u32) -> anyhow::Result<()> {
+    if version == 0 || version > FORMAT_VERSION {
+        bail!(
+            "{}: checkpoint format {version} is newer than this build of ncct2ctpa reads (formats \
+             1 to {FORMAT_VERSION}); use the version that wrote it, or a newer one",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A checkpoint folder from what a user names: a checkpoint folder itself, or a run folder
+/// (then its `best`, else `final`, else `latest` checkpoint).
+pub fn find_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.join(STATE_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for name in ["best", "final", "latest"] {
+        let dir = path.join("checkpoints").join(name);
+        if dir.join(STATE_FILE).is_file() {
+            return Ok(dir);
+        }
+    }
+    bail!(
+        "{} is neither a checkpoint folder (with {STATE_FILE}) nor a run folder with \
+         checkpoints/{{best,final,latest}}",
+        path.display()
+    )
+}
+
+/// A generator rebuilt from a checkpoint, for inference.
+pub struct LoadedGenerator {
+    /// Owns G's variables (keep it alive while using `generator`).
+    pub store: VarStore,
+    pub generator: Generator,
+    /// The window the network's [-1, 1] scale maps to.
+    pub window: IntensityWindow,
+    /// The checkpoint folder it came from.
+    pub checkpoint: PathBuf,
+    pub step: u64,
+}
+
+impl std::fmt::Debug for LoadedGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedGenerator")
+            .field("checkpoint", &self.checkpoint)
+            .field("step", &self.step)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rebuilds G from a checkpoint (or a run folder, see [`find_checkpoint`]) on `device`, from
+/// the configuration stored with it: nothing else is needed.
+pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGenerator> {
+    let dir = find_checkpoint(path)?;
+    let info = CheckpointInfo::read(&dir)?;
+    let mut store = VarStore::new(device);
+    let generator = Generator::new(&store.root(), &info.config.model.generator);
+    let weights = dir.join(GENERATOR_FILE);
+    store
+        .load(&weights)
+        .with_context(|| format!("loading {}", weights.display()))?;
+    tracing::info!(checkpoint = %dir.display(), step = info.step, "generator loaded");
+    Ok(LoadedGenerator {
+        store,
+        generator,
+        window: info.window,
+        checkpoint: dir,
+        step: info.step,
+    })
+}

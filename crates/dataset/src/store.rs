@@ -413,6 +413,8 @@ fn plane_u8(
 /// A whole case in HU on its stored grid, for validation and evaluation.
 #[derive(Debug, Clone)]
 pub struct CaseVolumes {
+    /// The case's name in the manifest.
+    pub name: String,
     pub ncct: Volume,
     pub ctpa: Volume,
     pub body: Mask,
@@ -608,6 +610,7 @@ impl PreparedDataset {
             Ok(Volume::new(data, geometry)?)
         };
         Ok(CaseVolumes {
+            name: case.to_owned(),
             ncct: hu(&store.ncct, NCCT_FILE)?,
             ctpa: hu(&store.ctpa, CTPA_FILE)?,
             body: mask(&store.body)?,

@@ -11,7 +11,7 @@
 use crate::nets::Nets;
 use anyhow::Context;
 use dataset::manifest::{IntensityWindow, Split};
-use dataset::store::PreparedDataset;
+use dataset::store::{CaseVolumes, PreparedDataset};
 use infer::tensors::tensor_to_array;
 use infer::translate::{translate_slices, SliceFrame};
 use metrics::{score_regions, RegionScores, ScoreConfig, SsimMode};
@@ -23,17 +23,6 @@ use std::path::Path;
 use tch::nn::ModuleT;
 use tch::{Device, Kind};
 use util::canvas::{Canvas, BLACK, WHITE};
-use volume::{Mask, Volume};
-
-/// One validation case in HU.
-#[derive(Debug, Clone)]
-pub struct ValCase {
-    pub name: String,
-    pub ncct: Volume,
-    pub ctpa: Volume,
-    pub body: Mask,
-    pub lung: Mask,
-}
 
 /// Mean scores over the validation cases (`None` where no case had voxels in the region).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -87,7 +76,7 @@ impl Scores {
 /// Validation data and settings, loaded once per run.
 #[derive(Debug)]
 pub struct Validator {
-    pub cases: Vec<ValCase>,
+    pub cases: Vec<CaseVolumes>,
     window: IntensityWindow,
     /// Size multiple of the sample grids' tensors, which R reads too (G's own multiple is
     /// taken from G when translating).
@@ -132,16 +121,10 @@ impl Validator {
         }
         let mut cases = Vec::with_capacity(names.len());
         for name in names {
-            let v = ds
+            let case = ds
                 .volume(&name)
                 .with_context(|| format!("loading validation case {name}"))?;
-            cases.push(ValCase {
-                name,
-                ncct: v.ncct,
-                ctpa: v.ctpa,
-                body: v.body,
-                lung: v.lung,
-            });
+            cases.push(case);
         }
         let score_cfg = ScoreConfig {
             ssim_mode: SsimMode::Axial,
@@ -297,7 +280,7 @@ impl Validator {
 
 /// Two slices of a case to show: the lung slices at 40 % and 60 % of the lung's extent, or
 /// the middle slice if the case has no lung.
-fn sample_slices(case: &ValCase) -> Vec<usize> {
+fn sample_slices(case: &CaseVolumes) -> Vec<usize> {
     let nz = case.lung.data.dim().0;
     let with_lung: Vec<usize> = (0..nz)
         .filter(|&z| case.lung.data.slice(s![z, .., ..]).iter().any(|&v| v != 0))
@@ -319,7 +302,7 @@ fn sample_slices(case: &ValCase) -> Vec<usize> {
 /// `[body, lung]` scores of `pred` (HU) against the case's CTPA.
 fn score_case(
     pred: ArrayView3<'_, f32>,
-    c: &ValCase,
+    c: &CaseVolumes,
     cfg: &ScoreConfig,
 ) -> anyhow::Result<[RegionScores; 2]> {
     let r = score_regions(

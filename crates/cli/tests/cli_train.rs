@@ -45,7 +45,7 @@ fn train_args(data: &Path, run: &Path) -> Vec<String> {
 #[test]
 fn train_on_a_prepared_dataset_writes_a_complete_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = train::demo::synthetic_dataset(&tmp.path().join("data"), 3).unwrap();
+    let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 3).unwrap();
     let run = tmp.path().join("runs/t");
     let out = bin().args(train_args(&data, &run)).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -103,7 +103,7 @@ fn train_on_a_prepared_dataset_writes_a_complete_run() {
 #[test]
 fn a_nan_loss_exits_non_zero_naming_step_and_term() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = train::demo::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
+    let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
     let run = tmp.path().join("run");
     let cfg = tmp.path().join("nan.toml");
     std::fs::write(&cfg, "preset = \"tiny\"\n").unwrap();

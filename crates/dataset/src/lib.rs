@@ -7,6 +7,8 @@
 
 pub mod augment;
 pub mod cases;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod manifest;
 pub mod phantom;
 pub mod prepare;

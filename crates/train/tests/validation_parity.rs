@@ -20,8 +20,8 @@ use volume::{Geometry, Volume};
 #[test]
 fn validation_prediction_equals_translator_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds =
-        PreparedDataset::open(&train::demo::synthetic_dataset(tmp.path(), 2).unwrap()).unwrap();
+    let ds = PreparedDataset::open(&dataset::fixtures::synthetic_dataset(tmp.path(), 2).unwrap())
+        .unwrap();
     // Not the default window, so both sides must take it from where they are told.
     let window = IntensityWindow::new(-1000.0, 1000.0).unwrap();
     let mut validator = Validator::load(&ds, window, 32, 0).unwrap();

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use infer::predict::{PredictOptions, Translator};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use volume::io::{dicom, is_nifti_path, nifti, nifti_stem};
+use volume::io::{dicom, nifti, nifti_stem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -153,30 +153,29 @@ fn plan(args: &Args) -> Result<Vec<Job>> {
             dicom_input,
         }]);
     }
-    // A folder of inputs: NIfTI files and DICOM series sub-folders.
+    // A folder of inputs: NIfTI files and DICOM series sub-folders, listed as every command
+    // lists a folder of cases (dataset::cases).
+    let listing = dataset::cases::list_cases(input, true)?;
+    for skipped in &listing.skipped {
+        tracing::info!("skipped: {skipped}");
+    }
     let mut jobs = Vec::new();
-    let entries =
-        std::fs::read_dir(input).with_context(|| format!("reading {}", input.display()))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
-        let dicom_input = path.is_dir();
-        if !(dicom_input || is_nifti_path(&path)) {
-            tracing::info!(path = %path.display(), "skipped: neither a NIfTI file nor a folder");
-            continue;
-        }
-        let Some(case) = case_name(&path) else {
+    for case in listing.cases.keys() {
+        let Some(source) = listing
+            .single(case)
+            .map_err(|e| anyhow::anyhow!("{}: case {case}: {e}", input.display()))?
+        else {
             continue;
         };
         let output = match args.format {
             Format::Nifti => args.output.join(format!("{case}.nii.gz")),
-            Format::Dicom => args.output.join(&case),
+            Format::Dicom => args.output.join(case),
         };
         jobs.push(Job {
-            case,
-            input: path,
+            case: case.clone(),
+            input: source.path.clone(),
             output,
-            dicom_input,
+            dicom_input: source.kind == dataset::cases::SourceKind::DicomDir,
         });
     }
     if jobs.is_empty() {

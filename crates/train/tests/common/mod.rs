@@ -15,7 +15,7 @@ pub fn dataset() -> PathBuf {
     static DATA: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
     DATA.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let p = train::demo::synthetic_dataset(tmp.path(), 3).unwrap();
+        let p = dataset::fixtures::synthetic_dataset(tmp.path(), 3).unwrap();
         (tmp, p)
     })
     .1

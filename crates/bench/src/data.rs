@@ -215,7 +215,7 @@ pub fn measure(
         }
     })?;
     let during = (loaded.0 as usize * batch) as f64 / loaded.1;
-    let step_during = crate::stats::Summary::of(step_times).map_or(f64::NAN, |s| s.median);
+    let step_during = crate::stats::Timings::of(step_times).map_or(f64::NAN, |s| s.median);
     Ok(DataReport {
         dataset: store.root.clone(),
         slice_hw: store.slice_hw()?,

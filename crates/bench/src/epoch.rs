@@ -12,7 +12,7 @@
 //! Building the slice list (reading the body masks) happens before the clock on both sides.
 
 use crate::pytorch::{last_json_line, run_script};
-use crate::stats::Summary;
+use crate::stats::Timings;
 use anyhow::Context;
 use dataset::augment::AugmentConfig;
 use dataset::manifest::Split;
@@ -61,7 +61,7 @@ pub struct EpochSide {
     /// Loader start to the first batch in hand, s.
     pub first_batch_s: f64,
     /// Time between successive step ends (the first from the loader start), s.
-    pub step: Summary,
+    pub step: Timings,
     /// G+R loss of the first step.
     pub first_loss_g: f64,
 }
@@ -193,7 +193,7 @@ pub fn run_ours(spec: &EpochSpec, device: Device, init: &Path) -> anyhow::Result
     }
     let seconds = t0.elapsed().as_secs_f64();
     drop(loader);
-    let step = Summary::of(samples).ok_or_else(|| anyhow::anyhow!("no steps"))?;
+    let step = Timings::of(samples).ok_or_else(|| anyhow::anyhow!("no steps"))?;
     Ok((
         EpochSide {
             slices,
@@ -215,7 +215,7 @@ struct TorchEpoch {
     steps: usize,
     seconds: f64,
     first_batch_s: f64,
-    step: Summary,
+    step: Timings,
     first_loss_g: f64,
 }
 
@@ -359,7 +359,7 @@ mod tests {
             steps: 2,
             seconds: s,
             first_batch_s: 0.1,
-            step: Summary::of(vec![s / 2.0, s / 2.0]).unwrap(),
+            step: Timings::of(vec![s / 2.0, s / 2.0]).unwrap(),
             first_loss_g: 1.0,
         };
         let runs = vec![(side(3.0), 'a'), (side(1.0), 'b'), (side(2.0), 'c')];

@@ -2,7 +2,7 @@
 //! the JSON it prints.
 
 use crate::memory::PhaseMemory;
-use crate::stats::Summary;
+use crate::stats::Timings;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,13 +26,13 @@ pub struct TorchReport {
     /// Whether weights and inputs were channels-last (NHWC) in memory.
     #[serde(default)]
     pub channels_last: bool,
-    pub step: Summary,
+    pub step: Timings,
     /// CPU time (`time.process_time()`) of the same steps.
     #[serde(default)]
-    pub step_cpu: Option<Summary>,
+    pub step_cpu: Option<Timings>,
     /// Per-part timings under the names of [`crate::step::parts`] (`None` with `--no-parts`).
     #[serde(default)]
-    pub parts: Option<BTreeMap<String, Summary>>,
+    pub parts: Option<BTreeMap<String, Timings>>,
     /// Losses and statistics of the first step (from the same initial weights as ours).
     pub first_step: BTreeMap<String, f64>,
     pub infer: Option<TorchInfer>,

@@ -5,7 +5,7 @@ use crate::epoch::EpochReport;
 use crate::infer::InferReport;
 use crate::memory::PhaseMemory;
 use crate::pytorch::TorchReport;
-use crate::stats::Summary;
+use crate::stats::Timings;
 use model::flops::StepFlops;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -56,12 +56,12 @@ pub struct ConfigReport {
     #[serde(default)]
     pub channels_last: bool,
     /// The whole training step (`train::step::train_step`).
-    pub step: Summary,
+    pub step: Timings,
     /// CPU time (user + system, all threads) of the same steps.
     #[serde(default)]
-    pub step_cpu: Option<Summary>,
+    pub step_cpu: Option<Timings>,
     /// The step's parts ([`crate::step::parts`]), timed in the trainer's own step.
-    pub parts: Vec<(String, Summary)>,
+    pub parts: Vec<(String, Timings)>,
     /// Losses of the first step (same initial weights and batch as PyTorch's first step).
     pub first_loss_g: f64,
     pub first_loss_d: f64,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Median and spread of a set of timings (seconds). Quantiles interpolate linearly between
 /// order statistics (numpy's default), the same rule as `tools/pytorch_twin/bench.py`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
+pub struct Timings {
     /// The raw samples, in the order measured.
     pub samples: Vec<f64>,
     pub median: f64,
@@ -14,7 +14,7 @@ pub struct Summary {
     pub mean: f64,
 }
 
-impl Summary {
+impl Timings {
     /// Summarises `samples`; `None` when there are none.
     pub fn of(samples: Vec<f64>) -> Option<Self> {
         if samples.is_empty() {
@@ -34,10 +34,10 @@ impl Summary {
 }
 
 /// One summary of the samples of both (`a`'s first, in the order measured).
-pub fn pooled(a: &Summary, b: &Summary) -> Summary {
+pub fn pooled(a: &Timings, b: &Timings) -> Timings {
     let samples: Vec<f64> = a.samples.iter().chain(&b.samples).copied().collect();
     // both have at least one sample, so the pool does too
-    Summary::of(samples).unwrap_or_else(|| a.clone())
+    Timings::of(samples).unwrap_or_else(|| a.clone())
 }
 
 /// Quantile `p` of sorted, non-empty `s`, interpolating linearly.
@@ -53,13 +53,13 @@ mod tests {
 
     #[test]
     fn pooling_keeps_every_sample_in_order_and_resummarises() {
-        let a = Summary::of(vec![3.0, 1.0]).unwrap();
-        let b = Summary::of(vec![10.0, 2.0, 4.0]).unwrap();
+        let a = Timings::of(vec![3.0, 1.0]).unwrap();
+        let b = Timings::of(vec![10.0, 2.0, 4.0]).unwrap();
         let p = pooled(&a, &b);
         assert_eq!(p.samples, vec![3.0, 1.0, 10.0, 2.0, 4.0]);
         assert_eq!(p.median, 3.0);
         assert_eq!(p.mean, 4.0);
-        assert_eq!(p, Summary::of(p.samples.clone()).unwrap());
+        assert_eq!(p, Timings::of(p.samples.clone()).unwrap());
     }
 
     use super::*;
@@ -67,14 +67,14 @@ mod tests {
     #[test]
     fn quantiles_interpolate_like_numpy() {
         // numpy.percentile([4, 1, 3, 2, 5], [10, 50, 90]) = [1.4, 3.0, 4.6]
-        let s = Summary::of(vec![4.0, 1.0, 3.0, 2.0, 5.0]).unwrap();
+        let s = Timings::of(vec![4.0, 1.0, 3.0, 2.0, 5.0]).unwrap();
         assert!((s.p10 - 1.4).abs() < 1e-12);
         assert_eq!(s.median, 3.0);
         assert!((s.p90 - 4.6).abs() < 1e-12);
         assert_eq!(s.mean, 3.0);
         assert_eq!(s.samples, vec![4.0, 1.0, 3.0, 2.0, 5.0]);
-        assert!(Summary::of(vec![]).is_none());
-        let one = Summary::of(vec![2.5]).unwrap();
+        assert!(Timings::of(vec![]).is_none());
+        let one = Timings::of(vec![2.5]).unwrap();
         assert_eq!((one.p10, one.median, one.p90), (2.5, 2.5, 2.5));
     }
 }

@@ -8,7 +8,7 @@
 //! per-part times (and their sum a little above the whole step, which runs without those
 //! syncs).
 
-use crate::stats::Summary;
+use crate::stats::Timings;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tch::Device;
@@ -50,9 +50,9 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 /// Timings of the whole step: wall and CPU seconds of each timed step.
 #[derive(Debug, Clone)]
 pub struct StepTimes {
-    pub wall: Summary,
+    pub wall: Timings,
     /// `None` where the CPU time cannot be read.
-    pub cpu: Option<Summary>,
+    pub cpu: Option<Timings>,
 }
 
 /// Runs `warmup + steps` training steps with `train_step` and returns the timings of the last
@@ -93,9 +93,9 @@ pub fn time_train_steps(
             }
         }
     }
-    let wall = Summary::of(samples).ok_or_else(|| anyhow::anyhow!("no timed steps (steps = 0)"))?;
+    let wall = Timings::of(samples).ok_or_else(|| anyhow::anyhow!("no timed steps (steps = 0)"))?;
     let cpu = if cpu_samples.len() == wall.samples.len() {
-        Summary::of(cpu_samples)
+        Timings::of(cpu_samples)
     } else {
         None
     };
@@ -155,7 +155,7 @@ pub fn time_parts(
     warmup: usize,
     steps: usize,
     first_step: u64,
-) -> anyhow::Result<Vec<(String, Summary)>> {
+) -> anyhow::Result<Vec<(String, Timings)>> {
     let mut per_part: Vec<Vec<f64>> = vec![Vec::with_capacity(steps); PARTS.len()];
     let device = batch.x.device();
     let totals = Arc::new(Mutex::new(vec![0.0; PARTS.len()]));
@@ -182,7 +182,7 @@ pub fn time_parts(
         .iter()
         .zip(per_part)
         .map(|((name, _), samples)| {
-            Summary::of(samples)
+            Timings::of(samples)
                 .map(|s| ((*name).to_owned(), s))
                 .ok_or_else(|| anyhow::anyhow!("no timed steps (steps = 0)"))
         })

@@ -51,7 +51,7 @@ impl DisplayWindow {
 
 /// A regular grid of cells with padding between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grid {
+pub struct TileGrid {
     pub rows: usize,
     pub cols: usize,
     pub cell_width: usize,
@@ -59,7 +59,7 @@ pub struct Grid {
     pub pad: usize,
 }
 
-impl Grid {
+impl TileGrid {
     /// A canvas just large enough for the grid, filled with grey level `background`.
     pub fn canvas(&self, background: u8) -> Canvas {
         Canvas::new(
@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn draw_places_and_scales_tiles() {
-        let grid = Grid {
+        let grid = TileGrid {
             rows: 1,
             cols: 2,
             cell_width: 4,

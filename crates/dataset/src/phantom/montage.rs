@@ -4,7 +4,7 @@
 use super::PhantomCase;
 use ndarray::{Array2, Axis};
 use util::canvas::Canvas;
-use util::preview::{DisplayWindow as Window, Grid};
+use util::preview::{DisplayWindow, TileGrid};
 
 /// Anatomical heights of the axial rows: aortic arch, pulmonary bifurcation, mid heart,
 /// lung bases (mm, anatomical frame).
@@ -27,7 +27,7 @@ pub fn montage(case: &PhantomCase) -> Canvas {
         g.spacing[2] * nz as f64,
     ];
     let coronal_h = ((TILE as f64) * fov[2] / fov[0]).round() as usize;
-    let grid = Grid {
+    let grid = TileGrid {
         rows: AXIAL_LEVELS_MM.len() + 1,
         cols: 4,
         cell_width: TILE,
@@ -69,10 +69,10 @@ pub fn montage(case: &PhantomCase) -> Canvas {
     for (row, (ncct, ctpa, d, h)) in cuts.iter().enumerate() {
         let d = d.mapv(f32::abs);
         let tiles = [
-            (ncct.view(), Window::MEDIASTINUM),
-            (ctpa.view(), Window::MEDIASTINUM),
-            (d.view(), Window::range(0.0, 400.0)),
-            (ncct.view(), Window::LUNG),
+            (ncct.view(), DisplayWindow::MEDIASTINUM),
+            (ctpa.view(), DisplayWindow::MEDIASTINUM),
+            (d.view(), DisplayWindow::range(0.0, 400.0)),
+            (ncct.view(), DisplayWindow::LUNG),
         ];
         for (col, (img, window)) in tiles.into_iter().enumerate() {
             let (x, y) = grid.cell(row, col);

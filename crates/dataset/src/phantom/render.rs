@@ -10,7 +10,7 @@ use super::anatomy::{Anatomy, Heart, PaintTube, MEDIASTINAL_MARGIN_MM};
 use super::deformation::Frame;
 use super::noise::ValueNoise;
 use super::shapes::{smoothstep, V3};
-use super::tissue::{Contrast, Phase, Tissue, TubeClass};
+use super::tissue::{Contrast, Scan, Tissue, TubeClass};
 use super::vessels::Embolus;
 use ndarray::{Array2, Array3};
 use rayon::prelude::*;
@@ -174,16 +174,16 @@ fn render_slice(scene: &Scene, frame: &Frame, k: usize, ny: usize, nx: usize) ->
             let p = frame.point(i, j, k);
             let t = scene.anatomy.classify(p, &scene.heart, mediastinum[idx]);
             let tex = tissue_texture(&scene.anatomy, &texture, t, p);
-            let mut hu_n = scene.contrast.tissue_hu(t, Phase::Ncct) + tex;
-            let mut hu_c = scene.contrast.tissue_hu(t, Phase::Ctpa) + tex;
+            let mut hu_n = scene.contrast.tissue_hu(t, Scan::Ncct) + tex;
+            let mut hu_c = scene.contrast.tissue_hu(t, Scan::Ctpa) + tex;
             let mut blood = t.is_blood();
             for class in TubeClass::ALL {
                 let c = cov[class as usize][idx];
                 if c <= 0.0 {
                     continue;
                 }
-                hu_n += (scene.contrast.tube_hu(class, Phase::Ncct) - hu_n) * c;
-                hu_c += (scene.contrast.tube_hu(class, Phase::Ctpa) - hu_c) * c;
+                hu_n += (scene.contrast.tube_hu(class, Scan::Ncct) - hu_n) * c;
+                hu_c += (scene.contrast.tube_hu(class, Scan::Ctpa) - hu_c) * c;
                 blood |= class.is_blood() && c >= 0.5;
             }
             out.ncct[[j, i]] = hu_n;

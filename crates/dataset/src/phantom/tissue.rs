@@ -98,7 +98,7 @@ impl TubeClass {
 
 /// Which scan a HU value is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub enum Scan {
     Ncct,
     Ctpa,
 }
@@ -142,8 +142,8 @@ impl Contrast {
     }
 
     /// Mean HU of a tissue (texture is added separately).
-    pub fn tissue_hu(&self, t: Tissue, phase: Phase) -> f32 {
-        let ctpa = phase == Phase::Ctpa;
+    pub fn tissue_hu(&self, t: Tissue, phase: Scan) -> f32 {
+        let ctpa = phase == Scan::Ctpa;
         match t {
             Tissue::Air => -1000.0,
             Tissue::TableShell => 180.0,
@@ -205,8 +205,8 @@ impl Contrast {
     }
 
     /// HU of the lumen (or wall) of a tube class.
-    pub fn tube_hu(&self, c: TubeClass, phase: Phase) -> f32 {
-        let ctpa = phase == Phase::Ctpa;
+    pub fn tube_hu(&self, c: TubeClass, phase: Scan) -> f32 {
+        let ctpa = phase == Scan::Ctpa;
         let blood = |enhanced: f32| if ctpa { enhanced } else { self.blood_ncct };
         match c {
             TubeClass::Esophagus => 40.0,

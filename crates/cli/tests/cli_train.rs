@@ -146,3 +146,98 @@ fn a_bad_config_key_is_an_error_naming_it() {
         "{stderr}"
     );
 }
+
+/// The (step, loss_g) of every train event of a run.
+fn train_losses(run: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "train")
+        .map(|e| (e["step"].as_u64().unwrap(), e["loss_g"].to_string()))
+        .collect()
+}
+
+/// #13 item 9: SIGTERM (as a scheduler preempting the job) finishes the step, writes
+/// checkpoints/latest, exits 75; `--resume` continues and the curve equals an uninterrupted
+/// run's. Also item 13: `--resume --device cpu` is accepted, other training flags are refused.
+#[test]
+fn sigterm_checkpoints_and_exits_75_and_resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
+    let (straight, stopped) = (tmp.path().join("straight"), tmp.path().join("stopped"));
+    let args = |run: &Path| {
+        let mut a = train_args(&data, run);
+        let steps = a.iter().position(|s| s == "--steps").unwrap();
+        a[steps + 1] = "300".into();
+        let every = a.iter().position(|s| s == "--checkpoint-every").unwrap();
+        a[every + 1] = "1000".into();
+        let val = a.iter().position(|s| s == "--val-every").unwrap();
+        a[val + 1] = "1000".into();
+        a
+    };
+    assert!(bin()
+        .args(args(&straight))
+        .output()
+        .unwrap()
+        .status
+        .success());
+
+    let mut child = bin()
+        .args(args(&stopped))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = stopped.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics)
+        .map(|t| t.matches("\"train\"").count())
+        .unwrap_or(0)
+        < 5
+    {
+        assert!(t0.elapsed().as_secs() < 120, "the run never logged 5 steps");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("SIGTERM") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let logged = train_losses(&stopped).len() as u64;
+    assert!(logged < 300, "the run was not stopped early");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(stopped.join("checkpoints/latest/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"].as_u64(), Some(logged));
+
+    // flags that change training are refused on resume; where it runs is not
+    let refused = bin()
+        .args(["train", "--run", &stopped.display().to_string(), "--resume"])
+        .args(["--data", &data.display().to_string(), "--lr", "1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(msg.contains("optim.generator.lr"), "{msg}");
+    let resumed = bin()
+        .args(["train", "--run", &stopped.display().to_string(), "--resume"])
+        .args(["--data", &data.display().to_string(), "--device", "cpu"])
+        .args(["--no-progress"])
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(train_losses(&straight), train_losses(&stopped));
+}

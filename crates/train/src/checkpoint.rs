@@ -17,8 +17,9 @@
 //! A checkpoint is written into a staging folder beside its final name
 //! (`util::atomic::write_dir_atomic`), then swapped in: the old folder is renamed aside,
 //! the new one renamed into place, the old one removed. A crash leaves either the old or the
-//! new checkpoint under `NAME`, or (between the two renames) the old one under `.NAME.old`,
-//! which [`resume_dir`] falls back to.
+//! new checkpoint under `NAME`, or (between the two renames) the new one complete under
+//! `.NAME.new` and the old one under `.NAME.old`; [`recover_swap`] (run by [`resume_dir`])
+//! finishes such a swap.
 //!
 //! Nothing about random state needs saving: batches are functions of `(seed, step)` (see
 //! `dataset::sampler`) and libtorch is reseeded from `(seed, step)` at every step
@@ -136,6 +137,44 @@ pub fn save(
     Ok(dest)
 }
 
+/// Finishes the swap of checkpoint `name` that a kill interrupted ([`save`]'s renames): a
+/// complete `.NAME.new` (it only exists once whole: it is written atomically) is the newest
+/// checkpoint and becomes `NAME`; else a `.NAME.old` left without a `NAME` becomes `NAME`
+/// again. Leftovers are removed. The caller holds the run's lock, so no other process is
+/// writing them.
+pub fn recover_swap(run: &RunDir, name: &str) -> anyhow::Result<()> {
+    let dest = run.checkpoint(name);
+    let staging = run.checkpoints_dir().join(format!(".{name}.new"));
+    let old = run.checkpoints_dir().join(format!(".{name}.old"));
+    let complete = |dir: &Path| dir.join(STATE_FILE).is_file();
+    let promote = |from: &Path| -> anyhow::Result<()> {
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest)
+                .with_context(|| format!("removing {}", dest.display()))?;
+        }
+        std::fs::rename(from, &dest)
+            .with_context(|| format!("renaming {} to {}", from.display(), dest.display()))?;
+        tracing::warn!(
+            "{}: finished a checkpoint swap that was interrupted ({} -> {name})",
+            run.root().display(),
+            from.display()
+        );
+        Ok(())
+    };
+    if complete(&staging) {
+        promote(&staging)?;
+    } else if complete(&old) && !complete(&dest) {
+        promote(&old)?;
+    }
+    for leftover in [&staging, &old] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(leftover)
+                .with_context(|| format!("removing {}", leftover.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads `state.json` of a checkpoint folder.
 pub fn load_state(dir: &Path) -> anyhow::Result<TrainState> {
     let path = dir.join(STATE_FILE);
@@ -161,20 +200,13 @@ pub fn restore(dir: &Path, nets: &mut Nets, opts: &mut Optimizers) -> anyhow::Re
     Ok(state)
 }
 
-/// The checkpoint a `--resume` of `run` continues from: `latest`, or `.latest.old` when a
-/// crash interrupted the swap.
+/// The checkpoint a `--resume` of `run` continues from: `latest`, after finishing a swap that
+/// a kill interrupted (see [`recover_swap`]).
 pub fn resume_dir(run: &RunDir) -> anyhow::Result<PathBuf> {
+    recover_swap(run, "latest")?;
     let latest = run.checkpoint("latest");
     if latest.join(STATE_FILE).is_file() {
         return Ok(latest);
-    }
-    let old = run.checkpoints_dir().join(".latest.old");
-    if old.join(STATE_FILE).is_file() {
-        tracing::warn!(
-            "resuming from {} (the last checkpoint swap was interrupted)",
-            old.display()
-        );
-        return Ok(old);
     }
     bail!(
         "cannot resume {}: it has no checkpoints/latest (the run stopped before its first \

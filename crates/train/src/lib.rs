@@ -18,9 +18,11 @@ pub mod phases;
 pub mod plot;
 pub mod run_dir;
 pub mod schedule;
+pub mod signals;
 pub mod step;
 pub mod trainer;
 pub mod validate;
 
 pub use config::{Layer, TrainConfig};
-pub use trainer::{train, RunSpec, TrainOutcome};
+pub use signals::StopFlag;
+pub use trainer::{train, RunSpec, Start, TrainOutcome};

@@ -18,6 +18,9 @@
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 
+/// The lock file of a run folder (held by the process training in it).
+pub const RUN_LOCK: &str = ".run.lock";
+
 /// Paths inside a run folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -71,6 +74,51 @@ impl RunDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes the run's lock (`RUN/.run.lock`, see `util::lock`) for as long as the returned
+    /// value lives: a second process (a `--resume` while the run still trains) fails at once,
+    /// naming the holder.
+    pub fn lock(&self) -> anyhow::Result<util::lock::FolderLock> {
+        util::lock::lock_folder(&self.root, RUN_LOCK).map_err(|e| match e {
+            util::lock::LockError::Locked { dir, holder } => anyhow::anyhow!(
+                "{}: another process is training in this run folder ({holder}); wait for it \
+                 to finish or stop it (SIGTERM checkpoints first), then --resume",
+                dir.display()
+            ),
+            other => anyhow::Error::new(other),
+        })
+    }
+
+    /// Removes the temporaries (`.NAME.PID.N.tmp`) that killed writes left in the run folder,
+    /// its checkpoints and samples. Call with the run's lock held (no other writer).
+    pub fn remove_temporaries(&self) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        for dir in [
+            self.root.clone(),
+            self.checkpoints_dir(),
+            self.samples_dir(),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                    continue;
+                }
+                let path = entry.path();
+                let gone = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                gone.with_context(|| format!("removing the leftover {}", path.display()))?;
+                tracing::info!("removed the leftover {} of a killed write", path.display());
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
     /// `config.toml`: the resolved configuration.
     pub fn config(&self) -> PathBuf {

@@ -13,6 +13,7 @@ use crate::events::{num, EventLog, HumanLog};
 use crate::nets::{Nets, Optimizers};
 use crate::plot::draw_curves;
 use crate::run_dir::RunDir;
+use crate::signals::StopFlag;
 use crate::step::{train_step, BatchTensors, NonFinite, StepStats};
 use crate::validate::{Scores, Validator};
 use anyhow::{bail, Context};
@@ -49,6 +50,8 @@ pub struct RunSpec {
     /// Run folder.
     pub run: PathBuf,
     pub start: Start,
+    /// Stops the run after the current step, with a checkpoint ([`crate::signals`]).
+    pub stop: StopFlag,
 }
 
 /// What a finished run reports.
@@ -67,6 +70,8 @@ pub struct TrainOutcome {
     pub device: String,
     /// Wall time of this process's training (setup included).
     pub wall: Duration,
+    /// The signal that stopped the run early (after writing `checkpoints/latest`), if one did.
+    pub stopped: Option<&'static str>,
 }
 
 /// Trains as `spec` says (see [`Start`]).
@@ -96,6 +101,9 @@ pub struct Trainer {
     lung_log: crate::curriculum::LungWeightLog,
     pb: ProgressBar,
     t0: Instant,
+    stop: StopFlag,
+    /// Held for the whole run: no second process trains in the folder.
+    _lock: util::lock::FolderLock,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -118,7 +126,7 @@ impl Trainer {
             Arc::new(PreparedDataset::open(&spec.data).with_context(|| {
                 format!("opening the prepared dataset {}", spec.data.display())
             })?);
-        let (cfg, run) = open_run(spec, &ds)?;
+        let (cfg, run, lock) = open_run(spec, &ds)?;
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
         }
@@ -159,6 +167,8 @@ impl Trainer {
             starved: 0,
             lung_log: Default::default(),
             t0,
+            stop: spec.stop.clone(),
+            _lock: lock,
         };
         trainer.log_start(&image_lines)?;
         Ok(trainer)
@@ -332,7 +342,28 @@ impl Trainer {
                 .line(&format!("stopping after step {step} (test hook)"));
             return Ok(ControlFlow::Break(()));
         }
+        if let Some(signal) = self.stop.requested().filter(|_| step < total) {
+            self.stop_on_signal(step, epoch, signal)?;
+            return Ok(ControlFlow::Break(()));
+        }
         Ok(ControlFlow::Continue(()))
+    }
+
+    /// A signal asked to stop: `latest` is written (unless this step just wrote it) and the
+    /// stop is logged, so `--resume` continues from this step.
+    fn stop_on_signal(&mut self, step: u64, epoch: f64, signal: &str) -> anyhow::Result<()> {
+        if !is_due(step, self.cfg.log.checkpoint_every, self.total) {
+            self.save_latest(step, epoch)?;
+        }
+        let fields = [("signal", Value::from(signal))];
+        self.events.write(step, "stopped", &fields)?;
+        let line = format!(
+            "{signal}: stopped after step {step} with checkpoints/latest written; continue with \
+             --resume"
+        );
+        self.human.line(&line);
+        self.pb.suspend(|| tracing::warn!("{line}"));
+        Ok(())
     }
 
     /// Validates on whole volumes, logs the scores beside the baseline, keeps `best`, and
@@ -436,6 +467,9 @@ impl Trainer {
             best: self.best.clone(),
             device: format!("{:?}", self.device),
             wall: self.t0.elapsed(),
+            stopped: (steps < self.total)
+                .then(|| self.stop.requested())
+                .flatten(),
         }
     }
 }
@@ -467,7 +501,10 @@ fn restore_or_begin(
 
 /// The run's configuration and folder: a new run's resolved config written into a new folder,
 /// or a resumed run's own config with the process-local keys of `local` on top.
-fn open_run(spec: &RunSpec, ds: &PreparedDataset) -> anyhow::Result<(TrainConfig, RunDir)> {
+fn open_run(
+    spec: &RunSpec,
+    ds: &PreparedDataset,
+) -> anyhow::Result<(TrainConfig, RunDir, util::lock::FolderLock)> {
     match &spec.start {
         Start::New(cfg) => {
             let mut cfg = (**cfg).clone();
@@ -475,8 +512,9 @@ fn open_run(spec: &RunSpec, ds: &PreparedDataset) -> anyhow::Result<(TrainConfig
             cfg.resolve(ds.window(), probe.len())?;
             cfg.hooks = cfg.hooks.clone().with_env()?;
             let run = RunDir::create_new(&spec.run)?;
+            let lock = run.lock()?;
             write_text_atomic(&run.config(), &cfg.to_toml_string()?)?;
-            Ok((cfg, run))
+            Ok((cfg, run, lock))
         }
         Start::Resume { local, hooks } => {
             let refused: Vec<String> = local
@@ -492,6 +530,8 @@ fn open_run(spec: &RunSpec, ds: &PreparedDataset) -> anyhow::Result<(TrainConfig
                 );
             }
             let run = RunDir::open_existing(&spec.run)?;
+            let lock = run.lock()?;
+            run.remove_temporaries()?;
             let mut layers = vec![toml::from_str(&read_text(&run.config())?)
                 .with_context(|| format!("config {}", run.config().display()))?];
             layers.push(local.0.clone());
@@ -500,7 +540,7 @@ fn open_run(spec: &RunSpec, ds: &PreparedDataset) -> anyhow::Result<(TrainConfig
             cfg.validate()
                 .with_context(|| format!("config of {}", run.root().display()))?;
             cfg.hooks = hooks.clone().with_env()?;
-            Ok((cfg, run))
+            Ok((cfg, run, lock))
         }
     }
 }

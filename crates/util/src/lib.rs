@@ -2,6 +2,7 @@
 //!
 //! - [`atomic`]: file and folder output that a reader never sees half written;
 //! - [`checksum`]: SHA-256 of a file or a folder (a DICOM series);
+//! - [`lock`]: an exclusive lock on an output folder that a dead holder never leaves behind;
 //! - [`canvas`] and [`preview`]: the small RGB raster behind every figure (phantom previews,
 //!   sample grids, curves), display windows and tile grids, saved as PNG.
 //!
@@ -11,4 +12,5 @@
 pub mod atomic;
 pub mod canvas;
 pub mod checksum;
+pub mod lock;
 pub mod preview;

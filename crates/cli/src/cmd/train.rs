@@ -129,9 +129,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         run.display()
     );
-    let spec = RunSpec { data, run, start };
+    let stop = train::StopFlag::default();
+    stop.install()
+        .context("installing the SIGTERM/SIGINT/SIGUSR1 handlers")?;
+    let spec = RunSpec {
+        data,
+        run,
+        start,
+        stop,
+    };
     let outcome =
         train::train(&spec).with_context(|| format!("training run {}", spec.run.display()))?;
+    if let Some(signal) = outcome.stopped {
+        eprintln!(
+            "{signal}: stopped after step {} with checkpoints/latest written; continue with \
+             `ncct2ctpa train --run {} --resume` (exit code {})",
+            outcome.steps,
+            outcome.run.display(),
+            train::signals::EXIT_STOPPED
+        );
+        return Ok(ExitCode::from(train::signals::EXIT_STOPPED));
+    }
 
     println!("{}", summary_table(&outcome.last, &outcome.baseline));
     println!(

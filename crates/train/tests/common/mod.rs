@@ -75,6 +75,7 @@ pub fn new_run(cfg: TrainConfig, data: &Path, run: &Path) -> RunSpec {
         data: data.to_path_buf(),
         run: run.to_path_buf(),
         start: Start::New(Box::new(cfg)),
+        stop: Default::default(),
     }
 }
 
@@ -87,6 +88,7 @@ pub fn resume_run(data: &Path, run: &Path, hooks: TestHooks) -> RunSpec {
             local: Default::default(),
             hooks,
         },
+        stop: Default::default(),
     }
 }
 

@@ -183,7 +183,7 @@ fn sigterm_checkpoints_and_exits_75_and_resume_continues_exactly() {
         .status
         .success());
 
-    let mut child = bin()
+    let child = bin()
         .args(args(&stopped))
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -18,6 +18,31 @@
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 
+/// Which prepared dataset a run trains on (`RUN/dataset.json`, written before step 1): a
+/// resume checks that it continues on the same data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatasetRecord {
+    /// The prepared folder as given when the run started (made absolute).
+    pub path: PathBuf,
+    /// SHA-256 of its `manifest.json`: the dataset's identity (the manifest holds every
+    /// source's checksum, the settings and the split).
+    pub manifest_sha256: String,
+}
+
+impl DatasetRecord {
+    /// The record of the prepared dataset at `data`.
+    pub fn of(data: &Path) -> anyhow::Result<Self> {
+        let manifest = data.join(dataset::manifest::MANIFEST_FILE);
+        let manifest_sha256 = util::checksum::sha256_path(&manifest)
+            .map_err(|(path, e)| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let path = std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf());
+        Ok(Self {
+            path,
+            manifest_sha256,
+        })
+    }
+}
+
 /// The lock file of a run folder (held by the process training in it).
 pub const RUN_LOCK: &str = ".run.lock";
 
@@ -120,6 +145,23 @@ impl RunDir {
         }
         Ok(removed)
     }
+    /// `dataset.json`: the [`DatasetRecord`] of the data the run trains on.
+    pub fn dataset_record(&self) -> PathBuf {
+        self.root.join("dataset.json")
+    }
+
+    /// The recorded dataset, `None` for runs written before the record existed.
+    pub fn read_dataset_record(&self) -> anyhow::Result<Option<DatasetRecord>> {
+        let path = self.dataset_record();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
     /// `config.toml`: the resolved configuration.
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")

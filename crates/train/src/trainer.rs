@@ -12,7 +12,7 @@ use crate::config::{Layer, TestHooks, TrainConfig};
 use crate::events::{num, EventLog, HumanLog};
 use crate::nets::{Nets, Optimizers};
 use crate::plot::draw_curves;
-use crate::run_dir::RunDir;
+use crate::run_dir::{DatasetRecord, RunDir};
 use crate::signals::StopFlag;
 use crate::step::{train_step, BatchTensors, NonFinite, StepStats};
 use crate::validate::{Scores, Validator};
@@ -36,7 +36,14 @@ pub enum Start {
     /// Continue the run in the folder from `checkpoints/latest` with its own configuration,
     /// exactly as if it had not stopped. `local` may set only the keys of
     /// [`LOCAL_KEYS`] (what this process runs on, not what is trained).
-    Resume { local: Layer, hooks: TestHooks },
+    Resume {
+        local: Layer,
+        hooks: TestHooks,
+        /// Continue on a prepared dataset other than the one the run started on (its manifest
+        /// differs); without it that is refused. The same dataset at another path (copied to
+        /// node-local scratch) is always accepted, and logged.
+        allow_other_data: bool,
+    },
 }
 
 /// The keys a resumed process may change: where and how it runs, never what it trains.
@@ -513,10 +520,19 @@ fn open_run(
             cfg.hooks = cfg.hooks.clone().with_env()?;
             let run = RunDir::create_new(&spec.run)?;
             let lock = run.lock()?;
+            let record = DatasetRecord::of(&spec.data)?;
+            write_text_atomic(
+                &run.dataset_record(),
+                &serde_json::to_string_pretty(&record)?,
+            )?;
             write_text_atomic(&run.config(), &cfg.to_toml_string()?)?;
             Ok((cfg, run, lock))
         }
-        Start::Resume { local, hooks } => {
+        Start::Resume {
+            local,
+            hooks,
+            allow_other_data,
+        } => {
             let refused: Vec<String> = local
                 .keys()
                 .into_iter()
@@ -532,6 +548,7 @@ fn open_run(
             let run = RunDir::open_existing(&spec.run)?;
             let lock = run.lock()?;
             run.remove_temporaries()?;
+            check_same_data(&run, &spec.data, *allow_other_data)?;
             let mut layers = vec![toml::from_str(&read_text(&run.config())?)
                 .with_context(|| format!("config {}", run.config().display()))?];
             layers.push(local.0.clone());
@@ -543,6 +560,47 @@ fn open_run(
             Ok((cfg, run, lock))
         }
     }
+}
+
+/// A resume continues on the data the run started on: the same manifest (at any path), or,
+/// when `allow_other` says so, another one (logged).
+fn check_same_data(run: &RunDir, data: &Path, allow_other: bool) -> anyhow::Result<()> {
+    let now = DatasetRecord::of(data)?;
+    let Some(then) = run.read_dataset_record()? else {
+        tracing::warn!(
+            "{}: the run records no dataset (written before dataset.json existed); cannot check \
+             that {} is the data it started on",
+            run.root().display(),
+            data.display()
+        );
+        return Ok(());
+    };
+    if then.manifest_sha256 != now.manifest_sha256 {
+        if !allow_other {
+            bail!(
+                "{} is not the prepared dataset this run started on ({}, manifest SHA-256 {}; \
+                 this one has {}): pass --data {} or, to continue on other data on purpose, \
+                 --allow-other-data",
+                data.display(),
+                then.path.display(),
+                &then.manifest_sha256[..12],
+                &now.manifest_sha256[..12],
+                then.path.display()
+            );
+        }
+        tracing::warn!(
+            "continuing on other data on purpose: {} (the run started on {})",
+            data.display(),
+            then.path.display()
+        );
+    } else if then.path != now.path {
+        tracing::info!(
+            "the run's dataset is at another path now ({} -> {}); same manifest",
+            then.path.display(),
+            now.path.display()
+        );
+    }
+    Ok(())
 }
 
 fn read_text(path: &Path) -> anyhow::Result<String> {

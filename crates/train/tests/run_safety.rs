@@ -116,3 +116,62 @@ fn a_signal_stop_checkpoints_the_step_and_resumes_exactly() {
     // still agree bit for bit
     assert_eq!(losses(&a), losses(&b));
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Item 11: the run records its dataset; a resume on other data is refused unless told, and
+/// the same dataset copied elsewhere (node-local scratch) is accepted.
+#[test]
+fn a_resume_continues_on_its_own_data_only() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut cfg = tiny(9);
+    cfg.hooks.stop_after_step = Some(3);
+    train(&new_run(cfg, &data, &run)).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(record["manifest_sha256"].as_str().unwrap().len(), 64);
+
+    let other = dataset::fixtures::synthetic_dataset(&tmp.path().join("other"), 2).unwrap();
+    let err = format!(
+        "{:#}",
+        train(&resume_run(&other, &run, Default::default())).unwrap_err()
+    );
+    assert!(
+        err.contains("not the prepared dataset this run started on")
+            && err.contains("--allow-other-data"),
+        "{err}"
+    );
+
+    let copy = tmp.path().join("scratch-copy");
+    copy_dir(&data, &copy);
+    let hooks = train::config::TestHooks {
+        stop_after_step: Some(6),
+        ..Default::default()
+    };
+    let out = train(&resume_run(&copy, &run, hooks)).unwrap();
+    assert_eq!((out.started_at, out.steps), (3, 6));
+
+    let mut told = resume_run(&other, &run, Default::default());
+    if let train::Start::Resume {
+        allow_other_data, ..
+    } = &mut told.start
+    {
+        *allow_other_data = true;
+    }
+    let out = train(&told).unwrap();
+    assert_eq!((out.started_at, out.steps), (6, 9));
+}

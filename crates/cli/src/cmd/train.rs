@@ -77,6 +77,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// With --resume: continue on a prepared dataset other than the run's own (refused
+    /// otherwise; the same dataset at another path is always fine).
+    #[arg(long, requires = "resume")]
+    allow_other_data: bool,
     /// Set any configuration key, e.g. `--set loss.lung_weight=5 --set amp=\"bf16\"`
     /// (repeatable; a TOML value, else a string). Applied after the flags above.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -93,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Start::Resume {
             local: flags,
             hooks: Default::default(),
+            allow_other_data: args.allow_other_data,
         }
     } else {
         let cfg = match (args.config.is_empty(), demo) {
@@ -108,9 +113,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         Start::New(Box::new(cfg))
     };
-    let data = match &args.data {
-        Some(d) => d.clone(),
-        None => {
+    let recorded = match (&args.data, &args.run, args.resume) {
+        (None, Some(run), true) => train::run_dir::RunDir::open_existing(run)?
+            .read_dataset_record()?
+            .map(|r| r.path),
+        _ => None,
+    };
+    let data = match (&args.data, recorded) {
+        (Some(d), _) => d.clone(),
+        (None, Some(recorded)) => {
+            eprintln!(
+                "ncct2ctpa train: resuming on the run's own data, {}",
+                recorded.display()
+            );
+            recorded
+        }
+        (None, None) => {
             eprintln!("ncct2ctpa train: no --data given, running the built-in phantom demo");
             train::demo::ensure_dataset(&args.demo_data, &|s| eprintln!("  {s}"))?
         }

@@ -87,6 +87,7 @@ pub fn resume_run(data: &Path, run: &Path, hooks: TestHooks) -> RunSpec {
         start: Start::Resume {
             local: Default::default(),
             hooks,
+            allow_other_data: false,
         },
         stop: Default::default(),
     }

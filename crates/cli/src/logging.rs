@@ -11,7 +11,9 @@ pub fn init(verbose: u8, quiet: bool) {
         (false, _) => "trace",
     };
     let default = format!(
-        "warn,ncct2ctpa={ours},cli={ours},volume={ours},dataset={ours},metrics={ours},model={ours},train={ours},infer={ours}"
+        "warn,ncct2ctpa={ours},cli={ours},util={ours},volume={ours},dataset={ours},\
+         metrics={ours},evaluate={ours},torchext={ours},model={ours},infer={ours},train={ours},\
+         bench={ours}"
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

@@ -1,6 +1,32 @@
 //! `ncct2ctpa`: learn to turn non-contrast chest CT into synthetic CT pulmonary angiography,
 //! and do it. A thin binary over the library crates; each subcommand lives in `cmd/`.
 
+/// `println!` that never panics: a closed standard output (`ncct2ctpa info ... | head -1`)
+/// is not an error of ours, so what is left to print is dropped, as Unix tools do, and the
+/// command goes on (a training run keeps training).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics (a closed standard error, `2>&1 | head`).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod cmd;
 mod logging;
 
@@ -47,9 +73,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // The whole cause chain, once, at the top.
-            eprintln!("error: {err}");
+            errln!("error: {err}");
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                errln!("  caused by: {cause}");
             }
             ExitCode::FAILURE
         }

@@ -53,3 +53,20 @@ fn unknown_preset_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("huge"), "stderr: {err}");
 }
+
+/// #13 item 3: a reader that closes the pipe early (`ncct2ctpa info ... | head -1`) is not a
+/// crash: the rest of the output is dropped, the exit code is 0, nothing panics.
+#[test]
+fn a_closed_pipe_is_not_a_crash() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
+        .args(["info", "--model", "--preset", "tiny"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader went away before the first line
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

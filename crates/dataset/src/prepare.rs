@@ -14,11 +14,15 @@
 //!
 //! The split is decided before any case is processed, from the names of all discovered pairs
 //! (so a bad split file fails in a second, not after an hour, and a case that fails does not
-//! reshuffle the others). The manifest is rewritten atomically after every case with status
-//! `in_progress`, and once more at the end with status `complete`.
+//! reshuffle the others). Progress is written atomically after every case to
+//! `manifest.partial.json` (status `in_progress`); `manifest.json` is replaced, atomically,
+//! only at the end of a prepare in which no case failed, so the dataset a training reads
+//! (an earlier complete prepare) stays in force until a new one succeeds.
 //!
-//! A case that fails (unreadable file, bad geometry...) is reported with its reason and left
-//! out; only zero usable cases is an error.
+//! A case that fails (unreadable file, bad geometry, a full disk...) is reported with its
+//! reason, and the prepare fails as a whole ([`PrepareError::CasesFailed`], listing them) after
+//! every other case was prepared (they are reused by the next run); with
+//! [`PrepareOptions::allow_failed_cases`] the manifest is written without them instead.
 //!
 //! The whole run holds an exclusive lock on the output folder ([`lock`]): a second `prepare`
 //! into the same folder fails at once, naming the folder and the run that holds it.
@@ -74,7 +78,13 @@ pub struct PrepareOptions {
     /// Cases prepared at once (each holds a few copies of its volumes in memory: about
     /// 2 GB for a 512 x 512 x 400 pair); 0 means one per CPU core.
     pub jobs: usize,
+    /// Write the manifest without the cases that failed (and succeed) instead of failing.
+    pub allow_failed_cases: bool,
 }
+
+/// The progress of a running (or failed) prepare, rewritten after every case; the manifest
+/// proper is only written by a prepare that succeeds.
+pub const PROGRESS_FILE: &str = "manifest.partial.json";
 
 /// Errors that stop `prepare` as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +104,18 @@ pub enum PrepareError {
     #[error("{}: no case could be prepared ({} failed{})", raw.display(), failed.len(),
         failed.first().map(|f| format!("; first: {f}")).unwrap_or_default())]
     NoUsableCases { raw: PathBuf, failed: Vec<Skipped> },
+    /// Some cases failed: the manifest was not replaced (see the module docs).
+    #[error("{} of {total} cases failed, so {} was not replaced (the cases that were \
+             prepared are reused by the next run; fix or remove the failed ones, or pass \
+             --allow-failed-cases to go on without them): {}", failed.len(),
+             manifest.display(), failed.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))]
+    CasesFailed {
+        manifest: PathBuf,
+        total: usize,
+        failed: Vec<Skipped>,
+        /// The per-case report, for the table.
+        cases: Vec<CaseReport>,
+    },
     #[error("could not start {jobs} worker threads: {message}")]
     Threads { jobs: usize, message: String },
     /// Another run holds the folder's lock ([`lock::lock_output`]).
@@ -280,6 +302,7 @@ pub fn prepare(
     tidy_cases_dir(out, discovery)?;
 
     let manifest_path = out.join(MANIFEST_FILE);
+    let progress_path = out.join(PROGRESS_FILE);
     let state = Mutex::new(Progress {
         entries: BTreeMap::new(),
         failed: Vec::new(),
@@ -352,7 +375,7 @@ pub fn prepare(
                         &st,
                         ManifestStatus::InProgress,
                     );
-                    write_json(&manifest_path, &interim)?;
+                    write_json(&progress_path, &interim)?;
                 }
                 on_case(&report);
                 Ok(report)
@@ -369,6 +392,14 @@ pub fn prepare(
             failed: st.failed,
         });
     }
+    if !st.failed.is_empty() && !opts.allow_failed_cases {
+        return Err(PrepareError::CasesFailed {
+            manifest: manifest_path,
+            total: discovery.pairs.len(),
+            failed: st.failed,
+            cases,
+        });
+    }
     let manifest = build_manifest(discovery, opts, &split_spec, &st, ManifestStatus::Complete);
     let split_file: BTreeMap<&str, Split> = manifest
         .cases
@@ -377,6 +408,9 @@ pub fn prepare(
         .collect();
     write_json(&out.join(SPLIT_FILE), &split_file)?;
     write_json(&manifest_path, &manifest)?;
+    if let Err(e) = std::fs::remove_file(&progress_path) {
+        debug!("{}: {e}", progress_path.display());
+    }
     debug!(
         cases = manifest.cases.len(),
         dir = %case_dir(out, "").display(),

@@ -249,7 +249,11 @@ fn unreadable_cases_are_reported_and_zero_usable_is_an_error() {
     let bad = raw.join("ncct/bad.nii.gz");
     std::fs::write(&bad, b"this is not a NIfTI file").unwrap();
     let d = discover(&raw).unwrap();
-    let r = prepare(&d, &t.path().join("out"), &opts(), &noop).unwrap();
+    let go_on = PrepareOptions {
+        allow_failed_cases: true,
+        ..opts()
+    };
+    let r = prepare(&d, &t.path().join("out"), &go_on, &noop).unwrap();
     assert_eq!(statuses(&r), ["failed", "prepared"]);
     let CaseStatus::Failed(reason) = &r.cases[0].status else {
         unreachable!()
@@ -267,6 +271,45 @@ fn unreadable_cases_are_reported_and_zero_usable_is_an_error() {
     assert!(e.to_string().contains("no case could be prepared"), "{e}");
 }
 
+/// #13 item 5: a prepare in which a case fails fails as a whole, lists the case, and leaves
+/// the earlier complete manifest in force; the cases it did prepare are reused by the rerun.
+#[test]
+fn a_prepare_with_failed_cases_fails_and_keeps_the_earlier_manifest() {
+    let t = tempfile::tempdir().unwrap();
+    let raw = t.path().join("raw");
+    let out = t.path().join("out");
+    raw_dataset(&raw, &["a", "b"]);
+    prepare(&discover(&raw).unwrap(), &out, &opts(), &noop).unwrap();
+    let complete = std::fs::read(out.join(MANIFEST_FILE)).unwrap();
+
+    // a third case arrives broken (as after a full disk)
+    raw_dataset(&raw, &["c"]);
+    let bad = raw.join("ctpa/c.nii.gz");
+    std::fs::write(&bad, b"truncated").unwrap();
+    let e = prepare(&discover(&raw).unwrap(), &out, &opts(), &noop).unwrap_err();
+    let PrepareError::CasesFailed { failed, cases, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].case, "c");
+    assert_eq!(cases.len(), 3);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("1 of 3 cases failed") && msg.contains("c.nii.gz"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(out.join(MANIFEST_FILE)).unwrap(), complete);
+    assert!(dataset::store::PreparedDataset::open(&out).is_ok());
+    assert!(out.join(dataset::prepare::PROGRESS_FILE).is_file());
+
+    // fixed: the rerun succeeds, reusing a and b
+    raw_dataset(&raw, &["c"]);
+    let r = prepare(&discover(&raw).unwrap(), &out, &opts(), &noop).unwrap();
+    assert_eq!(statuses(&r), ["reused", "reused", "prepared"]);
+    assert!(!out.join(dataset::prepare::PROGRESS_FILE).exists());
+    assert_eq!(r.manifest.cases.len(), 3);
+}
+
 #[test]
 fn mismatched_pair_is_refused_naming_both_files() {
     let t = tempfile::tempdir().unwrap();
@@ -276,7 +319,11 @@ fn mismatched_pair_is_refused_naming_both_files() {
     far.geometry.origin[2] += 1000.0;
     write_nifti(&raw.join("ctpa/far.nii.gz"), &far).unwrap();
     let d = discover(&raw).unwrap();
-    let r = prepare(&d, &t.path().join("out"), &opts(), &noop).unwrap();
+    let go_on = PrepareOptions {
+        allow_failed_cases: true,
+        ..opts()
+    };
+    let r = prepare(&d, &t.path().join("out"), &go_on, &noop).unwrap();
     let CaseStatus::Failed(reason) = &r.cases[0].status else {
         panic!("{:?}", r.cases[0].status)
     };

@@ -165,7 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         torch,
     };
     let report = bench::run(&opts, &|line| tracing::info!("{line}"))?;
-    print!("{}", report.table());
+    out!("{}", report.table());
     report
         .write_json(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;

@@ -140,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
 
     if !eval.unpaired.is_empty() {
-        eprintln!(
+        errln!(
             "note: {} prediction(s) without a target of the same name were not scored: {}",
             eval.unpaired.len(),
             eval.unpaired.join(", ")
@@ -148,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let out = args.out.unwrap_or(args.pred);
     let (csv, json) = eval.write(&out)?;
-    println!(
+    outln!(
         "{} case(s); SSIM {:?}, HU window [{}, {}]",
         eval.cases.len(),
         cfg.score.ssim_mode,
@@ -156,9 +156,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cfg.score.window.hi
     );
     for r in &eval.regions {
-        println!("  {}: {}", r.name, r.masks);
+        outln!("  {}: {}", r.name, r.masks);
     }
-    print!("{}", eval.table());
-    println!("per case: {}\nsummary:  {}", csv.display(), json.display());
+    out!("{}", eval.table());
+    outln!("per case: {}\nsummary:  {}", csv.display(), json.display());
     Ok(ExitCode::SUCCESS)
 }

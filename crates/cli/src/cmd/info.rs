@@ -61,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let input = args.input.context("no input given")?;
     let info = describe(&input, args.series.as_deref())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         print_text(&info);
     }
@@ -75,10 +75,10 @@ fn model_summary(preset: &str, json: bool) -> anyhow::Result<ExitCode> {
     let summary = model::summary::ModelSummary::for_config(&cfg);
     if json {
         let value = serde_json::json!({ "preset": preset, "summary": summary });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("preset: {preset}");
-        println!("{summary}");
+        outln!("preset: {preset}");
+        outln!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -139,46 +139,59 @@ impl VolumeInfo {
 }
 
 fn print_text(i: &VolumeInfo) {
-    println!("{}", i.path.display());
-    println!("  format     {}", i.format);
+    outln!("{}", i.path.display());
+    outln!("  format     {}", i.format);
     if i.format == "DICOM" {
-        println!("  transfer   {}", i.datatype);
+        outln!("  transfer   {}", i.datatype);
     } else {
-        println!("  datatype   {}", i.datatype);
+        outln!("  datatype   {}", i.datatype);
     }
-    println!(
+    outln!(
         "  size       {} x {} x {} (x, y, z)",
-        i.size[0], i.size[1], i.size[2]
+        i.size[0],
+        i.size[1],
+        i.size[2]
     );
-    println!(
+    outln!(
         "  spacing    {:.4} x {:.4} x {:.4} mm",
-        i.spacing[0], i.spacing[1], i.spacing[2]
+        i.spacing[0],
+        i.spacing[1],
+        i.spacing[2]
     );
-    println!(
+    outln!(
         "  origin     ({:.3}, {:.3}, {:.3}) mm LPS",
-        i.origin[0], i.origin[1], i.origin[2]
+        i.origin[0],
+        i.origin[1],
+        i.origin[2]
     );
     for (r, row) in i.direction.iter().enumerate() {
         let label = if r == 0 { "direction" } else { "" };
-        println!(
+        outln!(
             "  {label:<10} [{:+.5} {:+.5} {:+.5}]",
-            row[0], row[1], row[2]
+            row[0],
+            row[1],
+            row[2]
         );
     }
     match i.range {
-        Some((lo, hi)) => println!("  range      {lo} .. {hi}"),
-        None => println!("  range      (all NaN)"),
+        Some((lo, hi)) => outln!("  range      {lo} .. {hi}"),
+        None => outln!("  range      (all NaN)"),
     }
     if let Some(t) = i.transform {
-        println!("  geometry   from {t:?}");
+        outln!("  geometry   from {t:?}");
     }
     if let Some(uid) = &i.series_uid {
-        println!("  series     {uid} (read)");
+        outln!("  series     {uid} (read)");
         for s in &i.series {
             let mark = if &s.uid == uid { "*" } else { " " };
-            println!(
+            outln!(
                 "   {mark} {} {} {} files {}x{} \"{}\"",
-                s.uid, s.modality, s.files, s.columns, s.rows, s.description
+                s.uid,
+                s.modality,
+                s.files,
+                s.columns,
+                s.rows,
+                s.description
             );
         }
     }

@@ -132,7 +132,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             case = %job.case, slices = nz, seconds = start.elapsed().as_secs_f64(),
             output = %job.output.display(), "wrote synthetic CTPA"
         );
-        println!("{} -> {}", job.input.display(), job.output.display());
+        outln!("{} -> {}", job.input.display(), job.output.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -142,6 +142,14 @@ fn plan(args: &Args) -> Result<Vec<Job>> {
     let input = &args.input;
     if !input.exists() {
         bail!("{}: no such file or folder", input.display());
+    }
+    if overlaps(&args.output, input) {
+        bail!(
+            "{}: the output would overwrite the input {} (the output may never be the input or \
+             lie inside it; --force only replaces earlier outputs); nothing was written",
+            args.output.display(),
+            input.display()
+        );
     }
     if input.is_file() || is_dicom_series(input) {
         let dicom_input = input.is_dir();
@@ -187,6 +195,26 @@ fn plan(args: &Args) -> Result<Vec<Job>> {
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating the output folder {}", args.output.display()))?;
     Ok(jobs)
+}
+
+/// Whether `output` is `input` or lies inside it (paths resolved through links, also for an
+/// output that does not exist yet).
+fn overlaps(output: &Path, input: &Path) -> bool {
+    let Ok(input) = input.canonicalize() else {
+        return false;
+    };
+    let resolved = output.canonicalize().or_else(|_| {
+        let parent = output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = output.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
+        parent.canonicalize().map(|p| p.join(name))
+    });
+    match resolved {
+        Ok(out) => out == input || out.starts_with(&input),
+        Err(_) => false,
+    }
 }
 
 /// A folder that itself holds DICOM images (rather than sub-folders of cases).

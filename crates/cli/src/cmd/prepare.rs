@@ -56,6 +56,10 @@ pub struct Args {
     /// in memory, about 2 GB for a 512 x 512 x 400 pair.
     #[arg(long, default_value_t = 0)]
     jobs: usize,
+    /// Write the manifest without the cases that failed instead of failing (by default a
+    /// failed case fails the prepare and the earlier manifest stays in force).
+    #[arg(long)]
+    allow_failed_cases: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -206,6 +210,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         },
         jobs: args.jobs,
+        allow_failed_cases: args.allow_failed_cases,
         ..PrepareOptions::default()
     };
     opts.settings.spacing = args.spacing;
@@ -232,6 +237,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.inc(1);
     });
     bar.finish_and_clear();
+    if let Err(dataset::prepare::PrepareError::CasesFailed { cases, .. }) = &result {
+        out!("{}", report_table(cases));
+    }
     let report = result.with_context(|| {
         format!(
             "could not prepare {} into {}",
@@ -240,7 +248,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
 
-    print!("{}", report_table(&report.cases));
+    out!("{}", report_table(&report.cases));
     let failed: Vec<&CaseReport> = report
         .cases
         .iter()
@@ -248,16 +256,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     for c in &failed {
         if let CaseStatus::Failed(reason) = &c.status {
-            println!("failed   {}: {reason}", c.case);
+            outln!("failed   {}: {reason}", c.case);
         }
     }
     for s in &report.discovery_skipped {
-        println!("skipped  {s}");
+        outln!("skipped  {s}");
     }
     let prepared = report.count(|s| matches!(s, CaseStatus::Prepared(_)));
     let kept = report.count(|s| matches!(s, CaseStatus::Reused(_)));
     let secs = report.elapsed.as_secs_f64();
-    println!(
+    outln!(
         "{} cases in {} ({} prepared, {} kept as already prepared, {} failed, {} skipped) in {:.1} s{}",
         report.manifest.cases.len(),
         report.out.display(),
@@ -278,7 +286,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .any(|c| c.meta.masks.lung_source == dataset::manifest::MaskSource::Supplied)
     {
-        println!("* lung mask supplied in lung/");
+        outln!("* lung mask supplied in lung/");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -122,15 +122,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let data = match (&args.data, recorded) {
         (Some(d), _) => d.clone(),
         (None, Some(recorded)) => {
-            eprintln!(
+            errln!(
                 "ncct2ctpa train: resuming on the run's own data, {}",
                 recorded.display()
             );
             recorded
         }
         (None, None) => {
-            eprintln!("ncct2ctpa train: no --data given, running the built-in phantom demo");
-            train::demo::ensure_dataset(&args.demo_data, &|s| eprintln!("  {s}"))?
+            errln!("ncct2ctpa train: no --data given, running the built-in phantom demo");
+            train::demo::ensure_dataset(&args.demo_data, &|s| errln!("  {s}"))?
         }
     };
     let run = match (&args.run, demo) {
@@ -138,7 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, true) => train::run_dir::next_free(&PathBuf::from("runs/demo")),
         (None, false) => train::run_dir::next_free(&PathBuf::from("runs/train")),
     };
-    eprintln!(
+    errln!(
         "{} run {} ...",
         if args.resume {
             "resuming"
@@ -159,7 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome =
         train::train(&spec).with_context(|| format!("training run {}", spec.run.display()))?;
     if let Some(signal) = outcome.stopped {
-        eprintln!(
+        errln!(
             "{signal}: stopped after step {} with checkpoints/latest written; continue with \
              `ncct2ctpa train --run {} --resume` (exit code {})",
             outcome.steps,
@@ -169,8 +169,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(train::signals::EXIT_STOPPED));
     }
 
-    println!("{}", summary_table(&outcome.last, &outcome.baseline));
-    println!(
+    outln!("{}", summary_table(&outcome.last, &outcome.baseline));
+    outln!(
         "run {}: {} steps on {} in {:.1} s{}",
         outcome.run.display(),
         outcome.steps,
@@ -182,11 +182,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|b| format!("; best {} {:.2} at step {}", b.metric, b.value, b.step))
             .unwrap_or_default()
     );
-    println!(
+    outln!(
         "  final validation: {}",
         scores_line(&outcome.last, &outcome.baseline)
     );
-    println!(
+    outln!(
         "  look at {0}/samples/, {0}/curves.png; checkpoints in {0}/checkpoints/",
         outcome.run.display()
     );

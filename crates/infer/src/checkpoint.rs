@@ -152,6 +152,8 @@ pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGener
     store
         .load(&weights)
         .with_context(|| format!("loading {}", weights.display()))?;
+    let vars = store.variables();
+    model::finite::check_finite(vars.iter().map(|(n, t)| (n.as_str(), t)), &weights)?;
     tracing::info!(checkpoint = %dir.display(), step = info.step, "generator loaded");
     Ok(LoadedGenerator {
         store,

@@ -186,6 +186,13 @@ impl Translator<'_> {
             opts.precision,
             &mut on_slices,
         )?;
+        let bad = data.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            bail!(
+                "the prediction holds {bad} non-finite voxel(s) (NaN or inf: the model's weights \
+                 or the input hold some); nothing was written"
+            );
+        }
         let out = Volume {
             data,
             geometry: working.geometry,

@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod config;
 pub mod device;
 pub mod discriminator;
+pub mod finite;
 pub mod flops;
 pub mod generator;
 pub mod losses;

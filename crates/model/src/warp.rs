@@ -49,11 +49,22 @@ pub fn warp_with(method: WarpMethod, image: &Tensor, flow: &Tensor) -> Tensor {
     match method {
         WarpMethod::Exact => warp(image, flow),
         WarpMethod::GridSample => {
-            let grid = sampling_grid(&flow.to_kind(image.kind()));
+            let grid = finite_grid(&sampling_grid(&flow.to_kind(image.kind())));
             // interpolation 0 = bilinear, padding 1 = border
             image.grid_sampler_2d(&grid, 0, 1, true)
         }
     }
+}
+
+/// The grid with non-finite coordinates replaced (NaN by the image centre, infinities by the
+/// border) and everything clamped to [-2, 2]: libtorch's sampler indexes memory by the
+/// coordinates, and its backward pass crashes the process on a NaN or an infinity (seen with
+/// a diverging R, #13). For a finite grid this changes no value and no gradient: border
+/// padding already clips coordinates beyond [-1, 1] and passes them no gradient. A
+/// non-finite flow is still caught, by the smoothness term it makes non-finite (the step's
+/// on-device check), before any weight moves.
+fn finite_grid(grid: &Tensor) -> Tensor {
+    grid.nan_to_num(0.0, 2.0, -2.0).clamp(-2.0, 2.0)
 }
 
 /// The normalized sampling grid equivalent to [`warp`]: identity + flow, normalized for
@@ -108,8 +119,13 @@ pub fn warp(image: &Tensor, flow: &Tensor) -> Tensor {
     // 1. sampling positions in pixels, clamped to the image (border padding) [b, h, w]
     let xs = Tensor::arange(w, opts).view([1, 1, w]);
     let ys = Tensor::arange(h, opts).view([1, h, 1]);
-    let px = (flow.select(1, 0) + xs).clamp(0.0, (w - 1) as f64);
-    let py = (flow.select(1, 1) + ys).clamp(0.0, (h - 1) as f64);
+    // (non-finite positions, from a diverging R, become in-range ones: they index memory)
+    let px = (flow.select(1, 0) + xs)
+        .nan_to_num(0.0, None, None)
+        .clamp(0.0, (w - 1) as f64);
+    let py = (flow.select(1, 1) + ys)
+        .nan_to_num(0.0, None, None)
+        .clamp(0.0, (h - 1) as f64);
     // 2. the four neighbours and the bilinear weights (differentiable through px, py)
     let x0 = px.floor().detach();
     let y0 = py.floor().detach();

@@ -175,3 +175,34 @@ fn grid_sample_method_agrees_with_the_exact_warp_in_values_and_gradients() {
     assert!(max_abs(&(same - image.detach())) < 1e-5);
     assert_eq!(WarpMethod::default(), WarpMethod::GridSample);
 }
+
+/// #13 item 1: a diverging R's flow (NaN, +-inf) must not crash the sampler's backward pass
+/// (libtorch's grid sampler segfaulted on it) nor index out of bounds (the exact warp
+/// panicked): both warps stay finite forward and backward, and a finite flow far outside the
+/// image is sampled and differentiated as before (the border).
+#[test]
+fn non_finite_flows_neither_crash_nor_leak_into_the_image() {
+    let image = Tensor::randn([1, 1, 6, 7], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    for method in [WarpMethod::GridSample, WarpMethod::Exact] {
+        let flow = Tensor::zeros([1, 2, 6, 7], (Kind::Float, Device::Cpu));
+        let _ = flow.narrow(3, 0, 1).fill_(f64::NAN);
+        let _ = flow.narrow(3, 1, 1).fill_(f64::INFINITY);
+        let _ = flow.narrow(3, 2, 1).fill_(f64::NEG_INFINITY);
+        let flow = flow.set_requires_grad(true);
+        let out = warp_with(method, &image, &flow);
+        assert_eq!(
+            out.isfinite().all().int64_value(&[]),
+            1,
+            "{method:?}: the warped image is not finite"
+        );
+        out.sum(Kind::Float).backward();
+        let g = image.grad();
+        assert_eq!(g.isfinite().all().int64_value(&[]), 1, "{method:?}");
+        let _ = image.grad().zero_();
+        // a finite flow far beyond the border samples the border pixel, as before
+        let far = Tensor::full([1, 2, 6, 7], 1e6, (Kind::Float, Device::Cpu));
+        let out = warp_with(method, &image.detach(), &far);
+        let corner = image.double_value(&[0, 0, 5, 6]);
+        assert!(max_abs(&(out - corner)) < 1e-5, "{method:?}");
+    }
+}

@@ -123,7 +123,9 @@ impl Nets {
         let path = dir.join(DISCRIMINATOR_FILE);
         self.d_store
             .load(&path)
-            .with_context(|| format!("loading {}", path.display()))
+            .with_context(|| format!("loading {}", path.display()))?;
+        let d = self.d_store.variables();
+        model::finite::check_finite(d.iter().map(|(n, t)| (n.as_str(), t)), &path)
     }
 
     /// The variables of G (`generator.*`) and R (`registration.*`) of the G+R store.
@@ -164,6 +166,7 @@ fn load_prefixed(vs: &VarStore, prefix: &str, path: &Path) -> anyhow::Result<()>
         .with_context(|| format!("reading {}", path.display()))?
         .into_iter()
         .collect();
+    model::finite::check_finite(file.iter().map(|(n, t)| (n.as_str(), t)), path)?;
     let p = format!("{prefix}.");
     let _guard = tch::no_grad_guard();
     for (name, mut var) in vs.variables() {

@@ -175,3 +175,44 @@ fn a_resume_continues_on_its_own_data_only() {
     let out = train(&told).unwrap();
     assert_eq!((out.started_at, out.steps), (6, 9));
 }
+
+/// #13 item 1: a checkpoint holding one NaN weight is refused at load, naming the file and
+/// the tensor, by `--resume` and by inference alike (before: the resumed step segfaulted).
+#[test]
+fn a_checkpoint_with_a_nan_weight_is_refused_at_load() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut cfg = tiny(6);
+    cfg.hooks.stop_after_step = Some(3);
+    train(&new_run(cfg, &data, &run)).unwrap();
+    let file = run.join("checkpoints/latest/registration.safetensors");
+    let mut tensors = tch::Tensor::read_safetensors(&file).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let name = tensors[0].0.clone();
+    let _ = tensors[0].1.view([-1]).narrow(0, 0, 1).fill_(f64::NAN);
+    tch::Tensor::write_safetensors(&tensors, &file).unwrap();
+    let err = format!(
+        "{:#}",
+        train(&resume_run(&data, &run, Default::default())).unwrap_err()
+    );
+    assert!(
+        err.contains("registration.safetensors") && err.contains(&name) && err.contains("NaN"),
+        "{err}"
+    );
+
+    let g = run.join("checkpoints/latest/generator.safetensors");
+    let mut tensors = tch::Tensor::read_safetensors(&g).unwrap();
+    let _ = tensors[0].1.view([-1]).narrow(0, 0, 1).fill_(f64::INFINITY);
+    tch::Tensor::write_safetensors(&tensors, &g).unwrap();
+    let err = format!(
+        "{:#}",
+        infer::checkpoint::load_generator(&run.join("checkpoints/latest"), tch::Device::Cpu)
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("generator.safetensors") && err.contains("non-finite"),
+        "{err}"
+    );
+}

@@ -118,3 +118,46 @@ fn statistics_read_back_at_once_are_the_hosts() {
     );
     assert_eq!((opts.gr.steps(), opts.d.steps()), (1, 1));
 }
+
+/// #13 item 1: R diverged (a NaN weight, as after `--lr 1e3`), so its flow is NaN: the step
+/// neither crashes (libtorch's sampler backward segfaulted, the exact warp panicked) nor moves
+/// a weight; it stops naming a non-finite term. Both warps.
+#[test]
+fn a_diverged_registration_net_stops_the_step_without_a_crash() {
+    let _serial = serial();
+    let batch = fixed_batch();
+    for warp in [
+        model::warp::WarpMethod::GridSample,
+        model::warp::WarpMethod::Exact,
+    ] {
+        let mut cfg = tiny(5);
+        cfg.model.discriminator.spectral_norm = false;
+        cfg.model.registration.warp = warp;
+        let mut nets = Nets::new(&cfg, Device::Cpu);
+        let mut opts = nets.optimizers(&cfg).unwrap();
+        let r_var = nets
+            .gr_variables(REGISTRATION)
+            .into_iter()
+            .next()
+            .unwrap();
+        tch::no_grad(|| {
+            let _ = r_var.view([-1]).narrow(0, 0, 1).fill_(f64::NAN);
+        });
+        let before = weights(&nets);
+        let err = train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, true).unwrap_err();
+        assert!(err.value.is_nan(), "{warp:?}: {err}");
+        assert!(
+            ["smoothness", "total G+R", "l1", "ssim"].contains(&err.term),
+            "{warp:?}: {err}"
+        );
+        let after = weights(&nets);
+        for (k, t) in &before {
+            // the NaN weight stays NaN (equal() is false on NaN): compare bit patterns
+            let same = t.isnan().equal(&after[k].isnan())
+                && t.nan_to_num(0.0, None, None)
+                    .equal(&after[k].nan_to_num(0.0, None, None));
+            assert!(same, "{warp:?}: {k} changed");
+        }
+        assert_eq!(opts.gr.steps(), 0, "{warp:?}");
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! The flow of [`evaluate`]:
 //! 1. pair the prediction, target and NCCT folders by case name ([`cases`]);
-//! 2. per case, read the volumes ([`volume::io::read_volume`]: NIfTI or DICOM folder) and
+//! 2. per case, read the volumes ([`volume::io::read_ct`]: NIfTI or DICOM folder, scanner padding read as air) and
 //!    check that prediction, NCCT and masks lie on the target's grid (scoring volumes that are
 //!    not voxel-aligned would measure the misalignment, so this is an error naming both files);
 //! 3. build the region masks ([`regions`]: given folders, or computed from the target);
@@ -271,8 +271,8 @@ pub(crate) fn check_grid<T, U>(
 
 fn evaluate_case(cfg: &EvaluateConfig, p: &CasePaths) -> Result<CaseResult, EvalError> {
     let t0 = Instant::now();
-    let target = volume::io::read_volume(&p.target)?;
-    let pred = volume::io::read_volume(&p.pred)?;
+    let target = volume::io::read_ct(&p.target, None)?;
+    let pred = volume::io::read_ct(&p.pred, None)?;
     check_grid(
         &p.case,
         &target,
@@ -283,7 +283,7 @@ fn evaluate_case(cfg: &EvaluateConfig, p: &CasePaths) -> Result<CaseResult, Eval
     )?;
     let ncct = match &p.ncct {
         Some(path) => {
-            let v = volume::io::read_volume(path)?;
+            let v = volume::io::read_ct(path, None)?;
             check_grid(&p.case, &target, &p.target, &v, path, cfg.grid_tolerance)?;
             Some(v)
         }

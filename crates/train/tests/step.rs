@@ -135,11 +135,7 @@ fn a_diverged_registration_net_stops_the_step_without_a_crash() {
         cfg.model.registration.warp = warp;
         let mut nets = Nets::new(&cfg, Device::Cpu);
         let mut opts = nets.optimizers(&cfg).unwrap();
-        let r_var = nets
-            .gr_variables(REGISTRATION)
-            .into_iter()
-            .next()
-            .unwrap();
+        let r_var = nets.gr_variables(REGISTRATION).into_iter().next().unwrap();
         tch::no_grad(|| {
             let _ = r_var.view([-1]).narrow(0, 0, 1).fill_(f64::NAN);
         });

@@ -103,11 +103,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     infer::predict::check_precision(opts.precision, device)?;
 
     for job in &jobs {
-        let ncct = if job.dicom_input {
-            dicom::read_series(&job.input, args.series.as_deref())?.volume
-        } else {
-            volume::io::read_volume(&job.input)?
-        };
+        let ncct = volume::io::read_ct(&job.input, args.series.as_deref())?;
         let nz = ncct.shape_zyx()[0];
         let bar = ProgressBar::new(nz as u64).with_style(
             ProgressStyle::with_template(

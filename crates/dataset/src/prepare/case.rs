@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::{debug, info};
 use util::checksum::sha256_path;
-use volume::io::{read_mask, read_volume};
+use volume::io::{read_ct, read_mask};
 use volume::masks::{body_mask, lung_mask};
 use volume::register::align_rigid;
 use volume::resample::{resample, resample_mask, Grid, Interpolation};
@@ -142,8 +142,8 @@ pub fn prepare_case(
     }
 
     // 1. read and check
-    let ncct = read_volume(&pair.ncct.path)?;
-    let ctpa = read_volume(&pair.ctpa.path)?;
+    let ncct = read_ct(&pair.ncct.path, None)?;
+    let ctpa = read_ct(&pair.ctpa.path, None)?;
     check_pair(&ncct, &ctpa, &pair.ncct.path, &pair.ctpa.path)?;
     debug!(case = %case, ncct = ?ncct.size_xyz(), ctpa = ?ctpa.size_xyz(), "read pair");
 

@@ -6,8 +6,64 @@
 pub mod dicom;
 pub mod nifti;
 
-use crate::{Mask, Result, Volume};
+use crate::{Mask, Result, Volume, VolumeError};
+use ndarray::Array3;
 use std::path::Path;
+
+/// The HU of air: CT values below it are scanner padding outside the reconstruction circle
+/// (PixelPaddingValue, typically -2048 or -3024), not tissue.
+pub const AIR_HU: f32 = -1024.0;
+
+/// Reads a CT volume in HU for the pipeline (prepare, predict, evaluate): [`read_volume`], or
+/// `series` of a DICOM folder, with scanner padding read as air ([`pad_to_air`]).
+pub fn read_ct(path: &Path, series: Option<&str>) -> Result<Volume> {
+    let mut v = match (path.is_dir(), series) {
+        (true, series) => dicom::read_series(path, series)?.volume,
+        (false, _) => nifti::read_nifti(path)?,
+    };
+    let padded = pad_to_air(&mut v.data);
+    if padded > 0 {
+        tracing::info!(
+            "{}: {padded} voxels below {AIR_HU} HU (scanner padding outside the reconstructed \
+             circle) read as air ({AIR_HU} HU)",
+            path.display()
+        );
+    }
+    Ok(v)
+}
+
+/// Sets every value below [`AIR_HU`] to it; returns how many there were.
+pub fn pad_to_air(data: &mut Array3<f32>) -> usize {
+    let mut n = 0;
+    data.mapv_inplace(|v| {
+        if v < AIR_HU {
+            n += 1;
+            AIR_HU
+        } else {
+            v
+        }
+    });
+    n
+}
+
+/// Errors naming `path` when a voxel is NaN or infinite (how many, and the first as
+/// `[z, y, x]`): such a voxel would turn every loss, mask and metric it touches into NaN, and
+/// there is no honest value to put in its place.
+pub fn check_finite_voxels(path: &Path, data: &Array3<f32>) -> Result<()> {
+    let count = data.iter().filter(|v| !v.is_finite()).count();
+    if count == 0 {
+        return Ok(());
+    }
+    let first = data
+        .indexed_iter()
+        .find(|(_, v)| !v.is_finite())
+        .map(|((z, y, x), v)| format!("[z, y, x] = [{z}, {y}, {x}] is {v}"))
+        .unwrap_or_default();
+    Err(VolumeError::format(
+        path,
+        format!("{count} voxel(s) are NaN or infinite (the first, {first}); refusing the volume"),
+    ))
+}
 
 /// Reads a CT volume in HU from a NIfTI file or a DICOM series folder (the largest CT series
 /// when the folder holds several; see [`dicom::read_series`] to choose one).

@@ -174,6 +174,7 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<DicomSeries> 
     }
     let data = Array3::from_shape_vec((nz, ny, nx), data)
         .map_err(|e| VolumeError::format(dir, format!("series {uid}: {e}")))?;
+    crate::io::check_finite_voxels(dir, &data)?;
     let volume = Volume::new(data, stack.geometry)?;
     let mut dropped = stack.dropped;
     dropped.extend(scan.skipped);

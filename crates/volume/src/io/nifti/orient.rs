@@ -40,6 +40,10 @@ const ORTHO_TOL: f64 = 1e-4;
 /// RAS <-> LPS: flip the first two world axes.
 const FLIP: [f64; 3] = [-1.0, -1.0, 1.0];
 
+/// The voxel sizes a header may state (mm): anything else is refused.
+pub const MIN_SPACING_MM: f64 = 1e-3;
+pub const MAX_SPACING_MM: f64 = 1e4;
+
 /// The LPS geometry of a NIfTI header, following ITK's choice of transform.
 pub fn geometry_from_header(path: &Path, h: &NiftiHeader) -> Result<(Geometry, TransformSource)> {
     let ndim = h.dims.len();
@@ -47,7 +51,9 @@ pub fn geometry_from_header(path: &Path, h: &NiftiHeader) -> Result<(Geometry, T
     for (i, s) in spacing.iter_mut().enumerate() {
         if i < ndim {
             let p = h.pixdim[i + 1].abs() as f64;
-            if !p.is_finite() || p == 0.0 {
+            // a voxel under a micrometre or over ten metres is a broken header (a NaN or a
+            // subnormal float), not a scan
+            if !(MIN_SPACING_MM..=MAX_SPACING_MM).contains(&p) {
                 return Err(VolumeError::format(
                     path,
                     format!(

@@ -113,6 +113,7 @@ fn decode<R: Read>(path: &Path, reader: R, gz: bool, stored_len: u64) -> Result<
         header.scl_slope,
         header.scl_inter
     );
+    crate::io::check_finite_voxels(path, &data)?;
     let volume =
         Volume::new(data, geometry).map_err(|e| VolumeError::format(path, e.to_string()))?;
     Ok(NiftiImage {

@@ -69,6 +69,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose, cli.quiet);
+    model::guard::install_panic_hook();
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {

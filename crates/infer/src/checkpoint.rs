@@ -38,6 +38,9 @@ pub const GENERATOR_FILE: &str = "generator.safetensors";
 pub const REGISTRATION_FILE: &str = "registration.safetensors";
 /// D's weights and spectral-norm vectors.
 pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
+/// SHA-256 of every other file of the checkpoint, written last: a bit flip or a truncated
+/// copy is caught at load instead of training on damaged weights.
+pub const CHECKSUMS_FILE: &str = "checksums.json";
 /// The newest checkpoint layout this build writes and reads. Every older version is read too
 /// (version 1 is the first).
 pub const FORMAT_VERSION: u32 = 1;
@@ -100,6 +103,73 @@ pub fn check_format_version(path: &Path, version: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes [`CHECKSUMS_FILE`] into checkpoint folder `dir`: the SHA-256 of each of its files.
+pub fn write_checksums(dir: &Path) -> anyhow::Result<()> {
+    let mut sums = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name == CHECKSUMS_FILE || !path.is_file() {
+            continue;
+        }
+        sums.insert(name, sha256(&path)?);
+    }
+    let json = serde_json::json!({ "sha256": sums });
+    std::fs::write(dir.join(CHECKSUMS_FILE), serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("writing {}", dir.join(CHECKSUMS_FILE).display()))
+}
+
+/// Checks `files` of checkpoint folder `dir` (all recorded ones when `None`) against its
+/// [`CHECKSUMS_FILE`]; errors name the damaged file. A checkpoint written before checksums
+/// existed has none and passes (logged).
+pub fn verify_checksums(dir: &Path, files: Option<&[&str]>) -> anyhow::Result<()> {
+    let path = dir.join(CHECKSUMS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(
+                "{}: no {CHECKSUMS_FILE} (an older checkpoint)",
+                dir.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    #[derive(Deserialize)]
+    struct Sums {
+        sha256: std::collections::BTreeMap<String, String>,
+    }
+    let sums: Sums =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let names: Vec<&str> = match files {
+        Some(f) => f.to_vec(),
+        None => sums.sha256.keys().map(String::as_str).collect(),
+    };
+    for name in names {
+        let Some(recorded) = sums.sha256.get(name) else {
+            continue;
+        };
+        let file = dir.join(name);
+        let now = sha256(&file)?;
+        if &now != recorded {
+            bail!(
+                "{}: damaged (SHA-256 {} recorded when the checkpoint was written, {} now)",
+                file.display(),
+                &recorded[..12.min(recorded.len())],
+                &now[..12]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn sha256(path: &Path) -> anyhow::Result<String> {
+    util::checksum::sha256_path(path).map_err(|(p, e)| anyhow::anyhow!("{}: {e}", p.display()))
+}
+
 /// A checkpoint folder from what a user names: a checkpoint folder itself, or a run folder
 /// (then its `best`, else `final`, else `latest` checkpoint).
 pub fn find_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
@@ -145,6 +215,7 @@ impl std::fmt::Debug for LoadedGenerator {
 /// the configuration stored with it: nothing else is needed.
 pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGenerator> {
     let dir = find_checkpoint(path)?;
+    verify_checksums(&dir, Some(&[STATE_FILE, GENERATOR_FILE]))?;
     let info = CheckpointInfo::read(&dir)?;
     let mut store = VarStore::new(device);
     let generator = Generator::new(&store.root(), &info.config.model.generator);

@@ -42,6 +42,10 @@ use volume::Volume;
 use model::generator::Generator;
 use torchext::{AutocastDevice, AutocastGuard};
 
+/// The largest grid an input is resampled to (4 GiB of f32): far above any CT
+/// (512 x 512 x 2000 is 0.5 G voxels), far below what an absurd `--model-spacing` asks for.
+pub const MAX_RESAMPLED_VOXELS: usize = 1 << 30;
+
 /// Relative in-plane spacing difference under which the input is used as is.
 pub const SPACING_TOLERANCE: f64 = 0.05;
 
@@ -165,7 +169,17 @@ impl Translator<'_> {
                     from = ?ncct.geometry.spacing, to = ?spacing,
                     "resampling the input in-plane to the model's training spacing"
                 );
-                Some(Grid::with_spacing(&input_grid, spacing))
+                let grid = Grid::with_spacing(&input_grid, spacing);
+                let voxels = grid.size_xyz.iter().product::<usize>();
+                if voxels > MAX_RESAMPLED_VOXELS {
+                    bail!(
+                        "resampling to the model spacing {xy:?} mm would make a {:?} grid ({voxels} \
+                         voxels, above {MAX_RESAMPLED_VOXELS}): check --model-spacing (mm, the \
+                         spacing the model was trained at)",
+                        grid.size_xyz
+                    );
+                }
+                Some(grid)
             }
             _ => None,
         };
@@ -514,6 +528,22 @@ mod precision_tests {
         );
         // fp32 twice is deterministic (the difference is the precision, not noise).
         assert_eq!(run(Precision::Fp32).data, fp32.data);
+    }
+
+    /// #13 item 2: an absurd `--model-spacing` is refused before any memory is asked for.
+    #[test]
+    fn an_absurd_model_spacing_is_refused() {
+        let vs = VarStore::new(Device::Cpu);
+        let g = tiny_generator(&vs);
+        let opts = PredictOptions {
+            model_spacing_xy: Some([0.001, 0.001]),
+            ..PredictOptions::new()
+        };
+        let err = cpu_translator(&g)
+            .translate_volume(&phantom(), &opts, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--model-spacing"), "{err}");
     }
 
     #[test]

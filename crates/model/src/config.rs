@@ -23,6 +23,7 @@
 //! decoder = sum_i [c(w_{i+1}, w_i, 2) + c(2 w_i, w_i, 3) + 3 c(w_i, w_i, 3)] = 27,201,856,
 //! head = 65: total 62,444,609 (tested in `tests/networks.rs` and by the PyTorch twin).
 
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 /// Normalization layer after each convolution.
@@ -101,7 +102,9 @@ impl Default for GeneratorConfig {
 impl GeneratorConfig {
     /// Input height and width must be multiples of this (`2^depth`).
     pub fn size_multiple(&self) -> i64 {
-        1i64 << self.depth
+        1i64.checked_shl(self.depth as u32)
+            .filter(|m| *m > 0)
+            .unwrap_or(i64::MAX)
     }
 }
 
@@ -154,9 +157,16 @@ impl Default for RegistrationConfig {
 impl RegistrationConfig {
     /// Input height and width must be multiples of this (`2^depth`).
     pub fn size_multiple(&self) -> i64 {
-        1i64 << self.depth
+        1i64.checked_shl(self.depth as u32)
+            .filter(|m| *m > 0)
+            .unwrap_or(i64::MAX)
     }
 }
+
+/// The largest channel count any network may ask for.
+pub const MAX_CHANNELS: i64 = 8192;
+/// The deepest UNet (2^depth must divide the image) and PatchGAN.
+pub const MAX_DEPTH: usize = 10;
 
 /// The discriminator D: pix2pix's `NLayerDiscriminator` (PatchGAN) with spectral norm on
 /// every conv (unless `spectral_norm = false`). With 3 layers its receptive field is 70x70.
@@ -269,6 +279,63 @@ impl ModelConfig {
                 PRESETS.join(", ")
             ),
         }
+    }
+
+    /// Checks every size before a network is built (libtorch would abort or panic deep inside
+    /// on a zero width or a depth the image cannot take); errors name the key and the limit.
+    /// `crop` is the side of the training images.
+    pub fn validate(&self, crop: i64) -> anyhow::Result<()> {
+        let g = &self.generator;
+        let r = &self.registration;
+        let d = &self.discriminator;
+        let positive = [
+            ("model.generator.in_channels", g.in_channels),
+            ("model.generator.out_channels", g.out_channels),
+            ("model.generator.base_channels", g.base_channels),
+            ("model.generator.max_channels", g.max_channels),
+            ("model.registration.base_channels", r.base_channels),
+            ("model.registration.max_channels", r.max_channels),
+            ("model.discriminator.image_channels", d.image_channels),
+            ("model.discriminator.base_channels", d.base_channels),
+            ("model.discriminator.max_channels", d.max_channels),
+        ];
+        for (key, v) in positive {
+            if !(1..=MAX_CHANNELS).contains(&v) {
+                bail!("{key} = {v} must lie in 1..={MAX_CHANNELS}");
+            }
+        }
+        for (key, v) in [
+            ("model.generator.depth", g.depth),
+            ("model.registration.depth", r.depth),
+        ] {
+            if !(1..=MAX_DEPTH).contains(&v) {
+                bail!("{key} = {v} must lie in 1..={MAX_DEPTH}");
+            }
+        }
+        for (key, v) in [
+            ("model.generator.convs_per_stage", g.convs_per_stage),
+            ("model.registration.convs_per_stage", r.convs_per_stage),
+        ] {
+            if !(1..=16).contains(&v) {
+                bail!("{key} = {v} must lie in 1..=16");
+            }
+        }
+        // D: n_layers stride-2 convs halve the side, then two 4x4 stride-1 convs take 1 each
+        if d.n_layers == 0 || d.n_layers > MAX_DEPTH {
+            bail!(
+                "model.discriminator.n_layers = {} must lie in 1..={MAX_DEPTH}",
+                d.n_layers
+            );
+        }
+        let smallest = 3i64 << d.n_layers;
+        if crop < smallest {
+            bail!(
+                "model.discriminator.n_layers = {} needs images of at least {smallest} px \
+                 (3 x 2^n_layers); data.crop_size is {crop}",
+                d.n_layers
+            );
+        }
+        Ok(())
     }
 
     /// Input height and width must be multiples of this for both G and R.

@@ -10,6 +10,7 @@ pub mod discriminator;
 pub mod finite;
 pub mod flops;
 pub mod generator;
+pub mod guard;
 pub mod losses;
 pub mod optim;
 pub mod perceptual;

@@ -122,7 +122,7 @@ pub fn save(
         }
         std::fs::write(dir.join(CONFIG_FILE), &config_text)?;
         std::fs::write(dir.join(STATE_FILE), serde_json::to_vec_pretty(state)?)?;
-        Ok(())
+        infer::checkpoint::write_checksums(dir)
     })
     .with_context(|| format!("writing checkpoint {}", dest.display()))?;
     if dest.exists() {
@@ -175,6 +175,32 @@ pub fn recover_swap(run: &RunDir, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When `latest` is damaged: the intact checkpoint (`final` or `best`) with the highest step,
+/// said loudly; none: the damage is the error.
+fn newest_intact(run: &RunDir, damage: anyhow::Error) -> anyhow::Result<PathBuf> {
+    let intact = ["final", "best"]
+        .into_iter()
+        .map(|n| run.checkpoint(n))
+        .filter(|d| d.join(STATE_FILE).is_file())
+        .filter(|d| infer::checkpoint::verify_checksums(d, None).is_ok())
+        .filter_map(|d| load_state(&d).ok().map(|s| (s.step, d)))
+        .max_by_key(|(step, _)| *step);
+    match intact {
+        Some((step, dir)) => {
+            tracing::warn!(
+                "checkpoints/latest is damaged ({damage:#}); resuming from {} (step {step}) \
+                 instead",
+                dir.display()
+            );
+            Ok(dir)
+        }
+        None => Err(damage.context(format!(
+            "cannot resume {}: checkpoints/latest is damaged and no other checkpoint is intact",
+            run.root().display()
+        ))),
+    }
+}
+
 /// Reads `state.json` of a checkpoint folder.
 pub fn load_state(dir: &Path) -> anyhow::Result<TrainState> {
     let path = dir.join(STATE_FILE);
@@ -188,6 +214,7 @@ pub fn load_state(dir: &Path) -> anyhow::Result<TrainState> {
 /// Loads weights and optimizer states of checkpoint `dir` into `nets` and `opts`, returning
 /// its state.
 pub fn restore(dir: &Path, nets: &mut Nets, opts: &mut Optimizers) -> anyhow::Result<TrainState> {
+    infer::checkpoint::verify_checksums(dir, None)?;
     let state = load_state(dir)?;
     nets.load(dir)?;
     opts.gr
@@ -206,7 +233,10 @@ pub fn resume_dir(run: &RunDir) -> anyhow::Result<PathBuf> {
     recover_swap(run, "latest")?;
     let latest = run.checkpoint("latest");
     if latest.join(STATE_FILE).is_file() {
-        return Ok(latest);
+        let Err(damage) = infer::checkpoint::verify_checksums(&latest, None) else {
+            return Ok(latest);
+        };
+        return newest_intact(run, damage);
     }
     bail!(
         "cannot resume {}: it has no checkpoints/latest (the run stopped before its first \

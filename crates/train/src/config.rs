@@ -487,9 +487,20 @@ impl TrainConfig {
             .map_err(anyhow::Error::msg)
             .context("[data.augment]")?;
         let d = &self.data;
-        if d.batch_size == 0 {
-            bail!("data.batch_size must be at least 1");
+        if !(1..=MAX_BATCH).contains(&d.batch_size) {
+            bail!(
+                "data.batch_size = {} must lie in 1..={MAX_BATCH}",
+                d.batch_size
+            );
         }
+        if d.crop_size > MAX_CROP {
+            bail!(
+                "data.crop_size = {} is above the largest crop, {MAX_CROP} px (a CT slice is \
+                 512 px)",
+                d.crop_size
+            );
+        }
+        self.model.validate(d.crop_size as i64)?;
         let multiple = self.size_multiple();
         if d.crop_size == 0 || !d.crop_size.is_multiple_of(multiple) {
             bail!(
@@ -565,6 +576,10 @@ fn merge_layer(base: &mut toml::Table, over: toml::Table) {
     }
     merge(base, over);
 }
+
+/// Limits that no real run reaches and that keep a typo from asking for terabytes.
+pub const MAX_BATCH: usize = 4096;
+pub const MAX_CROP: usize = 4096;
 
 /// Overlays `over` onto `base`: tables merge key by key, anything else replaces.
 fn merge(base: &mut toml::Table, over: toml::Table) {

@@ -21,6 +21,7 @@ use dataset::manifest::Split;
 use dataset::sampler::{split_keys, Batch, Loader, Sampler, SamplerConfig, SliceKey};
 use dataset::store::{PreparedDataset, WindowedStore};
 use indicatif::{ProgressBar, ProgressStyle};
+use model::guard::catch_torch;
 use serde_json::Value;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -146,7 +147,7 @@ impl Trainer {
             cfg.size_multiple(),
             cfg.log.val_max_cases,
         )?;
-        let mut nets = Nets::new(&cfg, device);
+        let mut nets = catch_torch("building the networks", || Ok(Nets::new(&cfg, device)))?;
         // The perceptual loss's frozen VGG (checked against the recorded SHA-256) and the log
         // lines describing the image loss terms.
         let image_lines = crate::image_losses::attach(&mut nets, &cfg, device)?;
@@ -279,15 +280,12 @@ impl Trainer {
         })?;
         let lr_factor = cfg.schedule.lr_factor(step);
         let log_now = is_due(step, cfg.log.every, self.total);
-        let result = train_step(
-            &mut self.nets,
-            &mut self.opts,
-            &tensors,
-            cfg,
-            step,
-            lr_factor,
-            log_now,
-        );
+        let (nets, opts) = (&mut self.nets, &mut self.opts);
+        let result = catch_torch(&format!("step {step}"), || {
+            Ok(train_step(
+                nets, opts, &tensors, cfg, step, lr_factor, log_now,
+            ))
+        })?;
         result.map_err(|nf| {
             self.pb.abandon();
             stop_non_finite(
@@ -338,8 +336,10 @@ impl Trainer {
         }
         if is_due(step, self.cfg.log.sample_every, total) {
             let path = self.run.sample(step);
-            self.validator
-                .sample_grid(&self.nets, self.device, step, &path)?;
+            let (validator, nets, device) = (&self.validator, &self.nets, self.device);
+            catch_torch(&format!("the sample grid of step {step}"), || {
+                validator.sample_grid(nets, device, step, &path)
+            })?;
         }
         if is_due(step, self.cfg.log.checkpoint_every, total) {
             self.save_latest(step, epoch)?;
@@ -377,7 +377,10 @@ impl Trainer {
     /// redraws the curves.
     fn validate(&mut self, step: u64, epoch: f64) -> anyhow::Result<()> {
         let t = Instant::now();
-        self.last = self.validator.run(&self.nets, self.device)?;
+        let (validator, nets, device) = (&self.validator, &self.nets, self.device);
+        self.last = catch_torch(&format!("validation at step {step}"), || {
+            validator.run(nets, device)
+        })?;
         let mut fields = vec![("epoch", num(epoch))];
         for (k, v) in self.last.fields() {
             fields.push((k, v.map_or(Value::Null, num)));
@@ -517,6 +520,7 @@ fn open_run(
             let mut cfg = (**cfg).clone();
             let probe = split_keys(ds, Split::Train, cfg.data.min_body_fraction)?;
             cfg.resolve(ds.window(), probe.len())?;
+            check_crop_fits(&cfg, ds, &spec.data)?;
             cfg.hooks = cfg.hooks.clone().with_env()?;
             let run = RunDir::create_new(&spec.run)?;
             let lock = run.lock()?;
@@ -598,6 +602,31 @@ fn check_same_data(run: &RunDir, data: &Path, allow_other: bool) -> anyhow::Resu
             "the run's dataset is at another path now ({} -> {}); same manifest",
             then.path.display(),
             now.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `data.crop_size` must fit in the training slices (a larger crop would train mostly on
+/// padding): checked before the run folder exists.
+fn check_crop_fits(cfg: &TrainConfig, ds: &PreparedDataset, data: &Path) -> anyhow::Result<()> {
+    let largest = ds
+        .manifest()
+        .cases
+        .iter()
+        .filter(|c| c.split == Split::Train)
+        .map(|c| {
+            let [_, ny, nx] = c.meta.grid.shape_zyx;
+            ny.min(nx)
+        })
+        .max()
+        .unwrap_or(0);
+    if cfg.data.crop_size > largest {
+        bail!(
+            "data.crop_size = {} is larger than every training slice of {} (the largest is \
+             {largest} px on its short side): use at most {largest}",
+            cfg.data.crop_size,
+            data.display()
         );
     }
     Ok(())

@@ -165,3 +165,38 @@ fn layered_files_merge_in_order_and_errors_name_the_file() {
         "{err}"
     );
 }
+
+/// #13 item 2: settings that libtorch would abort or panic on, or that ask for terabytes, are
+/// refused by validation (before any run folder exists), naming the key and the limit.
+#[test]
+fn impossible_sizes_are_refused_naming_the_key() {
+    let base = || {
+        let mut c = TrainConfig::with_preset("tiny").unwrap();
+        c.data.crop_size = 64;
+        c
+    };
+    type Change = fn(&mut TrainConfig);
+    let cases: [(&str, Change); 6] = [
+        ("model.generator.base_channels", |c| {
+            c.model.generator.base_channels = 0
+        }),
+        ("model.discriminator.n_layers", |c| {
+            c.model.discriminator.n_layers = 8
+        }),
+        ("model.registration.depth", |c| {
+            c.model.registration.depth = 64
+        }),
+        ("data.batch_size", |c| c.data.batch_size = 1 << 40),
+        ("data.crop_size", |c| c.data.crop_size = 1 << 20),
+        ("model.discriminator.max_channels", |c| {
+            c.model.discriminator.max_channels = -5
+        }),
+    ];
+    for (key, change) in cases {
+        let mut c = base();
+        change(&mut c);
+        let err = format!("{:#}", c.validate().unwrap_err());
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    assert!(base().validate().is_ok());
+}

@@ -193,6 +193,8 @@ fn a_checkpoint_with_a_nan_weight_is_refused_at_load() {
     let name = tensors[0].0.clone();
     let _ = tensors[0].1.view([-1]).narrow(0, 0, 1).fill_(f64::NAN);
     tch::Tensor::write_safetensors(&tensors, &file).unwrap();
+    // as written by a diverged run: its checksums agree with the NaN
+    infer::checkpoint::write_checksums(&run.join("checkpoints/latest")).unwrap();
     let err = format!(
         "{:#}",
         train(&resume_run(&data, &run, Default::default())).unwrap_err()
@@ -206,6 +208,7 @@ fn a_checkpoint_with_a_nan_weight_is_refused_at_load() {
     let tensors = tch::Tensor::read_safetensors(&g).unwrap();
     let _ = tensors[0].1.view([-1]).narrow(0, 0, 1).fill_(f64::INFINITY);
     tch::Tensor::write_safetensors(&tensors, &g).unwrap();
+    infer::checkpoint::write_checksums(&run.join("checkpoints/latest")).unwrap();
     let err = format!(
         "{:#}",
         infer::checkpoint::load_generator(&run.join("checkpoints/latest"), tch::Device::Cpu)
@@ -214,5 +217,70 @@ fn a_checkpoint_with_a_nan_weight_is_refused_at_load() {
     assert!(
         err.contains("generator.safetensors") && err.contains("non-finite"),
         "{err}"
+    );
+}
+
+/// #13 item 2: a crop larger than every training slice is refused before the run folder is
+/// created (it was accepted silently).
+#[test]
+fn a_crop_larger_than_the_slices_is_refused_before_the_run_folder_exists() {
+    let _serial = serial();
+    let data = dataset(); // slices of 32 x 40
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut cfg = tiny(2);
+    cfg.data.crop_size = 64;
+    let err = format!("{:#}", train(&new_run(cfg, &data, &run)).unwrap_err());
+    assert!(
+        err.contains("data.crop_size = 64") && err.contains("at most 32"),
+        "{err}"
+    );
+    assert!(!run.exists(), "the run folder was created");
+}
+
+/// #13 item 7: a bit flip in a checkpoint is caught at load (checksums.json, written with
+/// every checkpoint): `--resume` falls back to the newest intact checkpoint and says so, and
+/// inference refuses the damaged file by name.
+#[test]
+fn a_damaged_checkpoint_is_caught_and_resume_falls_back_to_an_intact_one() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("damaged"));
+    train(&new_run(tiny(6), &data, &a)).unwrap();
+    let mut cfg = tiny(6);
+    cfg.hooks.stop_after_step = Some(3);
+    train(&new_run(cfg, &data, &b)).unwrap();
+    // validation at step 3 wrote best at step 3 too
+    let best: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("checkpoints/best/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(best["step"], 3);
+    let g = b.join("checkpoints/latest/generator.safetensors");
+    let mut bytes = std::fs::read(&g).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01; // one bit in the last weight
+    std::fs::write(&g, &bytes).unwrap();
+
+    let err = format!(
+        "{:#}",
+        infer::checkpoint::load_generator(&b.join("checkpoints/latest"), tch::Device::Cpu)
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("generator.safetensors") && err.contains("damaged"),
+        "{err}"
+    );
+
+    let out = train(&resume_run(&data, &b, Default::default())).unwrap();
+    assert_eq!((out.started_at, out.steps), (3, 6));
+    assert_eq!(losses(&a), losses(&b));
+    let resumed = common::events(&b, "resume");
+    assert!(
+        resumed.last().unwrap()["from"]
+            .as_str()
+            .unwrap()
+            .ends_with("best"),
+        "{resumed:?}"
     );
 }

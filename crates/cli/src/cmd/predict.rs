@@ -113,8 +113,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
         bar.set_message(job.case.clone());
         let start = std::time::Instant::now();
-        let out = translator
-            .translate_volume(&ncct, &opts, |n| bar.inc(n as u64))
+        let out =
+            model::guard::catch_torch(&format!("translating {}", job.input.display()), || {
+                translator.translate_volume(&ncct, &opts, |n| bar.inc(n as u64))
+            })
             .with_context(|| format!("translating {}", job.input.display()))?;
         bar.finish_and_clear();
         match args.format {

@@ -109,3 +109,53 @@ fn bad_arguments_are_refused() {
         assert!(text(&o).1.contains(bad[0]), "{bad:?}: {}", text(&o).1);
     }
 }
+
+/// #13 item 5: a full disk (an injected ENOSPC on the new case's store) fails the prepare,
+/// names the case and the error, and leaves the earlier manifest in force; the rerun reuses
+/// what was prepared.
+#[test]
+fn a_full_disk_fails_the_prepare_and_keeps_the_earlier_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    let out = tmp.path().join("prepared");
+    let synth = |cases: &str| {
+        let o = ncct2ctpa(&[
+            "synth",
+            "--out",
+            raw.to_str().unwrap(),
+            "--cases",
+            cases,
+            "--force",
+        ]);
+        assert!(o.status.success(), "{}", text(&o).1);
+    };
+    synth("2");
+    let prepare = |fail: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
+            .args([
+                "prepare",
+                raw.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env(util::atomic::FAIL_WRITES_ENV, fail)
+            .output()
+            .unwrap()
+    };
+    assert!(prepare("").status.success());
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+    synth("3"); // a third case arrives
+    let failed = prepare("cases/case_002");
+    let (_, stderr) = text(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("case_002") && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
+    let rerun = prepare("");
+    let (stdout, stderr) = text(&rerun);
+    assert!(rerun.status.success(), "{stderr}");
+    assert!(stdout.contains("1 prepared, 2 kept"), "{stdout}");
+}

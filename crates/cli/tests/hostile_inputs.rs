@@ -21,6 +21,24 @@ fn run(args: &[&str]) -> Output {
         .expect("run ncct2ctpa")
 }
 
+/// `train` of the tiny preset for 2 steps on the CPU, from `data` into `run`.
+fn tiny_train<'a>(data: &'a Path, run: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--no-progress",
+    ]
+}
+
 /// A small valid chest-like volume (`[z, y, x]` = `[6, 32, 40]`).
 fn valid() -> Volume {
     let data = Array3::from_shape_fn((6, 32, 40), |(_, y, x)| {
@@ -112,7 +130,10 @@ fn assert_refused(o: &Output, input: &Path, command: &str, what: &str) {
     assert_ne!(o.status.code(), Some(0), "{ctx}: accepted: {stderr}");
     assert!(!stderr.contains("panicked"), "{ctx}: {stderr}");
     let name = input.file_name().unwrap().to_string_lossy();
-    assert!(stderr.contains(&*name), "{ctx}: the message does not name it: {stderr}");
+    assert!(
+        stderr.contains(&*name),
+        "{ctx}: the message does not name it: {stderr}"
+    );
 }
 
 /// Copies a corpus entry (file or folder) to `to`.
@@ -149,26 +170,9 @@ fn every_hostile_input_is_refused_by_every_command_clearly() {
     // a trained model for predict
     let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
     let model = tmp.path().join("model");
-    let trained = run(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--run",
-        model.to_str().unwrap(),
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--crop-size",
-        "32",
-        "--threads",
-        "1",
-        "--no-progress",
-    ]);
+    let mut args = tiny_train(&data, &model);
+    args.extend(["--batch-size", "2", "--crop-size", "32", "--threads", "1"]);
+    let trained = run(&args);
     assert!(
         trained.status.success(),
         "{}",
@@ -240,7 +244,10 @@ fn every_hostile_input_is_refused_by_every_command_clearly() {
             target_dir.to_str().unwrap(),
         ]);
         assert_refused(&o, &pred, "evaluate", h.what);
-        assert!(!preds.join("evaluation.csv").exists(), "evaluate wrote a CSV");
+        assert!(
+            !preds.join("evaluation.csv").exists(),
+            "evaluate wrote a CSV"
+        );
     }
 }
 
@@ -265,24 +272,14 @@ fn impossible_training_settings_are_refused_before_anything_is_written() {
     ];
     for (i, (flags, key)) in cases.iter().enumerate() {
         let run_dir = tmp.path().join(format!("run{i}"));
-        let mut args = vec![
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--run",
-            run_dir.to_str().unwrap(),
-            "--preset",
-            "tiny",
-            "--device",
-            "cpu",
-            "--steps",
-            "2",
-            "--no-progress",
-        ];
+        let mut args = tiny_train(&data, &run_dir);
         args.extend_from_slice(flags);
         let o = run(&args);
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.code().is_some(), "{flags:?}: signal death: {stderr}");
+        assert!(
+            o.status.code().is_some(),
+            "{flags:?}: signal death: {stderr}"
+        );
         assert_ne!(o.status.code(), Some(0), "{flags:?}: accepted");
         assert!(!stderr.contains("panicked"), "{flags:?}: {stderr}");
         assert!(stderr.contains(key), "{flags:?}: {stderr}");

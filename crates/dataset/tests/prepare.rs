@@ -402,3 +402,49 @@ fn phantom_end_to_end_lung_dice_and_rigid_alignment() {
     let s = ds.slice(case, meta.slices() / 2).unwrap();
     assert!(s.lung.iter().any(|&m| m == 1) && s.body.iter().any(|&m| m == 1));
 }
+
+/// #13 item 6: rigid alignment reports its quality and a pair it cannot plausibly match (an
+/// unrelated volume) is refused naming both files, while one absurd voxel (1e9 HU) in an
+/// otherwise identical pair does not move the alignment (voxels are clipped to the CT range
+/// first).
+#[test]
+fn implausible_alignments_are_refused_and_outlier_voxels_do_not_steer_it() {
+    let t = tempfile::tempdir().unwrap();
+    let raw = t.path().join("raw");
+    raw_dataset(&raw, &["outlier", "unrelated"]);
+    let mut outlier = chest(350.0);
+    outlier.data[[5, 16, 20]] = 1e9;
+    write_nifti(&raw.join("ctpa/outlier.nii.gz"), &outlier).unwrap();
+    let mut noise = chest(0.0);
+    let mut state = 12345u64;
+    noise.data.mapv_inplace(|_| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % 2000) as f32 - 1000.0
+    });
+    write_nifti(&raw.join("ctpa/unrelated.nii.gz"), &noise).unwrap();
+    let mut o = opts();
+    o.settings.align = AlignMode::Rigid;
+    o.allow_failed_cases = true;
+    let r = prepare(&discover(&raw).unwrap(), &t.path().join("out"), &o, &noop).unwrap();
+    assert_eq!(statuses(&r), ["prepared", "failed"]);
+    let CaseStatus::Failed(reason) = &r.cases[1].status else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("ncct/unrelated.nii.gz")
+            && reason.contains("ctpa/unrelated.nii.gz")
+            && (reason.contains("NCC") || reason.contains("degrees")),
+        "{reason}"
+    );
+    let CaseStatus::Prepared(meta) = &r.cases[0].status else {
+        unreachable!()
+    };
+    let a = meta.alignment.as_ref().unwrap();
+    assert!(
+        a.translation_mm < 1.0 && a.rotation_deg < 1.0,
+        "one 1e9 HU voxel moved the alignment: {a:?}"
+    );
+    assert!(a.after > 0.9, "{a:?}");
+}

@@ -24,6 +24,15 @@ fn losses(run: &Path) -> Vec<(u64, f64, f64, f64)> {
         .collect()
 }
 
+/// A run of `tiny(steps)` into `run` stopped after step `stop` (as if killed there, with the
+/// checkpoint of that step written).
+fn stopped_run(data: &Path, run: &Path, steps: u64, stop: u64) {
+    let mut cfg = tiny(steps);
+    cfg.hooks.stop_after_step = Some(stop);
+    let out = train(&new_run(cfg, data, run)).unwrap();
+    assert_eq!(out.steps, stop);
+}
+
 /// Item 10: a `--resume` while the run still trains is refused at once, naming the holder,
 /// and the folder is left as it was (metrics.jsonl is not rewritten).
 #[test]
@@ -32,9 +41,7 @@ fn a_run_folder_in_use_is_not_trained_in_twice() {
     let data = dataset();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let mut cfg = tiny(6);
-    cfg.hooks.stop_after_step = Some(3);
-    train(&new_run(cfg, &data, &run)).unwrap();
+    stopped_run(&data, &run, 6, 3);
     let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
     // another process training in it: its lock is held
     let held = util::lock::lock_folder(&run, train::run_dir::RUN_LOCK).unwrap();
@@ -63,9 +70,7 @@ fn an_interrupted_checkpoint_swap_is_finished_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("killed"));
     train(&new_run(tiny(6), &data, &a)).unwrap();
-    let mut cfg = tiny(6);
-    cfg.hooks.stop_after_step = Some(3);
-    train(&new_run(cfg, &data, &b)).unwrap();
+    stopped_run(&data, &b, 6, 3);
     let ck = b.join("checkpoints");
     std::fs::rename(ck.join("latest"), ck.join(".latest.new")).unwrap();
     std::fs::create_dir(ck.join(".latest.old")).unwrap(); // an incomplete leftover
@@ -138,9 +143,7 @@ fn a_resume_continues_on_its_own_data_only() {
     let data = dataset();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let mut cfg = tiny(9);
-    cfg.hooks.stop_after_step = Some(3);
-    train(&new_run(cfg, &data, &run)).unwrap();
+    stopped_run(&data, &run, 9, 3);
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(record["manifest_sha256"].as_str().unwrap().len(), 64);
@@ -184,9 +187,7 @@ fn a_checkpoint_with_a_nan_weight_is_refused_at_load() {
     let data = dataset();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let mut cfg = tiny(6);
-    cfg.hooks.stop_after_step = Some(3);
-    train(&new_run(cfg, &data, &run)).unwrap();
+    stopped_run(&data, &run, 6, 3);
     let file = run.join("checkpoints/latest/registration.safetensors");
     let mut tensors = tch::Tensor::read_safetensors(&file).unwrap();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -248,9 +249,7 @@ fn a_damaged_checkpoint_is_caught_and_resume_falls_back_to_an_intact_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("damaged"));
     train(&new_run(tiny(6), &data, &a)).unwrap();
-    let mut cfg = tiny(6);
-    cfg.hooks.stop_after_step = Some(3);
-    train(&new_run(cfg, &data, &b)).unwrap();
+    stopped_run(&data, &b, 6, 3);
     // validation at step 3 wrote best at step 3 too
     let best: serde_json::Value =
         serde_json::from_slice(&std::fs::read(b.join("checkpoints/best/state.json")).unwrap())

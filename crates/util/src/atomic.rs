@@ -83,6 +83,25 @@ impl Drop for TempGuard {
     }
 }
 
+/// The environment variable of the injected write failure (for tests of what a full disk
+/// does; never set in real use).
+pub const FAIL_WRITES_ENV: &str = "NCCT2CTPA_TEST_FAIL_WRITES";
+
+/// A test hook: when [`FAIL_WRITES_ENV`] holds a non-empty string that `path` contains, the
+/// write fails as on a full disk (ENOSPC), after its temporary was written and before it is
+/// renamed into place.
+fn injected_failure(path: &Path) -> Option<std::io::Error> {
+    let pattern = std::env::var(FAIL_WRITES_ENV).ok()?;
+    let hit = !pattern.is_empty() && path.to_string_lossy().contains(&pattern);
+    hit.then(|| {
+        tracing::warn!(
+            "{}: injected write failure ({FAIL_WRITES_ENV})",
+            path.display()
+        );
+        std::io::Error::from_raw_os_error(28) // ENOSPC
+    })
+}
+
 /// Best-effort `fsync` of a folder, so that a rename inside it survives a crash.
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
@@ -125,6 +144,9 @@ where
         .map_err(|e| WriteError::new(path, e.into_error()))?;
     file.sync_all().map_err(|e| WriteError::new(path, e))?;
     drop(file);
+    if let Some(e) = injected_failure(path) {
+        return Err(WriteError::new(path, e));
+    }
     fs::rename(&tmp, path).map_err(|e| WriteError::new(path, e))?;
     guard.keep();
     sync_dir(parent_dir(path));
@@ -166,6 +188,9 @@ where
     };
     fill(&tmp)?;
     sync_dir(&tmp);
+    if let Some(e) = injected_failure(dir) {
+        return Err(WriteError::new(dir, e).into());
+    }
     if dir.exists() {
         // Empty (checked above); rename(2) replaces an empty folder, but be explicit.
         fs::remove_dir(dir).map_err(|e| WriteError::new(dir, e))?;

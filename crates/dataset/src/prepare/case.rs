@@ -14,7 +14,7 @@ use tracing::{debug, info};
 use util::checksum::sha256_path;
 use volume::io::{read_ct, read_mask};
 use volume::masks::{body_mask, lung_mask};
-use volume::register::align_rigid;
+use volume::register::{align_rigid, RigidResult, Similarity};
 use volume::resample::{resample, resample_mask, Grid, Interpolation};
 use volume::{Mask, Volume, VolumeError};
 
@@ -38,7 +38,26 @@ pub enum CaseError {
     LungMask { path: PathBuf, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The rigid alignment did not find a plausible match: not the same patient, a wrong
+    /// spacing in a header, or a scan of another body part.
+    #[error("{} and {}: {message}", ncct.display(), ctpa.display())]
+    Alignment {
+        ncct: PathBuf,
+        ctpa: PathBuf,
+        message: String,
+    },
 }
+
+/// Below this normalised cross-correlation after rigid alignment a pair is refused: the
+/// NCCT and the CTPA of one patient differ only by contrast and motion (the phantom's pairs
+/// align to 0.9 and above), while unrelated or mis-scaled volumes stay near 0.2.
+pub const MIN_ALIGNED_NCC: f64 = 0.5;
+/// Above this rotation a pair is refused: patients lie on the table within a few degrees of
+/// each other between two scans; a larger angle is the optimiser fitting a wrong pair.
+pub const MAX_ROTATION_DEG: f64 = 20.0;
+/// Voxels are clipped to this HU range before registration, so that a few outliers (metal,
+/// a corrupt 1e9 HU voxel) cannot dominate the similarity: the CT range of the scoring window.
+pub const REGISTRATION_CLIP_HU: [f32; 2] = [-1024.0, 3071.0];
 
 /// What happened to a case.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +74,32 @@ impl CaseOutcome {
             CaseOutcome::Prepared(m) | CaseOutcome::Reused(m) => m,
         }
     }
+}
+
+/// Refuses an implausible alignment (see [`MIN_ALIGNED_NCC`], [`MAX_ROTATION_DEG`]).
+fn check_alignment(r: &RigidResult, pair: &CasePair) -> Result<(), CaseError> {
+    let refuse = |message: String| {
+        Err(CaseError::Alignment {
+            ncct: pair.ncct.path.clone(),
+            ctpa: pair.ctpa.path.clone(),
+            message,
+        })
+    };
+    let angle = r.transform.rotation_angle_deg();
+    if angle > MAX_ROTATION_DEG {
+        return refuse(format!(
+            "the rigid alignment rotates by {angle:.1} degrees (more than {MAX_ROTATION_DEG}): \
+             not a plausible pair of one patient's scans; check the files and their spacing"
+        ));
+    }
+    if r.metric == Similarity::Ncc && r.after < MIN_ALIGNED_NCC {
+        return refuse(format!(
+            "after rigid alignment the NCC is only {:.2} (below {MIN_ALIGNED_NCC}): not the \
+             same patient, a wrong voxel size, or another body part",
+            r.after
+        ));
+    }
+    Ok(())
 }
 
 fn record(source: &Source) -> Result<SourceRecord, CaseError> {
@@ -150,12 +195,19 @@ pub fn prepare_case(
     // 2. rigid alignment, on the volumes as read (one interpolation of the CTPA in all)
     let rigid = match settings.align {
         AlignMode::Rigid => {
-            let r = align_rigid(&ncct, &ctpa, &settings.rigid)?;
+            let clip = |v: &Volume| Volume {
+                data: v
+                    .data
+                    .mapv(|x| x.clamp(REGISTRATION_CLIP_HU[0], REGISTRATION_CLIP_HU[1])),
+                geometry: v.geometry,
+            };
+            let r = align_rigid(&clip(&ncct), &clip(&ctpa), &settings.rigid)?;
             info!(
                 case = %case,
                 "rigid alignment: {} ({} {:.4} -> {:.4}, {} iterations)",
                 r.transform, r.metric, r.before, r.after, r.iterations
             );
+            check_alignment(&r, pair)?;
             Some(r)
         }
         AlignMode::None => None,

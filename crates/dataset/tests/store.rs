@@ -279,3 +279,44 @@ fn open_rejects_other_versions_unfinished_and_escaping_manifests() {
         .to_string();
     assert!(e.contains("missing"), "{e}");
 }
+
+/// #13 item 7: a bit flip, or random bytes of the right size, in a store file is caught on
+/// the read of the slice that holds it (per-slice CRC-32 in `checksums.json`), naming the file
+/// and the slice; the other slices still read.
+#[test]
+fn a_damaged_slice_is_caught_when_it_is_read() {
+    let t = tempfile::tempdir().unwrap();
+    write_dataset(t.path(), &[("p1", Split::Train, 0.0)]);
+    let dir = t.path().join("cases/p1");
+    let sums: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("checksums.json")).unwrap()).unwrap();
+    assert_eq!(sums["ctpa"].as_array().unwrap().len(), SHAPE.0);
+
+    let file = dir.join(CTPA_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let plane = 2 * SHAPE.1 * SHAPE.2;
+    bytes[plane + 7] ^= 0x10; // one bit in slice 1
+    std::fs::write(&file, &bytes).unwrap();
+    let ds = PreparedDataset::open(t.path()).unwrap();
+    assert!(ds.slice_at(0, 0).is_ok());
+    let e = ds.slice_at(0, 1).unwrap_err();
+    assert!(matches!(e, StoreError::Damaged { z: 1, .. }), "{e}");
+    assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+    let e = ds.volume("p1").unwrap_err().to_string();
+    assert!(e.contains("slice 1") && e.contains("damaged"), "{e}");
+
+    // random bytes of exactly the right size: open accepts the length, the read refuses
+    let mut state = 7u32;
+    let noise: Vec<u8> = (0..bytes.len())
+        .map(|_| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (state >> 16) as u8
+        })
+        .collect();
+    std::fs::write(dir.join(LUNG_FILE), &noise[..SHAPE.0 * SHAPE.1 * SHAPE.2]).unwrap();
+    let ds = PreparedDataset::open(t.path()).unwrap();
+    assert!(matches!(
+        ds.slice_at(0, 0).unwrap_err(),
+        StoreError::Damaged { z: 0, .. }
+    ));
+}

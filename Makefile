@@ -1,7 +1,7 @@
 # The README's two commands are `make demo` and `make test`; everything they need is here.
 CARGO ?= cargo
 
-.PHONY: setup setup-twin build demo test lint fmt bench clean-runs
+.PHONY: setup setup-twin build demo test lint fmt bench clean-runs gpu-bundle
 
 setup:
 	./scripts/setup-libtorch.sh
@@ -12,6 +12,13 @@ setup:
 setup-twin:
 	. scripts/torch-version.env && python3 -m venv .venv-twin && \
 	  .venv-twin/bin/pip install --quiet "torch==$$TORCH_VERSION" numpy safetensors scikit-image nibabel pydicom
+
+# The GPU bundle (no GPU needed to build it): bundle/ with the stripped binary linked against
+# libtorch_cuda, configs, the PyTorch twin, ./ncct2ctpa (launcher), ./preflight.sh and
+# ./gpu-check.sh. Copy bundle/ to a GPU machine with PyTorch (see torch-version.env) and run
+# ./preflight.sh, then ./gpu-check.sh. See README "GPU servers".
+gpu-bundle:
+	./scripts/gpu-bundle.sh
 
 build: setup
 	$(CARGO) build --release -p cli

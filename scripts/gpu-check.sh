@@ -94,9 +94,9 @@ precisions=("off")
 for amp in "${precisions[@]}"; do
   name=train_$([ "$amp" = off ] && echo fp32 || echo "$amp")
   if train "$name" "$amp"; then
-    last=$(losses "$name" | tail -n1)
+    last=$(losses "$name" | tail -n1 | awk '{print "step " $1 ", loss_g " $2}')
     finite=$("$py" -c 'import math,sys; print(all(math.isfinite(float(v)) for v in sys.argv[1:]))' $(losses "$name" | awk '{print $2}'))
-    detail="last step, loss_g: $last"
+    detail="last $last"
     [ "$amp" = f16 ] && detail="$detail; scaler: $(cat "$out/$name/checkpoints/final/amp_scaler.json" 2>/dev/null | tr -d ' \n')"
     [ "$finite" = True ] && row "$name" pass "$detail" || row "$name" fail "non-finite losses; $detail"
   else
@@ -104,7 +104,7 @@ for amp in "${precisions[@]}"; do
   fi
 done
 [ "$(grep -c "^device" "$rows")" = 0 ] && {
-  started=$(grep -m1 "device" "$out/train_fp32.log" | grep -oE 'device (Cpu|Cuda\([0-9]+\))' | head -n1)
+  started=$(grep -oE '\| device (Cpu|Cuda\([0-9]+\))' "$out/train_fp32.log" | head -n1 | sed 's/^| //')
   case "$device:$started" in
     cpu:*Cpu*|cuda:*Cuda*) row device pass "$started" ;;
     *) row device fail "asked for $device, the start-up line says '${started:-nothing}'" ;;

@@ -24,7 +24,10 @@ fn main() {
             rpath(&nvidia_lib);
         }
     }
-    if link_cuda(&torch) {
+    let cuda = link_cuda(&torch);
+    // what the binary says at start-up (model::device::CUDA_LINKED)
+    println!("cargo:rustc-env=NCCT2CTPA_CUDA_LINKED={}", u8::from(cuda));
+    if cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
         println!(
             "cargo:warning=linking libtorch_cuda: the binaries will use CUDA when a GPU is present"

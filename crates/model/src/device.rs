@@ -38,6 +38,13 @@ impl DeviceSpec {
     }
 }
 
+/// Whether this binary was linked against libtorch_cuda (set by the build script,
+/// `scripts/torch-build.rs`): without it, it runs on the CPU even where a GPU is present.
+pub const CUDA_LINKED: bool = match option_env!("NCCT2CTPA_CUDA_LINKED") {
+    Some(v) => matches!(v.as_bytes(), [b'1']),
+    None => false,
+};
+
 /// Resolves `spec` ("auto", "cpu", "cuda", "cuda:N") to a device, checking that a requested
 /// CUDA device exists, and logs the choice with CUDA/cuDNN availability and the device count.
 pub fn select(spec: &str) -> anyhow::Result<Device> {
@@ -54,10 +61,17 @@ pub fn select(spec: &str) -> anyhow::Result<Device> {
         DeviceSpec::Auto if cuda && count > 0 => Device::Cuda(0),
         DeviceSpec::Auto => Device::Cpu,
         DeviceSpec::Cuda(index) => {
+            if !CUDA_LINKED {
+                bail!(
+                    "device {spec:?}: this binary was built without libtorch_cuda (a CPU build); \
+                     build the GPU bundle (`make gpu-bundle`, README \"GPU servers\") or use \
+                     --device cpu"
+                );
+            }
             if !cuda {
                 bail!(
-                    "device {spec:?}: CUDA is not available to this build (no GPU, no driver, or \
-                     a CPU-only libtorch: see the README's GPU section); use --device cpu"
+                    "device {spec:?}: CUDA is not available here (no GPU or no driver); use \
+                     --device cpu"
                 );
             }
             if index >= count {
@@ -66,12 +80,35 @@ pub fn select(spec: &str) -> anyhow::Result<Device> {
             Device::Cuda(index)
         }
     };
+    if !CUDA_LINKED {
+        tracing::info!("CPU-only build: libtorch_cuda was not linked, so no GPU will be used");
+    }
     tracing::info!(
         device = ?device,
+        cuda_linked = CUDA_LINKED,
         cuda_available = cuda,
         cudnn_available = cudnn,
         cuda_device_count = count,
         "libtorch device selected"
     );
     Ok(device)
+}
+
+#[cfg(test)]
+mod cuda_link_tests {
+    use super::*;
+
+    /// A CPU build says so when CUDA is asked for (the start-up line logs it too).
+    #[test]
+    fn a_cpu_build_refuses_cuda_naming_the_gpu_bundle() {
+        if CUDA_LINKED {
+            return; // a GPU build: covered by scripts/gpu-check.sh
+        }
+        let err = select("cuda").unwrap_err().to_string();
+        assert!(
+            err.contains("without libtorch_cuda") && err.contains("gpu-bundle"),
+            "{err}"
+        );
+        assert_eq!(select("auto").unwrap(), Device::Cpu);
+    }
 }

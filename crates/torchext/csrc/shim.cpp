@@ -3,6 +3,7 @@
 // Every function catches C++ exceptions and returns them as a malloc'ed message (NULL on
 // success) that the caller frees with torchext_free_error: no exception crosses into Rust.
 // Tensors are passed as tch's handles, which are `at::Tensor*` (torch-sys's torch_api.h).
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
@@ -92,6 +93,23 @@ char *torchext_fused_adam(at::Tensor **params, at::Tensor **grads,
                      beta2, weight_decay, eps, /*amsgrad=*/false,
                      /*maximize=*/false, scale, inf);
   })
+}
+
+// torch.use_deterministic_algorithms(on, warn_only=warn_only) plus cuDNN's deterministic mode
+// (and no cuDNN benchmarking, whose algorithm choice varies between runs).
+char *torchext_set_deterministic(bool on, bool warn_only) {
+  TORCHEXT_PROTECT({
+    at::globalContext().setDeterministicAlgorithms(on, warn_only);
+    at::globalContext().setDeterministicCuDNN(on);
+    if (on) {
+      at::globalContext().setBenchmarkCuDNN(false);
+    }
+  })
+}
+
+// Whether deterministic algorithms are on (torch.are_deterministic_algorithms_enabled()).
+bool torchext_deterministic() {
+  return at::globalContext().deterministicAlgorithms();
 }
 
 // at::_amp_foreach_non_finite_check_and_unscale_: grads *= inv_scale in place, found_inf

@@ -40,6 +40,8 @@ mod ffi {
     use super::*;
     extern "C" {
         pub fn torchext_free_error(message: *mut c_char);
+        pub fn torchext_set_deterministic(on: bool, warn_only: bool) -> *mut c_char;
+        pub fn torchext_deterministic() -> bool;
         pub fn torchext_torch_version(major: *mut c_int, minor: *mut c_int, patch: *mut c_int);
         #[allow(clippy::too_many_arguments)]
         pub fn torchext_fused_adam(
@@ -259,6 +261,23 @@ pub fn clear_grads(tensors: &[&Tensor]) -> Result<(), TorchExtError> {
     check("at::Tensor::mutable_grad().reset", msg)
 }
 
+/// `torch.use_deterministic_algorithms(on, warn_only)` with cuDNN's deterministic mode and no
+/// cuDNN benchmarking: GPU runs repeat where kernels allow. With `warn_only`, an op that has
+/// no deterministic kernel (grid sampling's backward on CUDA, for one) warns naming itself and
+/// runs anyway; without, it raises. No effect on the CPU kernels this project uses, which are
+/// deterministic already.
+pub fn set_deterministic(on: bool, warn_only: bool) -> Result<(), TorchExtError> {
+    // SAFETY: plain flags in libtorch's global context.
+    let msg = unsafe { ffi::torchext_set_deterministic(on, warn_only) };
+    check("at::globalContext().setDeterministicAlgorithms", msg)
+}
+
+/// Whether deterministic algorithms are on (`torch.are_deterministic_algorithms_enabled()`).
+pub fn deterministic() -> bool {
+    // SAFETY: reads a flag of libtorch's global context.
+    unsafe { ffi::torchext_deterministic() }
+}
+
 /// The device family autocast is switched for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AutocastDevice {
@@ -427,6 +446,16 @@ mod tests {
         unscale_check_(&[&g3], &found, &inv).unwrap();
         assert_eq!(found.double_value(&[0]), 1.0);
         assert!(unscale_check_(&[&g1], &found, &Tensor::from(0.5f64)).is_err());
+    }
+
+    #[test]
+    fn deterministic_mode_switches_libtorchs_flag() {
+        let before = deterministic();
+        set_deterministic(true, true).unwrap();
+        assert!(deterministic());
+        set_deterministic(false, false).unwrap();
+        assert!(!deterministic());
+        set_deterministic(before, true).unwrap();
     }
 
     #[test]

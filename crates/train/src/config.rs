@@ -45,6 +45,12 @@ pub struct TrainConfig {
     /// libtorch intra-op threads on the CPU; 0 keeps libtorch's choice (one per core).
     /// Default: 0.
     pub threads: usize,
+    /// Repeatable GPU runs where kernels allow: libtorch's deterministic algorithms (an op
+    /// without a deterministic CUDA kernel, such as grid sampling's backward, warns naming
+    /// itself and runs anyway), cuDNN's deterministic mode without benchmarking, and
+    /// `CUBLAS_WORKSPACE_CONFIG=:4096:8` unless set. Slower on a GPU; CPU runs are
+    /// deterministic already. Default: false.
+    pub deterministic: bool,
     /// Shapes of G, R and D (defaults: the `preset`'s).
     pub model: ModelConfig,
     /// Loss weights (model crate defaults: L1 20, SSIM 10, lung weight 10, LSGAN 1,
@@ -87,6 +93,7 @@ impl Default for TrainConfig {
             seed: 42,
             device: "auto".into(),
             threads: 0,
+            deterministic: false,
             model: ModelConfig::default(),
             loss: LossConfig::default(),
             lung_curriculum: LungCurriculumConfig::default(),

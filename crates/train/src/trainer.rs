@@ -138,6 +138,9 @@ impl Trainer {
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
         }
+        if cfg.deterministic {
+            make_deterministic()?;
+        }
         let device = model::device::select(&cfg.device)?;
         let mut human = HumanLog::open(&run.log())?;
         let sampler = training_sampler(&cfg, &ds, &spec.data)?;
@@ -482,6 +485,21 @@ impl Trainer {
                 .flatten(),
         }
     }
+}
+
+/// `deterministic = true`: see [`TrainConfig::deterministic`]. cuBLAS reads its workspace
+/// setting when its first handle is made, so this runs before any network exists.
+fn make_deterministic() -> anyhow::Result<()> {
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        // set during start-up, before the loader threads and libtorch's CUDA use
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
+    torchext::set_deterministic(true, true)?;
+    tracing::info!(
+        "deterministic: libtorch's deterministic algorithms and cuDNN's deterministic mode are \
+         on; ops without a deterministic CUDA kernel warn and run anyway"
+    );
+    Ok(())
 }
 
 /// A resumed run's weights, moments, step, best score and metrics from `checkpoints/latest`;

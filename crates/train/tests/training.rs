@@ -173,3 +173,22 @@ fn a_non_finite_loss_stops_with_a_snapshot() {
         .iter()
         .all(|e| !(e["event"] == "train" && e["step"].as_u64().unwrap() >= 2)));
 }
+
+/// `deterministic = true` (#12): libtorch's deterministic mode is on for the run, and on the
+/// CPU, whose kernels are deterministic already, the curve is the default run's, bit for bit.
+#[test]
+fn deterministic_mode_is_switched_on_and_changes_nothing_on_the_cpu() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("default"), tmp.path().join("deterministic"));
+    train(&new_run(tiny(3), &data, &a)).unwrap();
+    let mut cfg = tiny(3);
+    cfg.deterministic = true;
+    train(&new_run(cfg, &data, &b)).unwrap();
+    assert!(torchext::deterministic());
+    torchext::set_deterministic(false, false).unwrap();
+    assert_eq!(losses(&a), losses(&b));
+    let text = std::fs::read_to_string(b.join("config.toml")).unwrap();
+    assert!(text.contains("deterministic = true"), "{text}");
+}

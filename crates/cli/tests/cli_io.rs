@@ -62,8 +62,9 @@ fn errors_name_the_file_and_exit_non_zero() {
     std::fs::write(&bad, b"definitely not nifti").unwrap();
     let (out, _, se) = run(bin().arg("info").arg(&bad));
     assert!(!out.status.success());
+    // the unknown format names both formats it was tried as (#15)
     assert!(
-        se.contains("broken.nii") && se.contains("truncated"),
+        se.contains("broken.nii") && se.contains("NIfTI-1") && se.contains("DICOM"),
         "{se}"
     );
 
@@ -82,4 +83,26 @@ fn errors_name_the_file_and_exit_non_zero() {
         .arg(tmp.path().join("x.txt")));
     assert!(!out.status.success());
     assert!(se.contains("x.txt"), "{se}");
+}
+
+/// #15: `info` and `convert` take a single DICOM file, whatever its name (they answered "not a
+/// NIfTI-1 file" for `slice.dcm`); the conversion equals the folder's.
+#[test]
+fn a_single_dicom_file_is_read_by_its_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slice = tmp.path().join("slice.dcm");
+    std::fs::copy(volume_data().join("dicom/CT_small/CT_small.dcm"), &slice).unwrap();
+    let (out, so, se) = run(bin().args(["info", "--json"]).arg(&slice));
+    assert!(out.status.success(), "{se}");
+    let v: serde_json::Value = serde_json::from_str(&so).unwrap();
+    assert_eq!(v["format"], "DICOM");
+    assert_eq!(v["size"], serde_json::json!([128, 128, 1]));
+
+    let (a, b) = (tmp.path().join("a.nii.gz"), tmp.path().join("b.nii.gz"));
+    let (out, _, se) = run(bin().args(["convert"]).arg(&slice).arg("--out").arg(&a));
+    assert!(out.status.success(), "{se}");
+    let folder = volume_data().join("dicom/CT_small");
+    let (out, _, se) = run(bin().args(["convert"]).arg(&folder).arg("--out").arg(&b));
+    assert!(out.status.success(), "{se}");
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }

@@ -8,7 +8,8 @@ use volume::io::{dicom, is_nifti_path, nifti, read_volume};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A DICOM series folder or a NIfTI file.
+    /// A DICOM series folder, a single DICOM file or a NIfTI file (told by content, whatever
+    /// the name).
     pub input: PathBuf,
     /// Output NIfTI file (.nii or .nii.gz); float32 HU.
     #[arg(long)]
@@ -25,12 +26,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.out.display()
         );
     }
-    let volume = if args.input.is_dir() {
+    let dicom_input =
+        args.input.is_dir() || volume::io::sniff(&args.input)? == volume::io::FileFormat::Dicom;
+    let volume = if dicom_input {
         dicom::read_series(&args.input, args.series.as_deref())?.volume
     } else {
         if args.series.is_some() {
             anyhow::bail!(
-                "--series applies to a DICOM folder, not to {}",
+                "--series applies to DICOM, not to the NIfTI file {}",
                 args.input.display()
             );
         }

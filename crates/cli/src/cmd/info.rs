@@ -95,10 +95,22 @@ fn describe(input: &Path, series: Option<&str>) -> anyhow::Result<VolumeInfo> {
             None,
         )
         .with_series(s.series_uid, list))
+    } else if volume::io::sniff(input)? == volume::io::FileFormat::Dicom {
+        // one DICOM file, whatever its name: a one-slice series
+        let s = dicom::read_series(input, series)?;
+        let summary = vec![s.summary.clone()];
+        Ok(base(
+            input,
+            "DICOM",
+            s.summary.transfer_syntax.clone(),
+            &s.volume,
+            None,
+        )
+        .with_series(s.series_uid, summary))
     } else {
         if series.is_some() {
             anyhow::bail!(
-                "--series applies to a DICOM folder, not to {}",
+                "--series applies to DICOM, not to the NIfTI file {}",
                 input.display()
             );
         }

@@ -19,7 +19,10 @@ pub const AIR_HU: f32 = -1024.0;
 pub fn read_ct(path: &Path, series: Option<&str>) -> Result<Volume> {
     let mut v = match (path.is_dir(), series) {
         (true, series) => dicom::read_series(path, series)?.volume,
-        (false, _) => nifti::read_nifti(path)?,
+        (false, series) => match sniff(path)? {
+            FileFormat::Nifti => nifti::read_nifti(path)?,
+            FileFormat::Dicom => dicom::read_series(path, series)?.volume,
+        },
     };
     let padded = pad_to_air(&mut v.data);
     if padded > 0 {
@@ -65,13 +68,58 @@ pub fn check_finite_voxels(path: &Path, data: &Array3<f32>) -> Result<()> {
     ))
 }
 
-/// Reads a CT volume in HU from a NIfTI file or a DICOM series folder (the largest CT series
-/// when the folder holds several; see [`dicom::read_series`] to choose one).
+/// What a file holds, told by its first bytes (never by its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// A NIfTI-1 header (`sizeof_hdr` 348 in either byte order), or a gzip stream (a
+    /// `.nii.gz`; its header is checked when it is read).
+    Nifti,
+    /// A DICOM file: `DICM` after the 128-byte preamble, or a bare data set that starts with
+    /// an implicit-VR element of group 0x0002 or 0x0008 (what old scanners write).
+    Dicom,
+}
+
+/// The format of file `path` from its content; errors name the file and both formats tried.
+pub fn sniff(path: &Path) -> Result<FileFormat> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(132);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(132).read_to_end(&mut head))
+        .map_err(|e| VolumeError::io(path, e))?;
+    let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    if head.len() >= 132 && &head[128..132] == b"DICM" {
+        return Ok(FileFormat::Dicom);
+    }
+    if head.len() >= 2 && head[..2] == [0x1f, 0x8b] {
+        return Ok(FileFormat::Nifti);
+    }
+    if head.len() >= 4 && (le32(&head) == 348 || le32(&head).swap_bytes() == 348) {
+        return Ok(FileFormat::Nifti);
+    }
+    // implicit VR little endian: group (0x0002 or 0x0008), element, 32-bit length
+    if head.len() >= 8 && matches!(head[..2], [0x02, 0x00] | [0x08, 0x00]) && head[3] == 0x00 {
+        let length = le32(&head[4..8]);
+        if length < 1 << 16 {
+            return Ok(FileFormat::Dicom);
+        }
+    }
+    Err(VolumeError::format(
+        path,
+        "neither a NIfTI-1 file (no 348-byte header, not gzip) nor a DICOM file (no DICM \
+         preamble, no implicit-VR data set)",
+    ))
+}
+
+/// Reads a CT volume in HU from a NIfTI file, a DICOM file, or a DICOM series folder (the
+/// largest CT series when the folder holds several; see [`dicom::read_series`] to choose
+/// one). A file's format is told by its content ([`sniff`]), whatever its name.
 pub fn read_volume(path: &Path) -> Result<Volume> {
     if path.is_dir() {
-        dicom::read_series(path, None).map(|s| s.volume)
-    } else {
-        nifti::read_nifti(path)
+        return dicom::read_series(path, None).map(|s| s.volume);
+    }
+    match sniff(path)? {
+        FileFormat::Nifti => nifti::read_nifti(path),
+        FileFormat::Dicom => dicom::read_series(path, None).map(|s| s.volume),
     }
 }
 

@@ -99,9 +99,14 @@ fn no_dicom_error(dir: &Path, scan: &scan::FolderScan) -> VolumeError {
 }
 
 /// Reads one DICOM series from `dir`: the one with `series_uid`, or else the CT series with
-/// the most files (any modality if there is no CT), logging the others at info level.
+/// the most files (any modality if there is no CT), logging the others at info level. `dir`
+/// may also be a single DICOM file (a one-slice series).
 pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<DicomSeries> {
-    let mut scan = scan::scan_folder(dir)?;
+    let mut scan = if dir.is_file() {
+        scan::scan_files(dir, vec![dir.to_path_buf()])
+    } else {
+        scan::scan_folder(dir)?
+    };
     if scan.series.is_empty() {
         return Err(no_dicom_error(dir, &scan));
     }

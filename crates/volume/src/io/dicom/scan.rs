@@ -121,6 +121,13 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
         }
     }
     files.sort();
+    Ok(scan_files(dir, files))
+}
+
+/// Reads the header of each of `files` (a folder's, or one file given alone); `label` names
+/// them in the log.
+pub fn scan_files(label: &Path, files: Vec<PathBuf>) -> FolderScan {
+    let dir = label;
     let mut scan = FolderScan::default();
     for path in files {
         match read_header(&path) {
@@ -137,5 +144,5 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan> {
         scan.series.len(),
         scan.skipped.len()
     );
-    Ok(scan)
+    scan
 }

@@ -27,7 +27,7 @@
 //! - **No headers.** The shape and geometry live in `meta.json` and the manifest; the file
 //!   length is checked against the shape when the dataset is opened, so a truncated store is
 //!   refused up front rather than found mid-training.
-//! - **A case folder is written whole, then renamed into place** (`volume::io::atomic`), so a
+//! - **A case folder is written whole, then renamed into place** (`util::atomic`), so a
 //!   store that exists is complete. Replacing a case renames a new folder in; readers that have
 //!   the old files mapped keep reading the old inodes, so re-preparing never corrupts a
 //!   running training's view (it just won't see the change until it reopens).

@@ -1,5 +1,5 @@
 //! Training's validation and `predict` translate a volume with the same code
-//! (`train::translate`): for the same generator and window, the validator's prediction equals
+//! (`infer::translate`): for the same generator and window, the validator's prediction equals
 //! the `Translator`'s bit for bit, so a validation score is the score of what predict writes.
 //!
 //! Before they shared it, validation padded slices at the bottom and right and predict

@@ -84,9 +84,14 @@ fn model_summary(preset: &str, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn describe(input: &Path, series: Option<&str>) -> anyhow::Result<VolumeInfo> {
-    if input.is_dir() {
-        let list = dicom::list_series(input)?;
+    let dicom_file = !input.is_dir() && volume::io::sniff(input)? == volume::io::FileFormat::Dicom;
+    if input.is_dir() || dicom_file {
         let s = dicom::read_series(input, series)?;
+        // a folder lists every series it holds; one file, whatever its name, is one series
+        let list = match dicom_file {
+            true => vec![s.summary.clone()],
+            false => dicom::list_series(input)?,
+        };
         Ok(base(
             input,
             "DICOM",
@@ -95,18 +100,6 @@ fn describe(input: &Path, series: Option<&str>) -> anyhow::Result<VolumeInfo> {
             None,
         )
         .with_series(s.series_uid, list))
-    } else if volume::io::sniff(input)? == volume::io::FileFormat::Dicom {
-        // one DICOM file, whatever its name: a one-slice series
-        let s = dicom::read_series(input, series)?;
-        let summary = vec![s.summary.clone()];
-        Ok(base(
-            input,
-            "DICOM",
-            s.summary.transfer_syntax.clone(),
-            &s.volume,
-            None,
-        )
-        .with_series(s.series_uid, summary))
     } else {
         if series.is_some() {
             anyhow::bail!(

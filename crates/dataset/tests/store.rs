@@ -320,3 +320,24 @@ fn a_damaged_slice_is_caught_when_it_is_read() {
         StoreError::Damaged { z: 0, .. }
     ));
 }
+
+/// A store's `checksums.json` that does not describe its slices is refused at open, naming it.
+#[test]
+fn a_wrong_checksums_file_is_refused_at_open() {
+    let t = tempfile::tempdir().unwrap();
+    write_dataset(t.path(), &[("p1", Split::Train, 0.0)]);
+    let file = t.path().join("cases/p1/checksums.json");
+    std::fs::write(
+        &file,
+        r#"{"ncct": [1], "ctpa": [1], "body": [1], "lung": [1]}"#,
+    )
+    .unwrap();
+    let e = PreparedDataset::open(t.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("checksums.json") && e.contains("1 checksums for 5 slices"),
+        "{e}"
+    );
+    std::fs::write(&file, b"garbage").unwrap();
+    let e = PreparedDataset::open(t.path()).unwrap_err().to_string();
+    assert!(e.contains("checksums.json"), "{e}");
+}

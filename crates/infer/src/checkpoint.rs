@@ -115,7 +115,7 @@ pub fn write_checksums(dir: &Path) -> anyhow::Result<()> {
         if name == CHECKSUMS_FILE || !path.is_file() {
             continue;
         }
-        sums.insert(name, sha256(&path)?);
+        sums.insert(name, util::checksum::sha256_path(&path)?);
     }
     let json = serde_json::json!({ "sha256": sums });
     std::fs::write(dir.join(CHECKSUMS_FILE), serde_json::to_vec_pretty(&json)?)
@@ -153,7 +153,7 @@ pub fn verify_checksums(dir: &Path, files: Option<&[&str]>) -> anyhow::Result<()
             continue;
         };
         let file = dir.join(name);
-        let now = sha256(&file)?;
+        let now = util::checksum::sha256_path(&file)?;
         if &now != recorded {
             bail!(
                 "{}: damaged (SHA-256 {} recorded when the checkpoint was written, {} now)",
@@ -164,10 +164,6 @@ pub fn verify_checksums(dir: &Path, files: Option<&[&str]>) -> anyhow::Result<()
         }
     }
     Ok(())
-}
-
-fn sha256(path: &Path) -> anyhow::Result<String> {
-    util::checksum::sha256_path(path).map_err(|(p, e)| anyhow::anyhow!("{}: {e}", p.display()))
 }
 
 /// A checkpoint folder from what a user names: a checkpoint folder itself, or a run folder

@@ -250,10 +250,15 @@ impl TestHooks {
     pub const ENV: &'static str = "NCCT2CTPA_TEST_HOOKS";
 
     /// These hooks, with those the environment sets (see [`Self::ENV`]) on top.
-    pub fn with_env(mut self) -> anyhow::Result<Self> {
-        let Ok(text) = std::env::var(Self::ENV) else {
-            return Ok(self);
-        };
+    pub fn with_env(self) -> anyhow::Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(text) => self.with(&text),
+            Err(_) => Ok(self),
+        }
+    }
+
+    /// These hooks with `text` (`KEY=STEP,...`, the environment variable's value) on top.
+    pub fn with(mut self, text: &str) -> anyhow::Result<Self> {
         for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let (key, value) = item
                 .split_once('=')
@@ -645,6 +650,22 @@ mod tests {
             !text.contains("debug") && !text.contains("stop_after"),
             "{text}"
         );
+    }
+
+    /// The hooks' environment variable: its keys, and a clear error for anything else.
+    #[test]
+    fn test_hooks_parse_and_refuse_bad_values() {
+        let h = TestHooks::default()
+            .with("stop_after_step=5, inject_nan_at_step=2")
+            .unwrap();
+        assert_eq!(
+            (h.stop_after_step, h.inject_nan_at_step),
+            (Some(5), Some(2))
+        );
+        for bad in ["stop_after_step", "stop_after_step=x", "typo=3"] {
+            let err = TestHooks::default().with(bad).unwrap_err().to_string();
+            assert!(err.contains(TestHooks::ENV), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -101,7 +101,10 @@ pub fn image_losses(
 /// SHA-256 (hex) of a weights file, with the workspace's one checksum helper.
 fn sha256(path: &std::path::Path) -> anyhow::Result<String> {
     util::checksum::sha256_path(path)
-        .map_err(|(p, e)| PerceptualError::Read { path: p, source: e })
+        .map_err(|e| PerceptualError::Read {
+            path: e.path,
+            source: e.source,
+        })
         .context("checksumming the perceptual loss's VGG weights")
 }
 

@@ -33,8 +33,7 @@ impl DatasetRecord {
     /// The record of the prepared dataset at `data`.
     pub fn of(data: &Path) -> anyhow::Result<Self> {
         let manifest = data.join(dataset::manifest::MANIFEST_FILE);
-        let manifest_sha256 = util::checksum::sha256_path(&manifest)
-            .map_err(|(path, e)| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let manifest_sha256 = util::checksum::sha256_path(&manifest)?;
         let path = std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf());
         Ok(Self {
             path,

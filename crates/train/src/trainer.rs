@@ -540,9 +540,10 @@ fn open_run(
             cfg.resolve(ds.window(), probe.len())?;
             check_crop_fits(&cfg, ds, &spec.data)?;
             cfg.hooks = cfg.hooks.clone().with_env()?;
+            // everything that can fail on the input comes before the run folder exists
+            let record = DatasetRecord::of(&spec.data)?;
             let run = RunDir::create_new(&spec.run)?;
             let lock = run.lock()?;
-            let record = DatasetRecord::of(&spec.data)?;
             write_text_atomic(
                 &run.dataset_record(),
                 &serde_json::to_string_pretty(&record)?,

@@ -283,3 +283,29 @@ fn a_damaged_checkpoint_is_caught_and_resume_falls_back_to_an_intact_one() {
         "{resumed:?}"
     );
 }
+
+/// The run's own records, damaged, are errors naming the file (not a silent pass): a
+/// `dataset.json` that is not JSON stops a resume; a `checksums.json` that is not JSON stops
+/// inference from that checkpoint.
+#[test]
+fn damaged_run_records_are_errors_naming_the_file() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    stopped_run(&data, &run, 6, 3);
+    std::fs::write(run.join("dataset.json"), b"{ not json").unwrap();
+    let err = format!(
+        "{:#}",
+        train(&resume_run(&data, &run, Default::default())).unwrap_err()
+    );
+    assert!(err.contains("dataset.json"), "{err}");
+
+    let latest = run.join("checkpoints/latest");
+    std::fs::write(latest.join("checksums.json"), b"[1, 2").unwrap();
+    let err = format!(
+        "{:#}",
+        infer::checkpoint::load_generator(&latest, tch::Device::Cpu).unwrap_err()
+    );
+    assert!(err.contains("checksums.json"), "{err}");
+}

@@ -47,11 +47,24 @@ fn files_below(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A file that could not be read for its checksum.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot read for its checksum: {source}", path.display())]
+pub struct ChecksumError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// SHA-256 (lower-case hex) of a file, or of a folder: for each non-hidden file below it in
 /// sorted relative-path order, the path, a NUL, the length as 8 little-endian bytes and the
 /// content. Renaming, adding or changing any file of a DICOM series changes the checksum.
 /// Errors name the file that could not be read.
-pub fn sha256_path(path: &Path) -> Result<String, (PathBuf, std::io::Error)> {
+pub fn sha256_path(path: &Path) -> Result<String, ChecksumError> {
+    sha256_inner(path).map_err(|(path, source)| ChecksumError { path, source })
+}
+
+fn sha256_inner(path: &Path) -> Result<String, (PathBuf, std::io::Error)> {
     let mut hasher = Sha256::new();
     let meta = std::fs::metadata(path).map_err(|e| (path.to_path_buf(), e))?;
     if meta.is_dir() {

@@ -103,8 +103,10 @@ fn check_alignment(r: &RigidResult, pair: &CasePair) -> Result<(), CaseError> {
 }
 
 fn record(source: &Source) -> Result<SourceRecord, CaseError> {
-    let sha256 =
-        sha256_path(&source.path).map_err(|(path, source)| CaseError::Checksum { path, source })?;
+    let sha256 = sha256_path(&source.path).map_err(|e| CaseError::Checksum {
+        path: e.path,
+        source: e.source,
+    })?;
     Ok(SourceRecord {
         path: source.path.clone(),
         kind: source.kind,

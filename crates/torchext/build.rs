@@ -1,4 +1,5 @@
-//! Compiles `csrc/shim.cpp` against the libtorch headers of the libtorch tch links
+//! Compiles `csrc/shim.cpp` and `csrc/dist.cpp` (c10d; with `csrc/gloo_decl` for the gloo
+//! names its Gloo header mentions) against the libtorch headers of the libtorch tch links
 //! (`LIBTORCH`, as for torch-sys; `.cargo/config.toml` points it at `.venv/libtorch`), and
 //! adds an rpath for its `lib/` so this crate's own test binaries run without
 //! `LD_LIBRARY_PATH` (the crates that link it get theirs from `scripts/torch-build.rs`).
@@ -6,7 +7,9 @@
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/shim.cpp");
+    for file in ["shim.cpp", "dist.cpp", "protect.h", "gloo_decl"] {
+        println!("cargo:rerun-if-changed=csrc/{file}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
@@ -23,11 +26,15 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/shim.cpp")
+        .file("csrc/dist.cpp")
         .include(&include)
+        .include("csrc/gloo_decl")
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // ProcessGroupGloo.hpp is compiled only with this (the wheel's libtorch has Gloo)
+        .define("USE_C10D_GLOO", None)
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .compile("torchext_shim");

@@ -1,4 +1,5 @@
-// C ABI over the few libtorch functions tch 0.26 does not bind (see src/lib.rs).
+// C ABI over the few libtorch functions tch 0.24 does not bind (see src/lib.rs);
+// the distributed engine (c10d) is in dist.cpp.
 //
 // Every function catches C++ exceptions and returns them as a malloc'ed message (NULL on
 // success) that the caller frees with torchext_free_error: no exception crosses into Rust.
@@ -10,41 +11,15 @@
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/leaky_relu.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <torch/headeronly/version.h>
-#include <vector>
+
+#include <stdexcept>
+
+#include "protect.h"
+
+using torchext::list;
 
 namespace {
-
-char *error_message(const char *what) {
-  size_t n = std::strlen(what);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, what, n + 1);
-  }
-  return out;
-}
-
-#define TORCHEXT_PROTECT(...)                                                 \
-  try {                                                                        \
-    __VA_ARGS__;                                                                  \
-    return nullptr;                                                            \
-  } catch (const std::exception &e) {                                          \
-    return error_message(e.what());                                            \
-  } catch (...) {                                                              \
-    return error_message("unknown C++ exception");                             \
-  }
-
-std::vector<at::Tensor> list(at::Tensor **ts, size_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    out.push_back(*ts[i]);
-  }
-  return out;
-}
 
 // Device codes: 0 = CPU, 1 = CUDA.
 c10::DeviceType device_type(int code) {

@@ -13,7 +13,10 @@
 //!   toggles libtorch's deprecated `at::autocast::set_enabled(bool)` (CUDA, default dtype
 //!   f16) and does nothing when CUDA is absent, so it cannot do bf16 or CPU autocast.
 //!
-//! The C++ side (`csrc/shim.cpp`) catches every exception and returns its message; here it
+//! * [`dist`]: PyTorch's distributed engine, c10d (TCPStore, PrefixStore, ProcessGroupGloo),
+//!   which tch does not bind at all.
+//!
+//! The C++ side (`csrc/shim.cpp`, `csrc/dist.cpp`) catches every exception and returns its message; here it
 //! becomes a [`TorchExtError`]. Argument checks that libtorch would turn into exceptions deep
 //! in a kernel (list lengths, devices) are made here first with clearer messages.
 
@@ -23,6 +26,8 @@ use std::marker::PhantomData;
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
 use tracing::trace;
+
+pub mod dist;
 
 /// A libtorch call that failed, with libtorch's message.
 #[derive(Debug, Error)]
@@ -34,7 +39,7 @@ pub enum TorchExtError {
 }
 
 /// A tch tensor handle as the shim sees it (`at::Tensor*`).
-type Raw = *mut std::ffi::c_void;
+pub(crate) type Raw = *mut std::ffi::c_void;
 
 mod ffi {
     use super::*;
@@ -79,7 +84,7 @@ mod ffi {
 }
 
 /// Turns the shim's returned message into a result (and frees it).
-fn check(op: &'static str, message: *mut c_char) -> Result<(), TorchExtError> {
+pub(crate) fn check(op: &'static str, message: *mut c_char) -> Result<(), TorchExtError> {
     if message.is_null() {
         return Ok(());
     }
@@ -107,7 +112,7 @@ fn raw(t: &Tensor) -> Raw {
     t.as_ptr() as Raw
 }
 
-fn raws(ts: &[&Tensor]) -> Vec<Raw> {
+pub(crate) fn raws(ts: &[&Tensor]) -> Vec<Raw> {
     ts.iter().map(|t| raw(t)).collect()
 }
 

@@ -9,6 +9,13 @@
 //!   epoch visits every slice once;
 //! - the crop and augmentation come from the RNG stream `(seed, k)`.
 //!
+//! With data parallelism ([`Shard`]), step `s`'s global batch is the `world * batch_size`
+//! samples `k = s * world * batch_size + j`, and rank `r` takes every `world`-th of them
+//! (`j = i * world + r`), as torch's `DistributedSampler` deals a permutation: the ranks
+//! together see exactly the samples one process with the global batch would, each sample with
+//! its own augmentation stream. The stream of samples never ends (the epoch is `k / N`), so no
+//! padding to a multiple of the world size is needed.
+//!
 //! So the loader has no state to save: resuming at step `s` reproduces exactly the batches an
 //! uninterrupted run would have seen, any number of worker threads produce the same batches,
 //! and nothing about the loader needs to go into a checkpoint.
@@ -94,11 +101,26 @@ pub struct Batch {
 /// Stream offset separating the permutation RNGs from the per-sample RNGs.
 const PERMUTATION_SALT: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// This process's share of every global batch: rank `rank` of `world` (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Shard {
+    /// The whole batch: one process.
+    fn default() -> Self {
+        Self { rank: 0, world: 1 }
+    }
+}
+
 /// Draws reproducible batches from a [`SliceSource`].
 pub struct Sampler<S> {
     source: Arc<S>,
     keys: Vec<SliceKey>,
     cfg: SamplerConfig,
+    shard: Shard,
 }
 
 impl<S> std::fmt::Debug for Sampler<S> {
@@ -130,7 +152,28 @@ impl<S: SliceSource> Sampler<S> {
             )));
         }
         cfg.augment.validate().map_err(SamplerError::Invalid)?;
-        Ok(Self { source, keys, cfg })
+        Ok(Self {
+            source,
+            keys,
+            cfg,
+            shard: Shard::default(),
+        })
+    }
+
+    /// This sampler drawing only `shard`'s samples of each global batch.
+    pub fn with_shard(mut self, shard: Shard) -> Result<Self, SamplerError> {
+        if shard.world == 0 || shard.rank >= shard.world {
+            return Err(SamplerError::Invalid(format!(
+                "rank {} of a world of {}",
+                shard.rank, shard.world
+            )));
+        }
+        self.shard = shard;
+        Ok(self)
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -142,9 +185,9 @@ impl<S: SliceSource> Sampler<S> {
         self.keys.len()
     }
 
-    /// The (fractional) epoch reached after `steps` steps.
+    /// The (fractional) epoch reached after `steps` steps (of the global batch).
     pub fn epoch_at(&self, steps: u64) -> f64 {
-        (steps as f64 * self.cfg.batch_size as f64) / self.keys.len() as f64
+        (steps as f64 * (self.cfg.batch_size * self.shard.world) as f64) / self.keys.len() as f64
     }
 
     /// The slice that global sample index `k` reads.
@@ -174,12 +217,13 @@ impl<S: SliceSource> Sampler<S> {
         Ok((key, out))
     }
 
-    /// The batch of training step `step` (0-based).
+    /// This shard's batch of training step `step` (0-based).
     pub fn batch(&self, step: u64) -> Result<Batch, SamplerError> {
         let b = self.cfg.batch_size;
         let c = self.cfg.crop_size;
         let n = self.keys.len() as u64;
-        let first = step * b as u64;
+        let (rank, world) = (self.shard.rank as u64, self.shard.world as u64);
+        let first = step * b as u64 * world;
         // A batch spans at most two epochs: keep the current permutation.
         let mut perm_epoch = u64::MAX;
         let mut perm = Vec::new();
@@ -192,7 +236,7 @@ impl<S: SliceSource> Sampler<S> {
             body: Array4::zeros((b, 1, c, c)),
         };
         for i in 0..b {
-            let k = first + i as u64;
+            let k = first + i as u64 * world + rank;
             let epoch = k / n;
             if epoch != perm_epoch {
                 perm = epoch_permutation(self.cfg.seed, epoch, self.keys.len());

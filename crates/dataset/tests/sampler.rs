@@ -2,7 +2,7 @@
 //! resumable, and it visits every training slice once per epoch.
 
 use dataset::augment::{AugmentConfig, SlicePair};
-use dataset::sampler::{InMemorySource, Loader, Sampler, SamplerConfig, SliceKey};
+use dataset::sampler::{InMemorySource, Loader, Sampler, SamplerConfig, Shard, SliceKey};
 use ndarray::Array2;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -55,6 +55,59 @@ fn batches_are_reproducible_and_seed_dependent() {
     }
     assert_ne!(a.batch(0).unwrap().ncct, c.batch(0).unwrap().ncct);
     assert_ne!(a.batch(0).unwrap().ncct, a.batch(1).unwrap().ncct);
+}
+
+/// Data parallelism: the shards of a world of 3 with batch 2 are, element by element, the
+/// global batch of 6 that one process draws (rank r holds elements r, r + 3), augmentation
+/// included; and the epoch counts global samples.
+#[test]
+fn shards_deal_the_global_batch_like_distributed_sampler() {
+    let whole = sampler(7, 6);
+    let shard = |rank| {
+        let src = Arc::new(source());
+        let cfg = whole.config().clone();
+        let keys = src.keys();
+        Sampler::new(
+            src,
+            keys,
+            SamplerConfig {
+                batch_size: 2,
+                ..cfg
+            },
+        )
+        .unwrap()
+        .with_shard(Shard { rank, world: 3 })
+        .unwrap()
+    };
+    let shards: Vec<_> = (0..3).map(shard).collect();
+    for step in [0u64, 1, 5] {
+        let global = whole.batch(step).unwrap();
+        for (rank, s) in shards.iter().enumerate() {
+            let part = s.batch(step).unwrap();
+            for i in 0..2 {
+                let j = i * 3 + rank;
+                assert_eq!(
+                    part.keys[i], global.keys[j],
+                    "step {step} rank {rank} elem {i}"
+                );
+                assert_eq!(
+                    part.ncct.index_axis(ndarray::Axis(0), i),
+                    global.ncct.index_axis(ndarray::Axis(0), j)
+                );
+            }
+        }
+    }
+    assert_eq!(shards[1].epoch_at(3), whole.epoch_at(3));
+    assert_eq!(shards[0].shard(), Shard { rank: 0, world: 3 });
+    let src = Arc::new(source());
+    let keys = src.keys();
+    let bad = Sampler::new(src, keys, whole.config().clone())
+        .unwrap()
+        .with_shard(Shard { rank: 3, world: 3 });
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("rank 3 of a world of 3"));
 }
 
 #[test]

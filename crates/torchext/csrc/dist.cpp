@@ -78,7 +78,8 @@ char *torchext_store_tcp(const char *host, uint16_t port, bool is_server,
     if (world_size > 0) {
       opts.numWorkers = static_cast<size_t>(world_size);
     }
-    opts.waitWorkers = true;
+    // a server without a known world (a stand-alone store) does not wait for workers
+    opts.waitWorkers = world_size > 0;
     opts.timeout = milliseconds(timeout_ms);
     opts.multiTenant = true;
     c10::intrusive_ptr<c10d::Store> store =

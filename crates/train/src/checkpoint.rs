@@ -70,6 +70,14 @@ pub struct TrainState {
     /// The HU window of the network's [-1, 1] scale.
     pub window: IntensityWindow,
     pub config: TrainConfig,
+    /// Data-parallel processes that trained up to this checkpoint (1 before distributed
+    /// training existed): a resume with another number is logged.
+    #[serde(default = "one_process")]
+    pub world_size: usize,
+}
+
+fn one_process() -> usize {
+    1
 }
 
 impl TrainState {
@@ -86,6 +94,7 @@ impl TrainState {
             },
             window: cfg.window(),
             config: cfg.clone(),
+            world_size: 1,
         }
     }
 }

@@ -242,6 +242,9 @@ pub struct TestHooks {
     /// Stop (without the final checkpoint) after this step, as if the process had been
     /// killed there: tests of `--resume` use it. Ignored once the run has passed it.
     pub stop_after_step: Option<u64>,
+    /// From this step on, every rank logs a digest of all its weights after each step (the
+    /// data-parallel tests compare the ranks').
+    pub weight_digests_from_step: Option<u64>,
 }
 
 impl TestHooks {
@@ -270,6 +273,7 @@ impl TestHooks {
             match key.trim() {
                 "inject_nan_at_step" => self.inject_nan_at_step = Some(step),
                 "stop_after_step" => self.stop_after_step = Some(step),
+                "weight_digests_from_step" => self.weight_digests_from_step = Some(step),
                 other => bail!("{}: unknown hook {other:?}", Self::ENV),
             }
         }

@@ -14,11 +14,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Appends events to `metrics.jsonl`.
+/// Appends events to `metrics.jsonl` (or nowhere: [`EventLog::disabled`]).
 #[derive(Debug)]
 pub struct EventLog {
     path: PathBuf,
-    file: File,
+    file: Option<File>,
 }
 
 impl EventLog {
@@ -31,8 +31,17 @@ impl EventLog {
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
         })
+    }
+
+    /// A log that writes nothing: the data-parallel ranks other than 0, which share rank 0's
+    /// run folder and leave it to rank 0.
+    pub fn disabled() -> Self {
+        Self {
+            path: PathBuf::new(),
+            file: None,
+        }
     }
 
     /// Opens the log of a run resumed at `step`: events after `step` (written after the
@@ -76,9 +85,11 @@ impl EventLog {
             line.push_str(&v.to_string());
         }
         line.push_str("}\n");
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|()| self.file.flush())
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.flush())
             .with_context(|| format!("writing {}", self.path.display()))
     }
 }
@@ -111,11 +122,12 @@ pub fn num(v: f64) -> Value {
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
-/// The human log, `train.log`: timestamped lines, appended.
+/// The human log, `train.log`: timestamped lines, appended (or nowhere:
+/// [`HumanLog::disabled`]).
 #[derive(Debug)]
 pub struct HumanLog {
     path: PathBuf,
-    file: File,
+    file: Option<File>,
 }
 
 impl HumanLog {
@@ -127,8 +139,16 @@ impl HumanLog {
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
         })
+    }
+
+    /// A log that writes nothing (the data-parallel ranks other than 0).
+    pub fn disabled() -> Self {
+        Self {
+            path: PathBuf::new(),
+            file: None,
+        }
     }
 
     /// Appends `message` (may span lines) with a UTC timestamp. Failing to write the log is
@@ -139,11 +159,10 @@ impl HumanLog {
         for l in message.lines() {
             text.push_str(&format!("{stamp}  {l}\n"));
         }
-        if let Err(e) = self
-            .file
-            .write_all(text.as_bytes())
-            .and_then(|()| self.file.flush())
-        {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        if let Err(e) = file.write_all(text.as_bytes()).and_then(|()| file.flush()) {
             tracing::warn!("cannot write {}: {e}", self.path.display());
         }
     }

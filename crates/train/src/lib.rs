@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod curriculum;
 pub mod demo;
+pub mod distributed;
 pub mod events;
 pub mod image_losses;
 pub mod nets;

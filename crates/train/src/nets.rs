@@ -101,6 +101,20 @@ impl Nets {
         })
     }
 
+    /// Every variable of G+R and D (weights and buffers: the spectral-norm vectors, norm
+    /// statistics), G+R's first, each store's by name: the same order in every process, for
+    /// the data-parallel broadcast.
+    pub fn variables_in_order(&self) -> Vec<Tensor> {
+        [&self.gr_store, &self.d_store]
+            .into_iter()
+            .flat_map(|vs| {
+                let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+                named.sort_by(|a, b| a.0.cmp(&b.0));
+                named.into_iter().map(|(_, t)| t)
+            })
+            .collect()
+    }
+
     /// Writes `generator.safetensors`, `registration.safetensors` (with R) and
     /// `discriminator.safetensors` into `dir`.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {

@@ -96,6 +96,14 @@ impl RunDir {
         Ok(dir)
     }
 
+    /// The run folder at `root` as seen by a data-parallel rank other than 0: it only reads
+    /// what rank 0 wrote (no folder is created or checked here).
+    pub fn shared(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -53,6 +53,13 @@ impl StopFlag {
         self.requested.store(true, Ordering::SeqCst);
     }
 
+    /// The number of the signal that asked to stop, if one did (the data-parallel stop vote).
+    pub fn requested_number(&self) -> Option<i32> {
+        self.requested
+            .load(Ordering::SeqCst)
+            .then(|| self.signal.load(Ordering::SeqCst) as i32)
+    }
+
     /// The signal that asked to stop, if one did (its name: "SIGTERM", ...).
     pub fn requested(&self) -> Option<&'static str> {
         if !self.requested.load(Ordering::SeqCst) {

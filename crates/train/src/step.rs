@@ -33,12 +33,21 @@
 //! the trainer's own step by subscribing to them (synchronising the device at each span
 //! boundary), so profiling needs no parameter of the step.
 //!
+//! **Data parallel** ([`train_step_synced`], [`crate::distributed`]): each backward pass is
+//! followed by the all-reduce that averages its gradients over the ranks (inside the
+//! `gr_backward` and `d_backward` parts), and before the gated updates the loss terms and
+//! statistics become their means over the ranks in one more all-reduce that also sums the
+//! ranks' stop votes. A term that is not finite on any rank is not finite in the mean, and the
+//! amp flags are computed on the averaged gradients, so every rank takes the same decisions
+//! with no further exchange; the step keeps its single read-back.
+//!
 //! The step reseeds libtorch's RNG from `(seed, step)` first, so whatever randomness the
 //! networks use (dropout, if a config adds it) is a function of the step, and a resumed run
 //! repeats the uninterrupted one without saving libtorch's generator state.
 
 use crate::amp::Autocast;
 use crate::config::TrainConfig;
+use crate::distributed::Distributed;
 use crate::image_losses::image_losses;
 use crate::nets::{Nets, Optimizers, GENERATOR, REGISTRATION};
 use crate::phases::Phase;
@@ -109,6 +118,27 @@ pub struct StepStats {
     pub perceptual: f64,
     /// The lung weight of this step (the curriculum's, else `loss.lung_weight`).
     pub lung_weight: f64,
+    /// Data parallel: the sum of the ranks' stop votes (each the signal number that asked it
+    /// to stop, 0 for none), so every rank stops after the same step. 0 in one process.
+    pub stop_votes: f64,
+}
+
+/// What a data-parallel step shares with the other ranks.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSync<'a> {
+    pub dist: &'a Distributed,
+    /// This rank's stop vote: the number of the signal that asked it to stop, 0 for none.
+    pub stop_vote: i32,
+}
+
+/// Why a step failed: a non-finite loss (every rank sees it), or a collective that failed
+/// (a peer died or hangs).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    NonFinite(#[from] NonFinite),
+    #[error("{0:#}")]
+    Peer(anyhow::Error),
 }
 
 /// A loss term that is NaN or infinite.
@@ -210,6 +240,39 @@ impl Pending {
     }
 }
 
+impl Pending {
+    /// Data parallel: every term and statistic becomes its mean over the ranks, and the ranks'
+    /// stop votes are summed into [`StepStats::stop_votes`], in one all-reduce of a packed
+    /// vector (queued on the device like the rest of the step).
+    fn share(&mut self, sync: StepSync<'_>, device: Device) -> anyhow::Result<()> {
+        let _guard = tch::no_grad_guard();
+        let n = self.terms.len() + self.stats.len();
+        let mut parts: Vec<Tensor> = self
+            .terms
+            .iter()
+            .map(|(_, t, _)| t)
+            .chain(self.stats.iter().map(|(t, _)| t))
+            .map(|t| t.to_kind(Kind::Double).reshape([1]))
+            .collect();
+        parts.push(Tensor::from_slice(&[f64::from(sync.stop_vote)]).to_device(device));
+        let packed = Tensor::cat(&parts, 0);
+        sync.dist.sum_(&packed, "sharing the step's losses")?;
+        let means = packed.narrow(0, 0, n as i64) / sync.dist.world_size() as f64;
+        let mut i = 0;
+        for (_, t, _) in &mut self.terms {
+            *t = means.get(i);
+            i += 1;
+        }
+        for (t, _) in &mut self.stats {
+            *t = means.get(i);
+            i += 1;
+        }
+        self.stats
+            .push((packed.get(n as i64), |s, v| s.stop_votes = v));
+        Ok(())
+    }
+}
+
 /// Ors two optional float flags (`None` = clear).
 fn either(a: &Tensor, b: Option<&Tensor>) -> Tensor {
     match b {
@@ -229,9 +292,22 @@ struct StepCtx<'a> {
     device: Device,
     /// Compute the gradient norms (a few extra reductions, so only on logging steps).
     want_grad_norms: bool,
+    /// Data parallel: the group the gradients and terms are averaged over.
+    sync: Option<StepSync<'a>>,
 }
 
 impl StepCtx<'_> {
+    /// Data parallel: replaces the gradients of `vars` by their means over the ranks.
+    fn average_gradients(&self, vars: &[Tensor], what: &str) -> Result<(), StepError> {
+        match self.sync {
+            Some(sync) => sync
+                .dist
+                .average_gradients(vars, what)
+                .map_err(StepError::Peer),
+            None => Ok(()),
+        }
+    }
+
     /// A failure that is not a loss value (bad shapes, autograd): reported as a non-finite
     /// `term`, so the run stops the same way.
     fn internal(&self, term: &'static str) -> NonFinite {
@@ -265,6 +341,35 @@ pub fn train_step(
     lr_factor: f64,
     want_grad_norms: bool,
 ) -> Result<StepStats, NonFinite> {
+    match train_step_synced(
+        nets,
+        opts,
+        batch,
+        cfg,
+        step,
+        lr_factor,
+        want_grad_norms,
+        None,
+    ) {
+        Ok(stats) => Ok(stats),
+        Err(StepError::NonFinite(nf)) => Err(nf),
+        // without a group there is no collective to fail
+        Err(StepError::Peer(e)) => unreachable!("a collective failed without a group: {e:#}"),
+    }
+}
+
+/// [`train_step`] as one rank of a data-parallel run (`sync`; `None`: one process).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_synced(
+    nets: &mut Nets,
+    opts: &mut Optimizers,
+    batch: &BatchTensors,
+    cfg: &TrainConfig,
+    step: u64,
+    lr_factor: f64,
+    want_grad_norms: bool,
+    sync: Option<StepSync<'_>>,
+) -> Result<StepStats, StepError> {
     tch::manual_seed(step_seed(cfg.seed, step));
     opts.gr.set_lr(cfg.optim.generator.lr * lr_factor);
     opts.d.set_lr(cfg.optim.discriminator.lr * lr_factor);
@@ -276,6 +381,7 @@ pub fn train_step(
         amp: Autocast::new(cfg.amp, device),
         device,
         want_grad_norms,
+        sync,
     };
     let mut pending = Pending::default();
     // 1. G and R: forward, losses, backward (D frozen).
@@ -286,13 +392,25 @@ pub fn train_step(
         true => discriminator_pass(&ctx, nets, opts, batch, &gr.fake, &mut pending)?,
         false => None,
     };
+    // Data parallel: the terms and statistics become their means over the ranks.
+    if let Some(sync) = ctx.sync {
+        let _part = part!("gr_adam");
+        pending.share(sync, device).map_err(StepError::Peer)?;
+    }
     // 3. The updates, called off on the device if any term (or, with amp, any gradient) is
     //    not finite.
     gated_updates(&ctx, opts, &pending, gr.amp_flag.as_ref(), amp_d.as_ref());
     // 4. The one read-back of terms, statistics and amp's flags; then the host's verdict.
     let flags = [gr.amp_flag.as_ref(), amp_d.as_ref()];
     let values = read_back(&ctx, &pending, &flags)?;
-    settle(&ctx, opts, &pending, &values, &flags, gr.lung_weight)
+    Ok(settle(
+        &ctx,
+        opts,
+        &pending,
+        &values,
+        &flags,
+        gr.lung_weight,
+    )?)
 }
 
 /// Section 1: G (and R) forward, G+R's loss, and its backward pass through the frozen D.
@@ -302,7 +420,7 @@ fn generator_pass(
     opts: &mut Optimizers,
     batch: &BatchTensors,
     pending: &mut Pending,
-) -> Result<GeneratorPass, NonFinite> {
+) -> Result<GeneratorPass, StepError> {
     {
         let _part = part!("zero_grad");
         // D's weights take no gradient from this loss.
@@ -320,6 +438,7 @@ fn generator_pass(
     let _part = part!("gr_backward");
     // scaled by the f16 loss scale, then unscaled before any use of the gradients
     opts.scaler.backward(&loss_g);
+    ctx.average_gradients(&nets.gr_store.trainable_variables(), "G+R")?;
     let amp_flag = opts
         .scaler
         .unscale_flag(&nets.gr_store.trainable_variables());
@@ -442,7 +561,7 @@ fn discriminator_pass(
     batch: &BatchTensors,
     fake: &Tensor,
     pending: &mut Pending,
-) -> Result<Option<Tensor>, NonFinite> {
+) -> Result<Option<Tensor>, StepError> {
     {
         let _part = part!("zero_grad");
         opts.d.zero_grad();
@@ -492,6 +611,7 @@ fn discriminator_pass(
     pending.stat(d_fake.detach().mean(Kind::Float), |s, v| s.d_fake = v);
     opts.scaler.backward(&loss_d);
     let vars = nets.d_store.trainable_variables();
+    ctx.average_gradients(&vars, "D")?;
     let amp_d = opts.scaler.unscale_flag(&vars);
     if ctx.want_grad_norms {
         pending.stat(grad_norm(&vars, ctx.device), |s, v| s.grad_d = v);

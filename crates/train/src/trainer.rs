@@ -6,19 +6,26 @@
 //! A run is [`Start::New`] (a configuration, into a folder that holds no run yet) or
 //! [`Start::Resume`] (the run's own `config.toml`, continued from `checkpoints/latest`, where
 //! only process-local settings may change: device, threads, the progress bar).
+//!
+//! Data parallel ([`crate::distributed`], `RunSpec::dist`): rank 0 is the trainer described
+//! here; the other ranks run the same loop on their shard of each batch but write nothing:
+//! they take rank 0's resolved configuration and checkpoint choice through the store, read
+//! the checkpoint from the shared run folder, receive rank 0's weights, and wait at a barrier
+//! while rank 0 validates, draws samples and writes checkpoints.
 
 use crate::checkpoint::{self, Best, TrainState};
 use crate::config::{Layer, TestHooks, TrainConfig};
+use crate::distributed::Distributed;
 use crate::events::{num, EventLog, HumanLog};
 use crate::nets::{Nets, Optimizers};
 use crate::plot::draw_curves;
 use crate::run_dir::{DatasetRecord, RunDir};
 use crate::signals::StopFlag;
-use crate::step::{train_step, BatchTensors, NonFinite, StepStats};
+use crate::step::{train_step_synced, BatchTensors, NonFinite, StepError, StepStats, StepSync};
 use crate::validate::{Scores, Validator};
 use anyhow::{bail, Context};
 use dataset::manifest::Split;
-use dataset::sampler::{split_keys, Batch, Loader, Sampler, SamplerConfig, SliceKey};
+use dataset::sampler::{split_keys, Batch, Loader, Sampler, SamplerConfig, Shard, SliceKey};
 use dataset::store::{PreparedDataset, WindowedStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::guard::catch_torch;
@@ -60,6 +67,8 @@ pub struct RunSpec {
     pub start: Start,
     /// Stops the run after the current step, with a checkpoint ([`crate::signals`]).
     pub stop: StopFlag,
+    /// Data parallel: this process's group ([`crate::distributed`]); `None`: one process.
+    pub dist: Option<Arc<Distributed>>,
 }
 
 /// What a finished run reports.
@@ -96,7 +105,8 @@ pub struct Trainer {
     human: HumanLog,
     events: EventLog,
     sampler: Arc<Sampler<WindowedStore>>,
-    validator: Validator,
+    /// Rank 0's (the only one that validates).
+    validator: Option<Validator>,
     nets: Nets,
     opts: Optimizers,
     /// The step this process starts after (0 or the checkpoint's) and the run's last step.
@@ -110,8 +120,13 @@ pub struct Trainer {
     pb: ProgressBar,
     t0: Instant,
     stop: StopFlag,
-    /// Held for the whole run: no second process trains in the folder.
-    _lock: util::lock::FolderLock,
+    /// The signal that stopped the run (this rank's, or a peer's vote).
+    stopped_by: Option<&'static str>,
+    dist: Option<Arc<Distributed>>,
+    /// Time inside the training steps (for the share of the all-reduces).
+    step_time: Duration,
+    /// Held for the whole run by rank 0: no second process trains in the folder.
+    _lock: Option<util::lock::FolderLock>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -134,22 +149,46 @@ impl Trainer {
             Arc::new(PreparedDataset::open(&spec.data).with_context(|| {
                 format!("opening the prepared dataset {}", spec.data.display())
             })?);
-        let (cfg, run, lock) = open_run(spec, &ds)?;
+        let dist = spec.dist.clone();
+        let leader = dist.as_ref().is_none_or(|d| d.is_leader());
+        let (cfg, run, lock) = match &dist {
+            Some(d) if !d.is_leader() => {
+                let (cfg, run) = follow_run(spec, d)?;
+                (cfg, run, None)
+            }
+            _ => {
+                let (cfg, run, lock) = open_run(spec, &ds)?;
+                if let Some(d) = &dist {
+                    d.share("config", Some(cfg.to_toml_string()?.as_bytes()))?;
+                }
+                (cfg, run, Some(lock))
+            }
+        };
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
         }
         if cfg.deterministic {
             make_deterministic()?;
         }
-        let device = model::device::select(&cfg.device)?;
-        let mut human = HumanLog::open(&run.log())?;
-        let sampler = training_sampler(&cfg, &ds, &spec.data)?;
-        let validator = Validator::load(
-            &ds,
-            cfg.window(),
-            cfg.size_multiple(),
-            cfg.log.val_max_cases,
-        )?;
+        let device = select_device(&cfg, dist.as_deref())?;
+        let mut human = match leader {
+            true => HumanLog::open(&run.log())?,
+            false => HumanLog::disabled(),
+        };
+        let shard = dist.as_ref().map_or(Shard::default(), |d| Shard {
+            rank: d.rank(),
+            world: d.world_size(),
+        });
+        let sampler = training_sampler(&cfg, &ds, &spec.data, shard)?;
+        let validator = match leader {
+            true => Some(Validator::load(
+                &ds,
+                cfg.window(),
+                cfg.size_multiple(),
+                cfg.log.val_max_cases,
+            )?),
+            false => None,
+        };
         let mut nets = catch_torch("building the networks", || Ok(Nets::new(&cfg, device)))?;
         // The perceptual loss's frozen VGG (checked against the recorded SHA-256) and the log
         // lines describing the image loss terms.
@@ -157,8 +196,17 @@ impl Trainer {
         let mut opts = nets.optimizers(&cfg)?;
         let total = cfg.schedule.steps;
         let resume = matches!(spec.start, Start::Resume { .. });
-        let (start, best, events) =
-            restore_or_begin(&run, &mut nets, &mut opts, &mut human, resume)?;
+        let (start, best, events) = restore_or_begin(
+            &run,
+            &mut nets,
+            &mut opts,
+            &mut human,
+            resume,
+            dist.as_deref(),
+        )?;
+        if let Some(d) = &dist {
+            d.broadcast_from_leader(&nets.variables_in_order(), "rank 0's weights")?;
+        }
         let mut trainer = Self {
             pb: progress_bar(&cfg, total),
             cfg,
@@ -179,6 +227,9 @@ impl Trainer {
             lung_log: Default::default(),
             t0,
             stop: spec.stop.clone(),
+            stopped_by: None,
+            dist,
+            step_time: Duration::ZERO,
             _lock: lock,
         };
         trainer.log_start(&image_lines)?;
@@ -189,15 +240,26 @@ impl Trainer {
     fn log_start(&mut self, image_lines: &[String]) -> anyhow::Result<()> {
         let (cfg, nets) = (&self.cfg, &self.nets);
         let summary = model::summary::NetworkCount::of(&nets.gr_store);
+        let (ranks, global_batch) = match &self.dist {
+            Some(d) => (
+                format!(" | {}", d.describe()),
+                format!(
+                    " (global batch {} over {} ranks)",
+                    cfg.data.batch_size * d.world_size(),
+                    d.world_size()
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         let line = format!(
-            "run {} | device {:?} | data {} ({} training slices, {} validation cases) | preset \
-             {} | registration {} | steps {}..{} | batch {} x {}px | G+R variables {} ({} \
-             params)",
+            "run {} | device {:?}{ranks} | data {} ({} training slices, {} validation cases) | \
+             preset {} | registration {} | steps {}..{} | batch {} x {}px{global_batch} | G+R \
+             variables {} ({} params)",
             self.run.root().display(),
             self.device,
             self.data.display(),
             self.sampler.slices_per_epoch(),
-            self.validator.cases.len(),
+            self.validator.as_ref().map_or(0, |v| v.cases.len()),
             cfg.preset,
             if cfg.registration { "on" } else { "off" },
             self.start + 1,
@@ -215,8 +277,12 @@ impl Trainer {
             let fields = [
                 ("device", Value::from(format!("{:?}", self.device))),
                 ("train_slices", Value::from(self.sampler.slices_per_epoch())),
-                ("val_cases", Value::from(self.validator.cases.len())),
+                (
+                    "val_cases",
+                    Value::from(self.validator.as_ref().map_or(0, |v| v.cases.len())),
+                ),
                 ("total_steps", Value::from(self.total)),
+                ("world_size", Value::from(self.world_size())),
             ];
             self.events.write(0, "start", &fields)?;
         }
@@ -245,10 +311,12 @@ impl Trainer {
             let stats = self.step(&batch, step)?;
             if let ControlFlow::Break(()) = self.end_of_step(step, &stats, &batch.keys)? {
                 self.pb.abandon();
+                self.log_communication(step - start);
                 return Ok(self.outcome(step));
             }
         }
         drop(loader);
+        self.log_communication(total.saturating_sub(start));
         self.finish()
     }
 
@@ -284,22 +352,43 @@ impl Trainer {
         let lr_factor = cfg.schedule.lr_factor(step);
         let log_now = is_due(step, cfg.log.every, self.total);
         let (nets, opts) = (&mut self.nets, &mut self.opts);
+        let sync = self.dist.as_deref().map(|dist| StepSync {
+            dist,
+            stop_vote: self.stop.requested_number().unwrap_or(0),
+        });
+        let t = Instant::now();
         let result = catch_torch(&format!("step {step}"), || {
-            Ok(train_step(
-                nets, opts, &tensors, cfg, step, lr_factor, log_now,
+            Ok(train_step_synced(
+                nets, opts, &tensors, cfg, step, lr_factor, log_now, sync,
             ))
         })?;
-        result.map_err(|nf| {
+        self.step_time += t.elapsed();
+        result.map_err(|e| {
             self.pb.abandon();
-            stop_non_finite(
-                &self.run,
-                &self.nets,
-                &tensors,
-                &batch.keys,
-                &nf,
-                (&mut self.events, &mut self.human),
-            )
+            match e {
+                StepError::Peer(e) => e.context(format!("step {step}")),
+                StepError::NonFinite(nf) if !self.is_leader() => anyhow::anyhow!(
+                    "training stopped: {nf} (on every rank; rank 0 writes the debug snapshot)"
+                ),
+                StepError::NonFinite(nf) => stop_non_finite(
+                    &self.run,
+                    &self.nets,
+                    &tensors,
+                    &batch.keys,
+                    &nf,
+                    (&mut self.events, &mut self.human),
+                ),
+            }
         })
+    }
+
+    /// Rank 0, or the only process: the one that writes the run folder.
+    fn is_leader(&self) -> bool {
+        self.dist.as_ref().is_none_or(|d| d.is_leader())
+    }
+
+    fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, |d| d.world_size())
     }
 
     /// What follows a step: its log, validation, samples and checkpoints when due; `Break`
@@ -334,26 +423,66 @@ impl Trainer {
                 human,
             )
         })?;
-        if is_due(step, self.cfg.log.val_every, total) {
-            self.validate(step, epoch)?;
+        let log = &self.cfg.log;
+        let validate_now = is_due(step, log.val_every, total);
+        let sample_now = is_due(step, log.sample_every, total);
+        let checkpoint_now = is_due(step, log.checkpoint_every, total);
+        if self.is_leader() {
+            if validate_now {
+                self.validate(step, epoch)?;
+            }
+            if let Some(validator) = self.validator.as_ref().filter(|_| sample_now) {
+                let path = self.run.sample(step);
+                let (nets, device) = (&self.nets, self.device);
+                catch_torch(&format!("the sample grid of step {step}"), || {
+                    validator.sample_grid(nets, device, step, &path)
+                })?;
+            }
+            if checkpoint_now {
+                self.save_latest(step, epoch)?;
+            }
         }
-        if is_due(step, self.cfg.log.sample_every, total) {
-            let path = self.run.sample(step);
-            let (validator, nets, device) = (&self.validator, &self.nets, self.device);
-            catch_torch(&format!("the sample grid of step {step}"), || {
-                validator.sample_grid(nets, device, step, &path)
-            })?;
+        if let Some(d) = self
+            .dist
+            .as_ref()
+            .filter(|_| validate_now || checkpoint_now || sample_now)
+        {
+            d.barrier(&format!(
+                "rank 0's validation, samples and checkpoints of step {step}"
+            ))?;
         }
-        if is_due(step, self.cfg.log.checkpoint_every, total) {
-            self.save_latest(step, epoch)?;
+        if self
+            .cfg
+            .hooks
+            .weight_digests_from_step
+            .is_some_and(|from| step >= from)
+        {
+            let digest = weights_digest(&self.nets);
+            tracing::info!("weights digest after step {step}: {digest:016x}");
         }
         if self.cfg.hooks.stop_after_step == Some(step) && step < total {
             self.human
                 .line(&format!("stopping after step {step} (test hook)"));
             return Ok(ControlFlow::Break(()));
         }
-        if let Some(signal) = self.stop.requested().filter(|_| step < total) {
-            self.stop_on_signal(step, epoch, signal)?;
+        let stop = match &self.dist {
+            // every rank decides on the same all-reduced votes
+            Some(_) => {
+                (stats.stop_votes > 0.0).then(|| self.stop.requested().unwrap_or("a peer's signal"))
+            }
+            None => self.stop.requested(),
+        };
+        if let Some(signal) = stop.filter(|_| step < total) {
+            self.stopped_by = Some(signal);
+            if self.is_leader() {
+                self.stop_on_signal(step, epoch, signal)?;
+            }
+            if let Some(d) = &self.dist {
+                // nobody exits (which makes torchrun stop the others) before the checkpoint
+                d.barrier(&format!(
+                    "rank 0's checkpoint of step {step} before stopping"
+                ))?;
+            }
             return Ok(ControlFlow::Break(()));
         }
         Ok(ControlFlow::Continue(()))
@@ -380,7 +509,10 @@ impl Trainer {
     /// redraws the curves.
     fn validate(&mut self, step: u64, epoch: f64) -> anyhow::Result<()> {
         let t = Instant::now();
-        let (validator, nets, device) = (&self.validator, &self.nets, self.device);
+        let Some(validator) = self.validator.as_ref() else {
+            return Ok(());
+        };
+        let (nets, device, baseline) = (&self.nets, self.device, validator.baseline);
         self.last = catch_torch(&format!("validation at step {step}"), || {
             validator.run(nets, device)
         })?;
@@ -388,17 +520,14 @@ impl Trainer {
         for (k, v) in self.last.fields() {
             fields.push((k, v.map_or(Value::Null, num)));
         }
-        for (k, (_, v)) in BASELINE_KEYS
-            .into_iter()
-            .zip(self.validator.baseline.fields())
-        {
+        for (k, (_, v)) in BASELINE_KEYS.into_iter().zip(baseline.fields()) {
             fields.push((k, v.map_or(Value::Null, num)));
         }
         fields.push(("seconds", num(t.elapsed().as_secs_f64())));
         self.events.write(step, "val", &fields)?;
         let line = format!(
             "step {step}: validation {}",
-            scores_line(&self.last, &self.validator.baseline)
+            scores_line(&self.last, &baseline)
         );
         self.human.line(&line);
         self.pb.suspend(|| tracing::info!("{line}"));
@@ -427,15 +556,23 @@ impl Trainer {
             value,
             step,
         });
-        let state = TrainState::new(&self.cfg, step, epoch, self.best.clone());
+        let state = self.state(step, epoch);
         checkpoint::save(&self.run, "best", &self.nets, &self.opts, &state)?;
         let fields = [("name", "best".into()), (metric.key(), num(value))];
         self.events.write(step, "checkpoint", &fields)
     }
 
+    /// The checkpoint's `state.json`.
+    fn state(&self, step: u64, epoch: f64) -> TrainState {
+        TrainState {
+            world_size: self.world_size(),
+            ..TrainState::new(&self.cfg, step, epoch, self.best.clone())
+        }
+    }
+
     /// Saves `latest` (and `final` at the last step).
     fn save_latest(&mut self, step: u64, epoch: f64) -> anyhow::Result<()> {
-        let state = TrainState::new(&self.cfg, step, epoch, self.best.clone());
+        let state = self.state(step, epoch);
         let names: &[&str] = match step == self.total {
             true => &["latest", "final"],
             false => &["latest"],
@@ -464,7 +601,7 @@ impl Trainer {
                  validation {}",
                 wall.as_secs_f64(),
                 self.starved,
-                scores_line(&self.last, &self.validator.baseline)
+                scores_line(&self.last, &self.baseline())
             ));
         }
         Ok(self.outcome(total))
@@ -476,15 +613,55 @@ impl Trainer {
             steps,
             started_at: self.start,
             last: self.last,
-            baseline: self.validator.baseline,
+            baseline: self.baseline(),
             best: self.best.clone(),
             device: format!("{:?}", self.device),
             wall: self.t0.elapsed(),
-            stopped: (steps < self.total)
-                .then(|| self.stop.requested())
-                .flatten(),
+            stopped: (steps < self.total).then_some(self.stopped_by).flatten(),
         }
     }
+
+    /// The NCCT-as-prediction scores (rank 0's; default elsewhere).
+    fn baseline(&self) -> Scores {
+        self.validator
+            .as_ref()
+            .map_or_else(Scores::default, |v| v.baseline)
+    }
+
+    /// The all-reduces' share of the training steps, logged at the end of a data-parallel run.
+    fn log_communication(&mut self, steps: u64) {
+        let Some(d) = &self.dist else {
+            return;
+        };
+        let comm = d.step_comm_time().as_secs_f64();
+        let line = format!(
+            "{}: the all-reduces took {:.1} ms per step, {:.1}% of the training steps' time \
+             ({steps} steps)",
+            d.describe(),
+            comm * 1e3 / steps.max(1) as f64,
+            100.0 * comm / self.step_time.as_secs_f64().max(1e-9)
+        );
+        self.human.line(&line);
+        tracing::info!("{line}");
+    }
+}
+
+/// A hash of the bit patterns of every weight and buffer (the `weight_digests_from_step`
+/// test hook): equal digests mean bitwise equal networks.
+fn weights_digest(nets: &Nets) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    for t in nets.variables_in_order() {
+        let flat = t
+            .detach()
+            .to_device(Device::Cpu)
+            .to_kind(tch::Kind::Float)
+            .reshape([-1]);
+        for v in Vec::<f32>::try_from(&flat).unwrap_or_default() {
+            h.write_u32(v.to_bits());
+        }
+    }
+    h.finish()
 }
 
 /// `deterministic = true`: see [`TrainConfig::deterministic`]. cuBLAS reads its workspace
@@ -504,18 +681,52 @@ fn make_deterministic() -> anyhow::Result<()> {
 
 /// A resumed run's weights, moments, step, best score and metrics from `checkpoints/latest`;
 /// a new run's step 0 and empty metrics.
+///
+/// Data parallel: rank 0 chooses the checkpoint and tells the others, which read it from the
+/// shared run folder and write no log.
 fn restore_or_begin(
     run: &RunDir,
     nets: &mut Nets,
     opts: &mut Optimizers,
     human: &mut HumanLog,
     resume: bool,
+    dist: Option<&Distributed>,
 ) -> anyhow::Result<(u64, Option<Best>, EventLog)> {
+    let leader = dist.is_none_or(Distributed::is_leader);
     if !resume {
-        return Ok((0, None, EventLog::open(&run.metrics())?));
+        let events = match leader {
+            true => EventLog::open(&run.metrics())?,
+            false => EventLog::disabled(),
+        };
+        return Ok((0, None, events));
     }
-    let dir = checkpoint::resume_dir(run)?;
-    let state = checkpoint::restore(&dir, nets, opts)?;
+    let dir = match dist {
+        Some(d) if !d.is_leader() => PathBuf::from(
+            String::from_utf8(d.share("resume_from", None)?)
+                .context("rank 0's checkpoint path is not UTF-8")?,
+        ),
+        _ => {
+            let dir = checkpoint::resume_dir(run)?;
+            if let Some(d) = dist {
+                let path = dir.to_str().with_context(|| {
+                    format!("{}: a data-parallel run needs a UTF-8 path", dir.display())
+                })?;
+                d.share("resume_from", Some(path.as_bytes()))?;
+            }
+            dir
+        }
+    };
+    let state = match checkpoint::restore(&dir, nets, opts) {
+        Err(e) if !leader => {
+            return Err(e.context(
+                "the run folder must be on storage every rank can read (a shared file system)",
+            ))
+        }
+        restored => restored?,
+    };
+    if !leader {
+        return Ok((state.step, state.best, EventLog::disabled()));
+    }
     let mut events = EventLog::open_resumed(&run.metrics(), state.step)?;
     let from = Value::from(dir.display().to_string());
     events.write(state.step, "resume", &[("from", from)])?;
@@ -524,7 +735,53 @@ fn restore_or_begin(
         dir.display(),
         state.step
     ));
+    let world = dist.map_or(1, Distributed::world_size);
+    if state.world_size != world {
+        let line = format!(
+            "the run trained on {} process(es) until step {}, now on {world}: it continues from \
+             the same weights, moments and step with the new world's data order (the global \
+             batch is data.batch_size x {world})",
+            state.world_size, state.step
+        );
+        human.line(&line);
+        tracing::warn!("{line}");
+    }
     Ok((state.step, state.best, events))
+}
+
+/// A data-parallel rank other than 0: rank 0's resolved configuration (through the store),
+/// with this process's test hooks (and, resuming, its process-local keys), and the run folder
+/// rank 0 writes.
+fn follow_run(spec: &RunSpec, dist: &Distributed) -> anyhow::Result<(TrainConfig, RunDir)> {
+    let text = String::from_utf8(dist.share("config", None)?)
+        .context("rank 0's configuration is not UTF-8")?;
+    let mut layers = vec![toml::from_str(&text).context("rank 0's configuration")?];
+    let hooks = match &spec.start {
+        Start::New(cfg) => cfg.hooks.clone(),
+        Start::Resume { local, hooks, .. } => {
+            layers.push(local.0.clone());
+            hooks.clone()
+        }
+    };
+    let mut cfg = TrainConfig::from_layers(layers, "default").context("rank 0's configuration")?;
+    cfg.validate().context("rank 0's configuration")?;
+    cfg.hooks = hooks.with_env()?;
+    Ok((cfg, RunDir::shared(&spec.run)))
+}
+
+/// The configured device; data parallel on CUDA: the GPU of this process's local rank.
+fn select_device(cfg: &TrainConfig, dist: Option<&Distributed>) -> anyhow::Result<Device> {
+    let device = model::device::select(&cfg.device)?;
+    match (device, dist) {
+        (Device::Cuda(_), Some(d)) => {
+            tracing::warn!(
+                "data parallel on CUDA runs on the Gloo backend in this build (gradients staged \
+                 through host memory); NCCL is not built in yet"
+            );
+            Ok(Device::Cuda(d.local_rank()))
+        }
+        _ => Ok(device),
+    }
 }
 
 /// The run's configuration and folder: a new run's resolved config written into a new folder,
@@ -660,6 +917,7 @@ fn training_sampler(
     cfg: &TrainConfig,
     ds: &Arc<PreparedDataset>,
     data: &Path,
+    shard: Shard,
 ) -> anyhow::Result<Arc<Sampler<WindowedStore>>> {
     let keys = split_keys(ds, Split::Train, cfg.data.min_body_fraction)?;
     if keys.is_empty() {
@@ -681,7 +939,8 @@ fn training_sampler(
             seed: cfg.seed,
             augment: cfg.data.augment.clone(),
         },
-    )?;
+    )?
+    .with_shard(shard)?;
     Ok(Arc::new(sampler))
 }
 

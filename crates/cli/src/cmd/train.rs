@@ -8,6 +8,10 @@
 //! never an overwrite); `--resume` continues the run in `--run` from its latest checkpoint
 //! with the run's own config, exactly as if it had not stopped: only where it runs (`--device`,
 //! `--threads`, the progress bar) may change.
+//!
+//! Launched by `torchrun` or `srun` (their environment, see `train::distributed`), each
+//! process is one rank of a data-parallel run; rank 0 writes the run folder and prints the
+//! summary.
 
 use anyhow::Context;
 use std::io::IsTerminal;
@@ -85,6 +89,10 @@ pub struct Args {
     /// (repeatable; a TOML value, else a string). Applied after the flags above.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Data parallel (under torchrun or srun): how long a rank waits for the others at the
+    /// rendezvous, in a collective or at a barrier (rank 0 validating) before failing.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    dist_timeout: u64,
     /// Where the demo keeps its phantom dataset (raw/ and prepared/).
     #[arg(long, value_name = "DIR", default_value = "data/phantom-demo")]
     demo_data: PathBuf,
@@ -92,6 +100,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let demo = args.data.is_none();
+    let launch = train::distributed::Launch::from_env().context("the launcher's environment")?;
+    if launch.is_some() && demo && !args.resume {
+        anyhow::bail!(
+            "data-parallel training needs --data (prepare the dataset once before launching: \
+             the ranks must not each generate the demo phantoms)"
+        );
+    }
     let flags = flag_layer(&args)?;
     let start = if args.resume {
         Start::Resume {
@@ -150,14 +165,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stop = train::StopFlag::default();
     stop.install()
         .context("installing the SIGTERM/SIGINT/SIGUSR1 handlers")?;
+    let timeout = std::time::Duration::from_secs(args.dist_timeout);
+    let dist = launch
+        .map(|l| train::distributed::Distributed::connect(l, timeout).map(std::sync::Arc::new))
+        .transpose()?;
+    let follower = dist.as_ref().filter(|d| !d.is_leader()).cloned();
     let spec = RunSpec {
         data,
         run,
         start,
         stop,
+        dist,
     };
     let outcome =
         train::train(&spec).with_context(|| format!("training run {}", spec.run.display()))?;
+    if let Some(d) = follower {
+        errln!(
+            "{}: {} steps done{}; rank 0 reports the run",
+            d.describe(),
+            outcome.steps,
+            outcome
+                .stopped
+                .map(|s| format!(" (stopped by {s})"))
+                .unwrap_or_default()
+        );
+        if outcome.stopped.is_some() {
+            return Ok(ExitCode::from(train::signals::EXIT_STOPPED));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(signal) = outcome.stopped {
         errln!(
             "{signal}: stopped after step {} with checkpoints/latest written; continue with \

@@ -76,6 +76,7 @@ pub fn new_run(cfg: TrainConfig, data: &Path, run: &Path) -> RunSpec {
         run: run.to_path_buf(),
         start: Start::New(Box::new(cfg)),
         stop: Default::default(),
+        dist: None,
     }
 }
 
@@ -90,6 +91,7 @@ pub fn resume_run(data: &Path, run: &Path, hooks: TestHooks) -> RunSpec {
             allow_other_data: false,
         },
         stop: Default::default(),
+        dist: None,
     }
 }
 

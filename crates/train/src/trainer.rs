@@ -208,7 +208,11 @@ impl Trainer {
             d.broadcast_from_leader(&nets.variables_in_order(), "rank 0's weights")?;
         }
         let mut trainer = Self {
-            pb: progress_bar(&cfg, total),
+            // the other ranks' bars would only repeat rank 0's
+            pb: match leader {
+                true => progress_bar(&cfg, total),
+                false => ProgressBar::hidden(),
+            },
             cfg,
             run,
             data: spec.data.clone(),

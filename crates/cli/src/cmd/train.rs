@@ -33,7 +33,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE.toml")]
     config: Vec<PathBuf>,
     /// Run folder. Default: runs/demo (demo; runs/demo-2, ... if taken) or runs/train.
-    #[arg(long, value_name = "DIR")]
+    /// `--run-dir` is the same flag, for under torchrun, whose own parser takes `--run` for
+    /// an abbreviation of its `--run-path`.
+    #[arg(long, value_name = "DIR", visible_alias = "run-dir")]
     run: Option<PathBuf>,
     /// Continue the run in --run from checkpoints/latest, with its own config.
     #[arg(long, requires = "run")]

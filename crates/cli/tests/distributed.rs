@@ -60,6 +60,17 @@ fn train_args(data: &Path, run: &Path, steps: u64, batch: usize) -> Vec<String> 
 
 /// Rank `rank` of a world of `world` with torchrun's environment.
 fn rank_process(args: &[String], rank: usize, world: usize, port: u16, agent: bool) -> Child {
+    rank_with_hooks(args, rank, world, port, agent, "weight_digests_from_step=1")
+}
+
+fn rank_with_hooks(
+    args: &[String],
+    rank: usize,
+    world: usize,
+    port: u16,
+    agent: bool,
+    hooks: &str,
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"));
     cmd.args(args)
         .env("RANK", rank.to_string())
@@ -69,7 +80,7 @@ fn rank_process(args: &[String], rank: usize, world: usize, port: u16, agent: bo
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .env("GLOO_SOCKET_IFNAME", "lo")
-        .env("NCCT2CTPA_TEST_HOOKS", "weight_digests_from_step=1")
+        .env("NCCT2CTPA_TEST_HOOKS", hooks)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if agent {
@@ -321,4 +332,39 @@ fn agent_store_mode_trains() {
     assert!(agent
         .contains("/worker/attempt_0/ncct2ctpa/config")
         .unwrap());
+}
+
+/// A run checkpointed by 2 ranks resumes on 1 process: same weights, moments and step, the new
+/// world's data order, and the log says so.
+#[test]
+fn a_resume_on_another_world_size_continues_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path());
+    let run = tmp.path().join("run");
+    let mut args = train_args(&data, &run, 4, 2);
+    let every = args.iter().position(|a| a == "--checkpoint-every").unwrap();
+    args[every + 1] = "1".into();
+    let port = free_port();
+    let kids = (0..2)
+        .map(|r| rank_with_hooks(&args, r, 2, port, false, "stop_after_step=2"))
+        .collect();
+    for (r, e) in wait(kids).iter().enumerate() {
+        assert_eq!(e.code, Some(0), "rank {r}:\n{}", e.stderr);
+    }
+    assert_eq!(train_events(&run).len(), 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
+        .args(["train", "--run", run.to_str().unwrap(), "--resume"])
+        .args(["--data", data.to_str().unwrap(), "--no-progress"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the run trained on 2 process(es) until step 2, now on 1"),
+        "{stderr}"
+    );
+    let events = train_events(&run);
+    assert_eq!(events.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    // the global batch is now this process's 2 slices
+    assert_eq!(events[&3]["batch_slices"].as_array().unwrap().len(), 2);
 }

@@ -49,7 +49,10 @@ fn main() -> anyhow::Result<()> {
     // every gradient is the mean of 1..=world
     let want = (dist.world_size() + 1) as f64 / 2.0;
     let got = f64::try_from(gr[0].grad().flatten(0, -1).get(0))?;
-    anyhow::ensure!((got - want).abs() < 1e-6, "averaged gradient {got}, expected {want}");
+    anyhow::ensure!(
+        (got - want).abs() < 1e-6,
+        "averaged gradient {got}, expected {want}"
+    );
     times.sort_by(f64::total_cmp);
     if dist.is_leader() {
         println!(

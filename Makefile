@@ -11,7 +11,8 @@ setup:
 # .venv-twin. Never part of `make test`: tests read committed golden files.
 setup-twin:
 	. scripts/torch-version.env && python3 -m venv .venv-twin && \
-	  .venv-twin/bin/pip install --quiet "torch==$$TORCH_VERSION" numpy safetensors scikit-image nibabel pydicom
+	  .venv-twin/bin/pip install --quiet "torch==$$TORCH_VERSION" numpy safetensors scikit-image nibabel pydicom \
+	    tensorboard onnx onnxruntime onnxscript
 
 # The GPU bundle (no GPU needed to build it): bundle/ with the stripped binary linked against
 # libtorch_cuda, configs, the PyTorch twin, ./ncct2ctpa (launcher), ./preflight.sh and

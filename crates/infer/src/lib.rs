@@ -11,5 +11,6 @@
 
 pub mod checkpoint;
 pub mod predict;
+pub mod provenance;
 pub mod tensors;
 pub mod translate;

@@ -2,7 +2,7 @@
 
 use ndarray::Array3;
 use std::path::Path;
-use volume::io::dicom::{read_series, write_series};
+use volume::io::dicom::{read_series, write_series, SeriesInfo};
 use volume::{Geometry, Volume};
 
 #[test]
@@ -20,7 +20,13 @@ fn written_series_reads_back_exactly_and_keeps_the_reference_study() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("series");
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dicom/CT_small");
-    write_series(&out, &v, Some(&reference), "synthetic CTPA").unwrap();
+    write_series(
+        &out,
+        &v,
+        Some(&reference),
+        &SeriesInfo::described("synthetic CTPA"),
+    )
+    .unwrap();
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4);
     let back = read_series(&out, None).unwrap();
     assert_eq!(back.volume.data, v.data);
@@ -47,12 +53,12 @@ fn written_series_reads_back_exactly_and_keeps_the_reference_study() {
     // Non-integer values: rounded to int16 steps, within half a step.
     let v2 = Volume::new(v.data.mapv(|x| x * 30.3), g).unwrap();
     let out2 = d.path().join("wide");
-    write_series(&out2, &v2, None, "wide").unwrap();
+    write_series(&out2, &v2, None, &SeriesInfo::described("wide")).unwrap();
     let back2 = read_series(&out2, None).unwrap().volume;
     let step = ((v2.value_range().unwrap().1 - v2.value_range().unwrap().0) / 65535.0).max(1.0);
     for (a, b) in back2.data.iter().zip(v2.data.iter()) {
         assert!((a - b).abs() <= step * 0.5 + 1e-3, "{a} vs {b}");
     }
     // An existing non-empty folder is never overwritten.
-    assert!(write_series(&out2, &v2, None, "again").is_err());
+    assert!(write_series(&out2, &v2, None, &SeriesInfo::described("again")).is_err());
 }

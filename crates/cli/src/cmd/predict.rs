@@ -59,6 +59,10 @@ pub struct Args {
     /// Replace outputs that already exist.
     #[arg(long)]
     force: bool,
+    /// DICOM output: file the synthetic series into a new study (by default it joins the
+    /// input's study, beside the NCCT it was computed from).
+    #[arg(long)]
+    new_study: bool,
 }
 
 /// One volume to translate and where its result goes.
@@ -119,11 +123,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
             })
             .with_context(|| format!("translating {}", job.input.display()))?;
         bar.finish_and_clear();
+        // the output says it is synthetic and which model made it (infer::provenance)
+        let provenance = infer::provenance::Provenance::of(&loaded);
         match args.format {
-            Format::Nifti => nifti::write_nifti(&job.output, &out)?,
+            Format::Nifti => {
+                nifti::write_nifti_described(&job.output, &out, &provenance.nifti_descrip())?
+            }
             Format::Dicom => {
                 let reference = job.dicom_input.then_some(job.input.as_path());
-                dicom::write_series(&job.output, &out, reference, "ncct2ctpa synthetic CTPA")?
+                let source = match job.dicom_input {
+                    true => format!("DICOM series in {}", job.input.display()),
+                    false => format!("file {}", job.input.display()),
+                };
+                let info = provenance.series_info(&source, args.new_study);
+                dicom::write_series(&job.output, &out, reference, &info)?
             }
         }
         tracing::info!(

@@ -19,7 +19,7 @@ pub mod pixels;
 pub mod scan;
 pub mod write;
 
-pub use write::write_series;
+pub use write::{write_series, SeriesInfo};
 
 use crate::{Result, Volume, VolumeError};
 use ndarray::Array3;

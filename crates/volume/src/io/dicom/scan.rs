@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct SliceHeader {
     pub path: PathBuf,
     pub series_uid: String,
+    /// SOPInstanceUID and SOPClassUID (empty when missing): what a derived image references.
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
     pub study_uid: String,
     pub modality: String,
     pub description: String,
@@ -84,6 +87,8 @@ pub fn header_of(
     Ok(SliceHeader {
         path: path.to_path_buf(),
         series_uid,
+        sop_instance_uid: text(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
+        sop_class_uid: text(obj, tags::SOP_CLASS_UID).unwrap_or_default(),
         study_uid: text(obj, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
         modality: text(obj, tags::MODALITY).unwrap_or_default(),
         description: text(obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),

@@ -5,11 +5,19 @@
 //! SeriesInstanceUID and SOPInstanceUIDs under the `2.25.` root (a random 128-bit UUID as a
 //! decimal, ITU-T X.667), so they are unique without an organisation root. With a reference
 //! series, patient and study fields (and the frame of reference) are carried over, so the
-//! result files into the same study. The folder is written atomically.
+//! result files into the same study (unless [`SeriesInfo::new_study`]). The folder is written
+//! atomically.
+//!
+//! Provenance ([`SeriesInfo`]): ImageType `DERIVED\SECONDARY\AXIAL`, the SeriesDescription
+//! and DerivationDescription given, and, with a reference series, each slice's
+//! SourceImageSequence naming the reference image at its position (the nearest) and a
+//! ReferencedSeriesSequence naming the reference series, as PS3.3's General Image and Common
+//! Instance Reference modules describe a derived image.
 
 use super::scan;
 use crate::{Result, Volume, VolumeError};
-use dicom_core::{dicom_value, DataElement, PrimitiveValue, VR};
+use dicom_core::value::DataSetSequence;
+use dicom_core::{dicom_value, DataElement, Length, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, Tag};
 use std::path::Path;
@@ -73,25 +81,120 @@ fn rescale_for(lo: f64, hi: f64) -> (f64, f64) {
     (slope, intercept)
 }
 
-/// The reference series' first image header object (the largest series in `dir`).
-fn reference_object(dir: &Path) -> Result<InMemDicomObject> {
+/// What a written series says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeriesInfo {
+    /// SeriesDescription (LO: at most 64 characters; longer is cut).
+    pub description: String,
+    /// DerivationDescription (ST): how the images were made.
+    pub derivation: Option<String>,
+    /// A new StudyInstanceUID even when the reference series has one (by default the series
+    /// files into the reference's study).
+    pub new_study: bool,
+}
+
+impl SeriesInfo {
+    /// A series described only by `description`.
+    pub fn described(description: &str) -> Self {
+        Self {
+            description: description.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The reference series (the largest in `dir`): its first image's header object, and every
+/// image's header (for the source references).
+struct Reference {
+    object: InMemDicomObject,
+    series_uid: String,
+    images: Vec<scan::SliceHeader>,
+}
+
+fn reference(dir: &Path) -> Result<Reference> {
     let list = super::list_series(dir)?;
     let uid = &list[0].uid;
-    let scan = scan::scan_folder(dir)?;
-    let first = scan
-        .series
-        .get(uid)
-        .and_then(|v| v.first())
+    let mut scan = scan::scan_folder(dir)?;
+    let images = scan.series.remove(uid).unwrap_or_default();
+    let first = images
+        .first()
         .ok_or_else(|| VolumeError::format(dir, "reference series has no image"))?;
     let opened = super::open::open(&first.path, Some(tags::PIXEL_DATA))
         .map_err(|e| VolumeError::format(&first.path, e))?;
-    Ok(opened.obj.into_inner())
+    Ok(Reference {
+        object: opened.obj.into_inner(),
+        series_uid: uid.clone(),
+        images,
+    })
+}
+
+impl Reference {
+    /// The reference image nearest to `point` (by ImagePositionPatient; `None` when no image
+    /// has a position or a SOP instance UID).
+    fn nearest(&self, point: [f64; 3]) -> Option<&scan::SliceHeader> {
+        let d2 = |p: [f64; 3]| (0..3).map(|i| (p[i] - point[i]).powi(2)).sum::<f64>();
+        self.images
+            .iter()
+            .filter(|h| !h.sop_instance_uid.is_empty())
+            .filter_map(|h| h.position.map(|p| (d2(p), h)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, h)| h)
+    }
+}
+
+/// An SQ element of `items`.
+fn sequence(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::SQ, DataSetSequence::new(items, Length::UNDEFINED))
+}
+
+/// A Referenced SOP item: class and instance of `image`.
+fn sop_reference(image: &scan::SliceHeader) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    item.put_str(
+        tags::REFERENCED_SOP_CLASS_UID,
+        VR::UI,
+        image.sop_class_uid.clone(),
+    );
+    item.put_str(
+        tags::REFERENCED_SOP_INSTANCE_UID,
+        VR::UI,
+        image.sop_instance_uid.clone(),
+    );
+    item
+}
+
+/// SourceImageSequence and ReferencedSeriesSequence of the slice at `point`.
+fn put_source(obj: &mut InMemDicomObject, reference: &Reference, point: [f64; 3]) {
+    let Some(image) = reference.nearest(point) else {
+        return;
+    };
+    obj.put(sequence(
+        tags::SOURCE_IMAGE_SEQUENCE,
+        vec![sop_reference(image)],
+    ));
+    let mut series = InMemDicomObject::new_empty();
+    series.put_str(
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        reference.series_uid.clone(),
+    );
+    series.put(sequence(
+        tags::REFERENCED_INSTANCE_SEQUENCE,
+        vec![sop_reference(image)],
+    ));
+    obj.put(sequence(tags::REFERENCED_SERIES_SEQUENCE, vec![series]));
+}
+
+/// At most `n` characters of `s` (DICOM lengths count bytes; the texts here are ASCII).
+fn cut(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 /// Writes `volume` as a CT series into the new folder `dir` (which must not exist, or be empty).
 ///
 /// `reference`: a folder holding the series this volume derives from; its patient and study
-/// fields are carried over. `description` becomes SeriesDescription. Slices are written along
+/// fields are carried over, and each slice references its source image ([`SeriesInfo`] says
+/// what the series is). Slices are written along
 /// the volume's k axis with ImagePositionPatient = the physical point of voxel (0, 0, k); a
 /// reader sorting along row × column cosine (ours, SimpleITK) gets the same geometry back when
 /// the direction is right-handed, and the same volume flipped along k (same physical image)
@@ -100,9 +203,9 @@ pub fn write_series(
     dir: &Path,
     volume: &Volume,
     reference: Option<&Path>,
-    description: &str,
+    info: &SeriesInfo,
 ) -> Result<()> {
-    let refobj = reference.map(reference_object).transpose()?;
+    let source = reference.map(self::reference).transpose()?;
     let (lo, hi) = volume
         .value_range()
         .ok_or_else(|| VolumeError::invalid(format!("{}: volume is all NaN", dir.display())))?;
@@ -134,12 +237,15 @@ pub fn write_series(
     write_dir_atomic(dir, |tmp| {
         for k in 0..nz {
             let mut obj = InMemDicomObject::new_empty();
-            if let Some(r) = &refobj {
+            if let Some(r) = &source {
                 for &tag in CARRIED {
-                    if let Ok(e) = r.element(tag) {
+                    if let Ok(e) = r.object.element(tag) {
                         obj.put(e.clone());
                     }
                 }
+            }
+            if info.new_study {
+                obj.put_str(tags::STUDY_INSTANCE_UID, VR::UI, study_uid.clone());
             }
             if obj
                 .element_opt(tags::STUDY_INSTANCE_UID)
@@ -166,9 +272,15 @@ pub fn write_series(
             obj.put_str(tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY\\AXIAL");
             obj.put_str(tags::SERIES_INSTANCE_UID, VR::UI, series_uid.clone());
             obj.put_str(tags::SERIES_NUMBER, VR::IS, "9001");
-            obj.put_str(tags::SERIES_DESCRIPTION, VR::LO, description.to_string());
+            obj.put_str(tags::SERIES_DESCRIPTION, VR::LO, cut(&info.description, 64));
+            if let Some(d) = &info.derivation {
+                obj.put_str(tags::DERIVATION_DESCRIPTION, VR::ST, cut(d, 1024));
+            }
             obj.put_str(tags::INSTANCE_NUMBER, VR::IS, (k + 1).to_string());
             let pos = g.index_to_point([0.0, 0.0, k as f64]);
+            if let Some(r) = &source {
+                put_source(&mut obj, r, pos);
+            }
             obj.put_str(tags::IMAGE_POSITION_PATIENT, VR::DS, ds_multi(&pos));
             obj.put_str(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds_multi(&iop));
             obj.put_str(

@@ -13,7 +13,7 @@ pub mod write;
 pub use header::{DataType, NiftiHeader};
 pub use orient::TransformSource;
 pub use read::{read_nifti_bytes, read_nifti_displacement, read_nifti_file, NiftiImage};
-pub use write::{write_nifti, write_nifti_displacement, write_nifti_mask};
+pub use write::{write_nifti, write_nifti_described, write_nifti_displacement, write_nifti_mask};
 
 use crate::{Result, Volume};
 use std::path::Path;

@@ -20,13 +20,24 @@ const CHUNK: usize = 1 << 16;
 
 /// Writes a float volume as NIfTI-1 float32, atomically. `.nii.gz` names are gzip-compressed.
 pub fn write_nifti(path: &Path, volume: &Volume) -> Result<()> {
-    let header = header_for(
+    write_nifti_described(path, volume, "ncct2ctpa")
+}
+
+/// [`write_nifti`] with `descrip` (the header's free-text description, at most 79 bytes;
+/// longer is cut at a character boundary): what the image is and where it comes from.
+pub fn write_nifti_described(path: &Path, volume: &Volume, descrip: &str) -> Result<()> {
+    let mut header = header_for(
         path,
         &volume.geometry,
         volume.size_xyz(),
         None,
         DataType::F32,
     )?;
+    let mut end = descrip.len().min(79);
+    while !descrip.is_char_boundary(end) {
+        end -= 1;
+    }
+    header.descrip = descrip[..end].to_owned();
     write_file(path, &header, |w| {
         write_le(w, volume.data.iter(), |v: &f32| v.to_le_bytes())
     })

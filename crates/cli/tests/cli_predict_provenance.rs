@@ -1,0 +1,121 @@
+//! #15 item 3 end to end: `predict`'s outputs say they are synthetic and which model made
+//! them (the tag-level checks against pydicom's reading of the reference are in
+//! `crates/volume/tests/io_dicom_provenance.rs`).
+
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn dicom_and_nifti_outputs_name_the_model_and_say_synthetic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
+    let run = tmp.path().join("runs/provenance-test");
+    ok(bin()
+        .args(["train", "--data", data.to_str().unwrap()])
+        .args([
+            "--run",
+            run.to_str().unwrap(),
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--crop-size",
+            "32",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]));
+    let ncct = Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume/tests/data/dicom/ct_series");
+    let series = tmp.path().join("synthetic-series");
+    ok(bin()
+        .args(["predict", "--model", run.to_str().unwrap()])
+        .args([
+            "--input",
+            ncct.to_str().unwrap(),
+            "--output",
+            series.to_str().unwrap(),
+            "--format",
+            "dicom",
+            "--device",
+            "cpu",
+        ]));
+    let first = std::fs::read_dir(&series)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let h = volume::io::dicom::scan::read_header(&first).unwrap();
+    assert_eq!(h.description, infer::provenance::SERIES_DESCRIPTION);
+    assert_eq!(h.image_type, ["DERIVED", "SECONDARY", "AXIAL"]);
+    // the input's study, unless --new-study
+    let src = volume::io::dicom::read_series(&ncct, None).unwrap();
+    let src_header = volume::io::dicom::scan::read_header(
+        &std::fs::read_dir(&ncct)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                volume::io::dicom::scan::read_header(p)
+                    .is_ok_and(|h| h.series_uid == src.series_uid)
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(h.study_uid, src_header.study_uid);
+    let series2 = tmp.path().join("synthetic-new-study");
+    ok(bin()
+        .args(["predict", "--model", run.to_str().unwrap()])
+        .args([
+            "--input",
+            ncct.to_str().unwrap(),
+            "--output",
+            series2.to_str().unwrap(),
+            "--format",
+            "dicom",
+            "--device",
+            "cpu",
+            "--new-study",
+        ]));
+    let first2 = std::fs::read_dir(&series2)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let h2 = volume::io::dicom::scan::read_header(&first2).unwrap();
+    assert_ne!(h2.study_uid, src_header.study_uid);
+
+    let nii = tmp.path().join("synthetic.nii.gz");
+    ok(bin()
+        .args(["predict", "--model", run.to_str().unwrap()])
+        .args([
+            "--input",
+            ncct.to_str().unwrap(),
+            "--output",
+            nii.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]));
+    let header = volume::io::nifti::read_nifti_file(&nii).unwrap().header;
+    assert!(
+        header.descrip.starts_with("SYNTHETIC CTPA ncct2ctpa ")
+            && header.descrip.contains("run provenance-test best@2"),
+        "{}",
+        header.descrip
+    );
+}

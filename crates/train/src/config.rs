@@ -215,6 +215,10 @@ pub struct LogConfig {
     pub progress: bool,
     /// Warn when a step waits longer than this for its batch (milliseconds). Default: 50.
     pub starve_warn_ms: u64,
+    /// Write TensorBoard event files into the run folder (`tensorboard --logdir runs/`):
+    /// the logged scalars, validation beside the NCCT baseline, sample grids, the config.
+    /// Default: true.
+    pub tensorboard: bool,
 }
 
 impl Default for LogConfig {
@@ -228,6 +232,7 @@ impl Default for LogConfig {
             best_metric: BestMetric::MaeBody,
             progress: true,
             starve_warn_ms: 50,
+            tensorboard: true,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod signals;
 pub mod step;
+pub mod tensorboard;
 pub mod trainer;
 pub mod validate;
 

@@ -125,6 +125,8 @@ pub struct Trainer {
     dist: Option<Arc<Distributed>>,
     /// Time inside the training steps (for the share of the all-reduces).
     step_time: Duration,
+    /// TensorBoard's event file (rank 0, `log.tensorboard`).
+    tb: Option<crate::tensorboard::EventWriter>,
     /// Held for the whole run by rank 0: no second process trains in the folder.
     _lock: Option<util::lock::FolderLock>,
 }
@@ -207,6 +209,13 @@ impl Trainer {
         if let Some(d) = &dist {
             d.broadcast_from_leader(&nets.variables_in_order(), "rank 0's weights")?;
         }
+        let tb = match leader && cfg.log.tensorboard {
+            true => Some(crate::tensorboard::EventWriter::create(
+                run.root(),
+                resume.then_some(start + 1),
+            )?),
+            false => None,
+        };
         let mut trainer = Self {
             // the other ranks' bars would only repeat rank 0's
             pb: match leader {
@@ -234,6 +243,7 @@ impl Trainer {
             stopped_by: None,
             dist,
             step_time: Duration::ZERO,
+            tb,
             _lock: lock,
         };
         trainer.log_start(&image_lines)?;
@@ -289,6 +299,10 @@ impl Trainer {
                 ("world_size", Value::from(self.world_size())),
             ];
             self.events.write(0, "start", &fields)?;
+            if let Some(tb) = &mut self.tb {
+                let config = self.cfg.to_toml_string()?;
+                tb.text(0, "config", &format!("```toml\n{config}\n```"))?;
+            }
         }
         if self.start >= self.total {
             self.human.line(&format!(
@@ -414,6 +428,14 @@ impl Trainer {
         if log_now {
             let fields = train_fields(stats, epoch, self.opts.gr.lr(), keys);
             self.events.write(step, "train", &fields)?;
+            if let Some(tb) = &mut self.tb {
+                let mut scalars: Vec<(String, f64)> = fields
+                    .iter()
+                    .filter_map(|(k, v)| Some((format!("train/{k}"), v.as_f64()?)))
+                    .collect();
+                scalars.push(("train/lr_d".into(), self.opts.d.lr()));
+                tb.scalars(step, &scalars)?;
+            }
         }
         let (cfg, events, human) = (&self.cfg, &mut self.events, &mut self.human);
         let lung_log = &mut self.lung_log;
@@ -441,6 +463,11 @@ impl Trainer {
                 catch_torch(&format!("the sample grid of step {step}"), || {
                     validator.sample_grid(nets, device, step, &path)
                 })?;
+                if let Some(tb) = &mut self.tb {
+                    let png = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    tb.png(step, "samples", png)?;
+                }
             }
             if checkpoint_now {
                 self.save_latest(step, epoch)?;
@@ -529,6 +556,17 @@ impl Trainer {
         }
         fields.push(("seconds", num(t.elapsed().as_secs_f64())));
         self.events.write(step, "val", &fields)?;
+        if let Some(tb) = &mut self.tb {
+            let tagged = |prefix: &str, s: &Scores| {
+                s.fields()
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((format!("{prefix}/{k}"), v?)))
+                    .collect::<Vec<_>>()
+            };
+            let mut scalars = tagged("val", &self.last);
+            scalars.extend(tagged("val_ncct", &baseline));
+            tb.scalars(step, &scalars)?;
+        }
         let line = format!(
             "step {step}: validation {}",
             scores_line(&self.last, &baseline)

@@ -16,6 +16,7 @@
 //! with rayon), and holding several 512x512x300 cases at once would only cost memory.
 
 pub mod cases;
+pub mod montage;
 pub mod regions;
 pub mod report;
 
@@ -91,6 +92,9 @@ pub enum EvalError {
     },
     #[error("invalid evaluation settings: {0}")]
     Config(String),
+    /// Writing an output (a montage) failed; the error names the file.
+    #[error(transparent)]
+    Write(#[from] util::atomic::WriteError),
 }
 
 /// What to evaluate and how.
@@ -110,6 +114,9 @@ pub struct EvaluateConfig {
     pub score: ScoreConfig,
     /// Largest difference of spacing/origin (mm) and direction still counted as the same grid.
     pub grid_tolerance: f64,
+    /// Write a montage per case with an NCCT here ([`montage`]).
+    #[serde(default)]
+    pub montage_dir: Option<PathBuf>,
 }
 
 impl EvaluateConfig {
@@ -123,6 +130,7 @@ impl EvaluateConfig {
             masks: MaskSources::default(),
             score: ScoreConfig::default(),
             grid_tolerance: 1e-3,
+            montage_dir: None,
         }
     }
 
@@ -193,6 +201,12 @@ pub fn evaluate_with_progress(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Evaluation, EvalError> {
     cfg.validate()?;
+    if let Some(dir) = &cfg.montage_dir {
+        std::fs::create_dir_all(dir).map_err(|source| EvalError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+    }
     let (pairs, unpaired) = cases::pair(&cfg.pred_dir, &cfg.target_dir, cfg.ncct_dir.as_deref())?;
     if !unpaired.is_empty() {
         warn!(
@@ -310,6 +324,11 @@ fn evaluate_case(cfg: &EvaluateConfig, p: &CasePaths) -> Result<CaseResult, Eval
             },
         )
     };
+    if let (Some(dir), Some(n)) = (&cfg.montage_dir, &ncct) {
+        let path = dir.join(format!("{}.png", p.case));
+        let z = montage::write_montage(&path, n, &pred, &target)?;
+        debug!(case = %p.case, slice = z, path = %path.display(), "montage");
+    }
     let model = score("the prediction", &pred)?;
     let baseline = match &ncct {
         Some(n) => Some(score("the NCCT baseline", n)?),

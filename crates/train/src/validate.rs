@@ -126,10 +126,9 @@ impl Validator {
                 .with_context(|| format!("loading validation case {name}"))?;
             cases.push(case);
         }
-        let score_cfg = ScoreConfig {
-            ssim_mode: SsimMode::Axial,
-            ..ScoreConfig::default()
-        };
+        // the one SSIM definition of validation and `evaluate` (metrics::SsimMode's default)
+        let score_cfg = ScoreConfig::default();
+        debug_assert_eq!(score_cfg.ssim_mode, SsimMode::Axial);
         let per_case: Vec<[RegionScores; 2]> = cases
             .iter()
             .map(|c| score_case(c.ncct.data.view(), c, &score_cfg))

@@ -2,9 +2,12 @@
 //! inside body, lung and vessel masks, beside the NCCT-as-prediction baseline
 //! (see the `evaluate` crate). Prints the summary table; writes `evaluation.csv` (per case) and
 //! `evaluation.json` (summary). Exits non-zero on zero pairs, mismatched grids or unreadable
-//! files.
+//! files. With `--model RUN --data PREPARED` it first predicts a split of a prepared dataset
+//! ([`super::evaluate_model`]) and writes a montage per case.
 
+use super::evaluate_model::{self, CheckpointChoice, ModelRun};
 use anyhow::Context;
+use dataset::manifest::Split;
 use evaluate::{evaluate_with_progress, EvaluateConfig, Region};
 use indicatif::{ProgressBar, ProgressStyle};
 use metrics::{ScoreWindow, SsimMode};
@@ -14,11 +17,35 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Predicted CTPA volumes: CASE.nii.gz (or CASE/ DICOM folders).
-    #[arg(long, value_name = "DIR")]
-    pred: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "model")]
+    pred: Option<PathBuf>,
     /// Target CTPA volumes, paired with the predictions by case name.
-    #[arg(long, value_name = "DIR")]
-    target: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "model")]
+    target: Option<PathBuf>,
+    /// A trained run (or checkpoint folder) to evaluate on a split of --data: predicts every
+    /// case, then scores it against the prepared CTPA with the NCCT baseline, and writes a
+    /// montage per case (NCCT | synthetic | CTPA | |error|).
+    #[arg(long, value_name = "RUN", requires = "data", conflicts_with_all = ["pred", "target", "ncct"])]
+    model: Option<PathBuf>,
+    /// With --model: the prepared dataset (from `ncct2ctpa prepare`).
+    #[arg(long, value_name = "PREPARED_DIR", requires = "model")]
+    data: Option<PathBuf>,
+    /// With --model: the split to evaluate.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test, requires = "model")]
+    split: SplitArg,
+    /// With --model: which checkpoint of the run.
+    #[arg(long, value_enum, default_value_t = CheckpointChoice::Best, requires = "model")]
+    checkpoint: CheckpointChoice,
+    /// With --model: device of the predictions (auto, cpu, cuda, cuda:N).
+    #[arg(long, default_value = "auto", requires = "model")]
+    device: String,
+    /// With --model: slices per forward pass.
+    #[arg(long, default_value_t = 8, requires = "model")]
+    batch_size: usize,
+    /// Write a montage per case (NCCT | prediction | target | |error|) into OUT/montage/
+    /// (needs --ncct; always on with --model).
+    #[arg(long)]
+    montage: bool,
     /// NCCT volumes: scored as if they were predictions, the baseline every paper reports.
     #[arg(long, value_name = "DIR")]
     ncct: Option<PathBuf>,
@@ -53,14 +80,32 @@ pub struct Args {
     #[arg(long, value_name = "LO,HI", default_value = "-1024,3071",
           value_parser = parse_window, allow_hyphen_values = true)]
     window: ScoreWindow,
-    /// SSIM window: a 3D Gaussian over the volume (SynthRAD; needs 11+ slices) or 2D per
-    /// axial slice.
-    #[arg(long, value_enum, default_value_t = SsimArg::Volume)]
+    /// SSIM window: 2D per axial slice (the default, as validation during training computes
+    /// it: see metrics::SsimMode) or a 3D Gaussian over the volume (SynthRAD's definition;
+    /// needs 11+ slices).
+    #[arg(long, value_enum, default_value_t = SsimArg::Axial)]
     ssim: SsimArg,
     /// Where evaluation.csv and evaluation.json go (default: the --pred folder, as nnU-Net
-    /// does).
+    /// does; with --model: RUN/evaluation/SPLIT-CHECKPOINT).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Train,
+    Val,
+    Test,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Val => Split::Val,
+            SplitArg::Test => Split::Test,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -105,8 +150,44 @@ fn regions(values: &[String]) -> anyhow::Result<Vec<Region>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut cfg = EvaluateConfig::new(args.pred.clone(), args.target.clone());
-    cfg.ncct_dir = args.ncct;
+    let (pred, target, ncct, out, montage) = match (&args.model, &args.data) {
+        (Some(model), Some(data)) => {
+            let run = ModelRun {
+                model,
+                data,
+                split: args.split.into(),
+                checkpoint: args.checkpoint,
+                device: &args.device,
+                batch_size: args.batch_size,
+            };
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| evaluate_model::default_out(&run));
+            let f = evaluate_model::predict_split(&run, &out)?;
+            (
+                f.pred,
+                f.target,
+                Some(f.ncct),
+                out.clone(),
+                Some(out.join("montage")),
+            )
+        }
+        _ => {
+            let (Some(pred), Some(target)) = (args.pred.clone(), args.target.clone()) else {
+                anyhow::bail!("give --pred and --target, or --model and --data");
+            };
+            if args.montage && args.ncct.is_none() {
+                anyhow::bail!("--montage needs --ncct (the montage shows the NCCT beside)");
+            }
+            let out = args.out.clone().unwrap_or_else(|| pred.clone());
+            let montage = args.montage.then(|| out.join("montage"));
+            (pred, target, args.ncct.clone(), out, montage)
+        }
+    };
+    let mut cfg = EvaluateConfig::new(pred.clone(), target.clone());
+    cfg.ncct_dir = ncct;
+    cfg.montage_dir = montage;
     cfg.regions = regions(&args.masks)?;
     cfg.masks.body_dir = args.body;
     cfg.masks.lung_dir = args.lung;
@@ -130,13 +211,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.set_position(p.done as u64);
         bar.set_message(p.case.unwrap_or("").to_owned());
     })
-    .with_context(|| {
-        format!(
-            "evaluating {} against {}",
-            args.pred.display(),
-            args.target.display()
-        )
-    })?;
+    .with_context(|| format!("evaluating {} against {}", pred.display(), target.display()))?;
     bar.finish_and_clear();
 
     if !eval.unpaired.is_empty() {
@@ -146,7 +221,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eval.unpaired.join(", ")
         );
     }
-    let out = args.out.unwrap_or(args.pred);
     let (csv, json) = eval.write(&out)?;
     outln!(
         "{} case(s); SSIM {:?}, HU window [{}, {}]",
@@ -160,5 +234,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     out!("{}", eval.table());
     outln!("per case: {}\nsummary:  {}", csv.display(), json.display());
+    if let Some(dir) = &cfg.montage_dir {
+        outln!("montages: {}", dir.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod convert;
 pub mod evaluate;
+pub mod evaluate_model;
 pub mod info;
 pub mod predict;
 pub mod prepare;

@@ -26,11 +26,17 @@ pub enum SsimMode {
     /// A 3D Gaussian window (11x11x11 by default): scikit-image's `structural_similarity` on
     /// the whole volume, as the SynthRAD challenge scores synthetic CT. Needs at least `win`
     /// slices.
-    #[default]
     Volume,
     /// A 2D Gaussian window within each axial slice, averaged over all valid pixels of all
     /// slices (every slice has the same number, so this is also the mean of per-slice SSIMs).
     /// This is the SSIM a 2D network is trained with; it works for any number of slices.
+    ///
+    /// The default of validation and `evaluate` alike (one definition): it is the SSIM the
+    /// model is trained on and the one 2D translation papers (pix2pix, RegGAN) report; it
+    /// works on any volume, where the 3D window needs 11 slices and, on 5 mm slices, would
+    /// average over 5.5 cm across slices that a 2D model translates one by one. `Volume`
+    /// stays available for SynthRAD-comparable figures (`evaluate --ssim volume`).
+    #[default]
     Axial,
 }
 

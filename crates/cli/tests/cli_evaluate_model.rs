@@ -1,0 +1,176 @@
+//! #15 item 4: `evaluate --model RUN --data PREPARED` gives exactly the numbers of `predict`
+//! followed by `evaluate`, writes a montage per case, and names what is missing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = bin(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `case,region,metric` -> (model, baseline) of an evaluation.csv.
+fn scores(csv: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                format!("{},{},{}", f[0], f[1], f[3]),
+                f[4].into(),
+                f[5].into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn one_command_equals_predict_then_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p);
+    let data = dataset::fixtures::synthetic_dataset(&t("data"), 3).unwrap();
+    let run = t("run");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    ok(&[
+        "train",
+        "--data",
+        &s(&data),
+        "--run",
+        &s(&run),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "32",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]);
+    let one = t("one");
+    let stdout = ok(&[
+        "evaluate",
+        "--model",
+        &s(&run),
+        "--data",
+        &s(&data),
+        "--split",
+        "val",
+        "--checkpoint",
+        "final",
+        "--device",
+        "cpu",
+        "--out",
+        &s(&one),
+    ]);
+    assert!(stdout.contains("NCCT baseline"), "{stdout}");
+    // the same by hand: predict the exported NCCTs with the same checkpoint, then evaluate
+    let preds = t("preds");
+    ok(&[
+        "predict",
+        "--model",
+        &s(&run.join("checkpoints/final")),
+        "--input",
+        &s(&one.join("ncct")),
+        "--output",
+        &s(&preds),
+        "--device",
+        "cpu",
+    ]);
+    let two = t("two");
+    ok(&[
+        "evaluate",
+        "--pred",
+        &s(&preds),
+        "--target",
+        &s(&one.join("target")),
+        "--ncct",
+        &s(&one.join("ncct")),
+        "--out",
+        &s(&two),
+    ]);
+    let (a, b) = (
+        scores(&one.join("evaluation.csv")),
+        scores(&two.join("evaluation.csv")),
+    );
+    assert!(!a.is_empty());
+    assert_eq!(a, b, "evaluate --model must equal predict + evaluate");
+    // one montage per case, a PNG
+    let montages: Vec<_> = std::fs::read_dir(one.join("montage")).unwrap().collect();
+    assert_eq!(
+        montages.len(),
+        std::fs::read_dir(one.join("pred")).unwrap().count()
+    );
+    let png = std::fs::read(montages[0].as_ref().unwrap().path()).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    // the predictions say what made them
+    let pred = std::fs::read_dir(one.join("pred"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let descrip = volume::io::nifti::read_nifti_file(&pred)
+        .unwrap()
+        .header
+        .descrip;
+    assert!(descrip.contains("run run final@3"), "{descrip}");
+}
+
+#[test]
+fn a_missing_split_or_checkpoint_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
+    let run = tmp.path().join("empty-run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    let out = bin(&[
+        "evaluate",
+        "--model",
+        run.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "test",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the test split has no case") && stderr.contains("1 val"),
+        "{stderr}"
+    );
+    let out = bin(&[
+        "evaluate",
+        "--model",
+        run.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "val",
+        "--checkpoint",
+        "latest",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no checkpoints/latest (the run has none)"),
+        "{stderr}"
+    );
+    // --model and --pred together are refused by the argument parser
+    let out = bin(&["evaluate", "--model", "r", "--data", "d", "--pred", "p"]);
+    assert!(!out.status.success());
+}

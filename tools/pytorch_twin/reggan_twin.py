@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 GAN_INIT_STD = 0.02
+# model::generator::RESIDUAL_EPS: a residual G clamps its centre input channel to
+# [-1 + eps, 1 - eps] before atanh, so that air (-1) has a finite pre-activation.
+RESIDUAL_EPS = 1e-4
 
 # The Default of model::config::ModelConfig, key for key.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -63,6 +66,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "norm": "instance",
         "activation": "relu",
         "leaky_slope": 0.2,
+        "residual": False,
     },
     "registration": {
         "base_channels": 12,
@@ -239,7 +243,13 @@ def _init_normal(module: nn.Module, std: float) -> None:
 class Generator(UNet):
     """G: UNet + tanh. x [B, in_channels, H, W] -> [B, out_channels, H, W] in [-1, 1].
 
-    Weights N(0, 0.02), biases 0 (pix2pix/RegGAN), as in crates/model/src/generator.rs."""
+    Weights N(0, 0.02), biases 0 (pix2pix/RegGAN), as in crates/model/src/generator.rs.
+
+    With cfg["residual"] (default False), G corrects its centre input channel (channel
+    in_channels // 2, the slice itself in a 2.5D stack) instead of predicting the whole image:
+    out = tanh(atanh(clamp(x_centre, -1 + RESIDUAL_EPS, 1 - RESIDUAL_EPS)) + unet(x)),
+    broadcast over out_channels, with the 1x1 head's weights starting at zero (an untrained G
+    is the identity up to RESIDUAL_EPS)."""
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(
@@ -248,9 +258,18 @@ class Generator(UNet):
             cfg["leaky_slope"],
         )
         _init_normal(self, GAN_INIT_STD)
+        self.residual = bool(cfg.get("residual", False))
+        self.centre = cfg["in_channels"] // 2
+        if self.residual:
+            nn.init.zeros_(self.head.weight)  # the bias is zero already
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(super().forward(x))
+        u = super().forward(x)
+        if not self.residual:
+            return torch.tanh(u)
+        centre = x[:, self.centre : self.centre + 1]
+        centre = centre.clamp(-1.0 + RESIDUAL_EPS, 1.0 - RESIDUAL_EPS).atanh()
+        return torch.tanh(centre + u)
 
 
 class SelfAttention(nn.Module):

@@ -189,8 +189,12 @@ fn print_text(i: &VolumeInfo) {
         outln!("  series     {uid} (read)");
         for s in &i.series {
             let mark = if &s.uid == uid { "*" } else { " " };
+            let frames = match s.images == s.files {
+                true => String::new(),
+                false => format!(" ({} images)", s.images),
+            };
             outln!(
-                "   {mark} {} {} {} files {}x{} \"{}\"",
+                "   {mark} {} {} {} files{frames} {}x{} \"{}\"",
                 s.uid,
                 s.modality,
                 s.files,

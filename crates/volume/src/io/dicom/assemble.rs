@@ -57,11 +57,13 @@ pub fn assemble(dir: &Path, series_uid: &str, headers: Vec<SliceHeader>) -> Resu
         if h.image_type.iter().any(|t| t == "LOCALIZER") {
             tracing::debug!("{}: dropped: localizer (ImageType)", h.path.display());
             dropped.push((h.path, "localizer image".to_string()));
-        } else if h.number_of_frames > 1 {
+        } else if h.number_of_frames > 1 && h.frame.is_none() {
             return Err(VolumeError::unsupported(
                 &h.path,
                 format!(
-                    "multi-frame image ({} frames): enhanced multi-frame series are not supported",
+                    "multi-frame image ({} frames) without per-frame functional groups: only \
+                     enhanced multi-frame images (Enhanced CT, Legacy Converted Enhanced CT) \
+                     can be placed frame by frame",
                     h.number_of_frames
                 ),
             ));

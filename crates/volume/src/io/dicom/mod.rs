@@ -48,6 +48,8 @@ pub struct SeriesSummary {
     pub description: String,
     /// Number of files in the series (localizers included).
     pub files: usize,
+    /// Number of images: the files' frames (an enhanced multi-frame file holds many).
+    pub images: usize,
     /// Rows x columns of the first file.
     pub rows: usize,
     pub columns: usize,
@@ -60,7 +62,12 @@ fn summarize(uid: &str, headers: &[scan::SliceHeader]) -> SeriesSummary {
         uid: uid.to_string(),
         modality: first.map(|h| h.modality.clone()).unwrap_or_default(),
         description: first.map(|h| h.description.clone()).unwrap_or_default(),
-        files: headers.len(),
+        files: headers
+            .iter()
+            .map(|h| h.path.as_path())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        images: headers.len(),
         rows: first.map_or(0, |h| h.rows),
         columns: first.map_or(0, |h| h.columns),
         transfer_syntax: first.map(|h| h.transfer_syntax.clone()).unwrap_or_default(),
@@ -96,6 +103,29 @@ fn no_dicom_error(dir: &Path, scan: &scan::FolderScan) -> VolumeError {
             ),
         )
     }
+}
+
+/// Every slice's pixels in stack order: single-frame files in parallel, each multi-frame file
+/// decoded once for all its frames.
+fn decode_planes(slices: &[scan::SliceHeader]) -> Result<Vec<Vec<f32>>> {
+    let mut by_file: std::collections::BTreeMap<&Path, Vec<usize>> = Default::default();
+    for (i, h) in slices.iter().enumerate().filter(|(_, h)| h.frame.is_some()) {
+        by_file.entry(h.path.as_path()).or_default().push(i);
+    }
+    let mut planes: Vec<Option<Vec<f32>>> = slices
+        .par_iter()
+        .map(|h| match h.frame {
+            None => pixels::decode_slice(h).map(Some),
+            Some(_) => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    for indices in by_file.values() {
+        let frames: Vec<&scan::SliceHeader> = indices.iter().map(|&i| &slices[i]).collect();
+        for (&i, plane) in indices.iter().zip(pixels::decode_frames(&frames)?) {
+            planes[i] = Some(plane);
+        }
+    }
+    Ok(planes.into_iter().map(Option::unwrap_or_default).collect())
 }
 
 /// Reads one DICOM series from `dir`: the one with `series_uid`, or else the CT series with
@@ -168,11 +198,7 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<DicomSeries> 
         stack.slices[0].rows,
         stack.slices.len(),
     );
-    let planes: Vec<Vec<f32>> = stack
-        .slices
-        .par_iter()
-        .map(pixels::decode_slice)
-        .collect::<Result<_>>()?;
+    let planes = decode_planes(&stack.slices)?;
     let mut data = Vec::with_capacity(nx * ny * nz);
     for p in planes {
         data.extend(p);

@@ -43,6 +43,49 @@ pub fn check_transfer_syntax(h: &SliceHeader) -> Result<()> {
     }
 }
 
+/// The pixels of the frames `frames` of one enhanced multi-frame file (all from the same
+/// `path`, each with its own rescale), row-major each, in HU as [`decode_slice`] gives them.
+/// The file's pixel data is decoded once for all of them.
+pub fn decode_frames(frames: &[&SliceHeader]) -> Result<Vec<Vec<f32>>> {
+    let Some(first) = frames.first() else {
+        return Ok(Vec::new());
+    };
+    check_transfer_syntax(first)?;
+    if is_jpeg2000(&first.transfer_syntax) {
+        return Err(VolumeError::unsupported(
+            &first.path,
+            "JPEG 2000 multi-frame pixel data is not supported (single-frame JPEG 2000 is)",
+        ));
+    }
+    let obj = super::open::open(&first.path, None)
+        .map_err(|e| VolumeError::format(&first.path, e))?
+        .obj;
+    let stored = decode_with_pixeldata(first, &obj)?;
+    let plane = first.rows * first.columns;
+    let (slope0, intercept0) = rescale(&obj);
+    frames
+        .iter()
+        .map(|h| {
+            let k = h.frame.unwrap_or(0);
+            let values = stored.get(k * plane..(k + 1) * plane).ok_or_else(|| {
+                VolumeError::format(
+                    &h.path,
+                    format!(
+                        "pixel data holds {} values, too few for frame {} of {plane}",
+                        stored.len(),
+                        k + 1
+                    ),
+                )
+            })?;
+            let (slope, intercept) = h.rescale.unwrap_or((slope0, intercept0));
+            Ok(values
+                .iter()
+                .map(|&v| (v * slope + intercept) as f32)
+                .collect())
+        })
+        .collect()
+}
+
 /// The slice's pixels, row-major (`rows × columns`), as `stored * RescaleSlope +
 /// RescaleIntercept` (computed in float64, then rounded to float32).
 pub fn decode_slice(h: &SliceHeader) -> Result<Vec<f32>> {
@@ -109,7 +152,8 @@ pub(crate) fn contain_panic<T>(decode: impl FnOnce() -> T) -> std::result::Resul
     })
 }
 
-/// Stored values of the first frame through dicom-pixeldata (native and RLE/JPEG syntaxes).
+/// Stored values through dicom-pixeldata (native and RLE/JPEG syntaxes): every frame, one
+/// after the other (a single-frame image's one).
 fn decode_with_pixeldata(h: &SliceHeader, obj: &DefaultDicomObject) -> Result<Vec<f64>> {
     let decoded = contain_panic(|| obj.decode_pixel_data())
         .map_err(|m| VolumeError::format(&h.path, m))?

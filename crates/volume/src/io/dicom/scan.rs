@@ -2,7 +2,7 @@
 
 use crate::{Result, VolumeError};
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, Tag};
+use dicom_object::{DefaultDicomObject, InMemDicomObject, Tag};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -33,6 +33,13 @@ pub struct SliceHeader {
     pub spacing_between_slices: Option<f64>,
     pub instance_number: Option<i64>,
     pub transfer_syntax: String,
+    /// A frame of an enhanced multi-frame image: its index in the file (0-based). Position,
+    /// orientation, spacing and rescale above are then that frame's, from the functional
+    /// groups ([`read_frames`]).
+    pub frame: Option<usize>,
+    /// RescaleSlope and RescaleIntercept of this frame when they come from a functional group
+    /// (enhanced images); `None`: the data set's own.
+    pub rescale: Option<(f64, f64)>,
 }
 
 /// A folder's DICOM images grouped by SeriesInstanceUID, and what was skipped.
@@ -43,14 +50,14 @@ pub struct FolderScan {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-fn text(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
+fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let e = obj.element_opt(tag).ok()??;
     let s = e.to_str().ok()?;
     let s = s.trim_matches(|c: char| c.is_whitespace() || c == '\0');
     (!s.is_empty()).then(|| s.to_string())
 }
 
-fn floats(obj: &DefaultDicomObject, tag: Tag) -> Option<Vec<f64>> {
+fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     let e = obj.element_opt(tag).ok()??;
     let v = e.to_multi_float64().ok()?;
     v.iter().all(|x| x.is_finite()).then_some(v)
@@ -60,7 +67,7 @@ fn array<const N: usize>(v: Option<Vec<f64>>) -> Option<[f64; N]> {
     v.and_then(|v| <[f64; N]>::try_from(v).ok())
 }
 
-fn uint(obj: &DefaultDicomObject, tag: Tag) -> Option<usize> {
+fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<usize> {
     let e = obj.element_opt(tag).ok()??;
     e.to_int::<u32>().ok().map(|v| v as usize)
 }
@@ -110,7 +117,100 @@ pub fn header_of(
             .transfer_syntax()
             .trim_end_matches('\0')
             .to_string(),
+        frame: None,
+        rescale: None,
     })
+}
+
+/// The items of sequence `tag` in `obj` (empty when absent).
+fn items(obj: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items())
+        .unwrap_or(&[])
+}
+
+/// Attribute `tag` of the first item of functional group `group` in `per_frame`, else in
+/// `shared` (a per-frame group overrides the shared one, PS3.3 C.7.6.16).
+fn functional(
+    per_frame: Option<&InMemDicomObject>,
+    shared: Option<&InMemDicomObject>,
+    group: Tag,
+    tag: Tag,
+) -> Option<Vec<f64>> {
+    [per_frame, shared]
+        .into_iter()
+        .flatten()
+        .find_map(|g| items(g, group).first().and_then(|i| floats(i, tag)))
+}
+
+/// One header per frame of an enhanced multi-frame image (Enhanced CT, Legacy Converted
+/// Enhanced CT, ...: anything with a Per-Frame Functional Groups Sequence), each placed by its
+/// Plane Position, Plane Orientation, Pixel Measures and Pixel Value Transformation groups, as
+/// dcm2niix and SimpleITK read them; a single-frame image or a multi-frame image without
+/// functional groups: its one header, unchanged (the assembler refuses the latter).
+pub fn read_frames(path: &Path) -> std::result::Result<Vec<SliceHeader>, String> {
+    let opened = super::open::open(path, Some(tags::PIXEL_DATA))?;
+    let mut base = header_of(path, &opened.obj)?;
+    if opened.inflated {
+        base.transfer_syntax = super::lengths::DEFLATED_EXPLICIT_VR_LE.to_string();
+    }
+    let obj: &InMemDicomObject = &opened.obj;
+    let per_frame = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    if base.number_of_frames <= 1 || per_frame.is_empty() {
+        return Ok(vec![base]);
+    }
+    if per_frame.len() != base.number_of_frames {
+        return Err(format!(
+            "NumberOfFrames is {} but the Per-Frame Functional Groups Sequence has {} items",
+            base.number_of_frames,
+            per_frame.len()
+        ));
+    }
+    let shared = items(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).first();
+    per_frame
+        .iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let get = |seq, tag| functional(Some(group), shared, seq, tag);
+            let position = array(get(
+                tags::PLANE_POSITION_SEQUENCE,
+                tags::IMAGE_POSITION_PATIENT,
+            ))
+            .ok_or_else(|| format!("frame {}: no Plane Position (ImagePositionPatient)", i + 1))?;
+            let orientation = array(get(
+                tags::PLANE_ORIENTATION_SEQUENCE,
+                tags::IMAGE_ORIENTATION_PATIENT,
+            ))
+            .ok_or_else(|| format!("frame {}: no Plane Orientation", i + 1))?;
+            let measure = |tag| get(tags::PIXEL_MEASURES_SEQUENCE, tag);
+            let transform = |tag| {
+                get(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tag).and_then(|v| v.first().copied())
+            };
+            let rescale = match (
+                transform(tags::RESCALE_SLOPE),
+                transform(tags::RESCALE_INTERCEPT),
+            ) {
+                (None, None) => None,
+                (slope, intercept) => Some((slope.unwrap_or(1.0), intercept.unwrap_or(0.0))),
+            };
+            Ok(SliceHeader {
+                frame: Some(i),
+                position: Some(position),
+                orientation: Some(orientation),
+                pixel_spacing: array(measure(tags::PIXEL_SPACING)).or(base.pixel_spacing),
+                slice_thickness: measure(tags::SLICE_THICKNESS)
+                    .and_then(|v| v.first().copied())
+                    .or(base.slice_thickness),
+                spacing_between_slices: measure(tags::SPACING_BETWEEN_SLICES)
+                    .and_then(|v| v.first().copied())
+                    .or(base.spacing_between_slices),
+                rescale,
+                ..base.clone()
+            })
+        })
+        .collect()
 }
 
 /// Reads the header of every regular, non-hidden file directly in `dir` (sorted by name).
@@ -135,8 +235,12 @@ pub fn scan_files(label: &Path, files: Vec<PathBuf>) -> FolderScan {
     let dir = label;
     let mut scan = FolderScan::default();
     for path in files {
-        match read_header(&path) {
-            Ok(h) => scan.series.entry(h.series_uid.clone()).or_default().push(h),
+        match read_frames(&path) {
+            Ok(frames) => {
+                for h in frames {
+                    scan.series.entry(h.series_uid.clone()).or_default().push(h);
+                }
+            }
             Err(why) => {
                 tracing::debug!("{}: skipped: {why}", path.display());
                 scan.skipped.push((path, why));

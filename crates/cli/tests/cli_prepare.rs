@@ -159,3 +159,73 @@ fn a_full_disk_fails_the_prepare_and_keeps_the_earlier_manifest() {
     assert!(rerun.status.success(), "{stderr}");
     assert!(stdout.contains("1 prepared, 2 kept"), "{stdout}");
 }
+
+/// #15 item 2: DICOM export folders with several series: `--series-description` chooses the
+/// same series in every case, and the case's meta says which and why.
+#[test]
+fn a_series_rule_chooses_in_every_case_and_is_recorded() {
+    use volume::io::dicom::{write_series, SeriesInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let (nii, raw, out) = (
+        dir.path().join("nii"),
+        dir.path().join("raw"),
+        dir.path().join("prep"),
+    );
+    let o = ncct2ctpa(&["synth", "--out", s(&nii), "--cases", "1", "--seed", "3"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    for kind in ["ncct", "ctpa"] {
+        let v = volume::io::read_volume(&nii.join(kind).join("case_000.nii.gz")).unwrap();
+        let folder = raw.join(kind).join("case_000");
+        std::fs::create_dir_all(&folder).unwrap();
+        // two reconstructions in one folder; the lung one is darker, to tell them apart
+        for (desc, shift) in [("Thorax 1.0 soft", 0.0f32), ("Thorax 1.0 lung", -100.0)] {
+            let series = dir.path().join(format!("{kind}-{shift}"));
+            let shifted = volume::Volume::new(v.data.mapv(|x| x + shift), v.geometry).unwrap();
+            write_series(&series, &shifted, None, &SeriesInfo::described(desc)).unwrap();
+            for f in std::fs::read_dir(&series).unwrap() {
+                let f = f.unwrap().path();
+                let name = format!("{shift}-{}", f.file_name().unwrap().to_string_lossy());
+                std::fs::rename(&f, folder.join(name)).unwrap();
+            }
+        }
+    }
+    let o = ncct2ctpa(&[
+        "prepare",
+        s(&raw),
+        "--out",
+        s(&out),
+        "--split",
+        "1,0,0",
+        "--align",
+        "none",
+        "--series-description",
+        "soft",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("cases/case_000/meta.json")).unwrap())
+            .unwrap();
+    for kind in ["ncct_series", "ctpa_series"] {
+        assert_eq!(
+            meta[kind]["description"], "Thorax 1.0 soft",
+            "{kind}: {meta}"
+        );
+        let reason = meta[kind]["reason"].as_str().unwrap();
+        assert!(reason.contains("description /soft/"), "{reason}");
+        let passed = &meta[kind]["passed_over"][0][1];
+        assert!(
+            passed.as_str().unwrap().contains("does not match /soft/"),
+            "{passed}"
+        );
+    }
+    assert_eq!(meta["settings"]["series"]["description"], "soft");
+    // a bad pattern is refused before anything is read
+    let o = ncct2ctpa(&["prepare", s(&raw), "--out", s(&out), "--series-kernel", "("]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("series kernel pattern"),
+        "{}",
+        text(&o).1
+    );
+}

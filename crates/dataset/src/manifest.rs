@@ -126,6 +126,10 @@ pub struct CaseSettings {
     pub rigid: RigidConfig,
     /// Body and lung mask settings (the lung settings are unused for supplied lung masks).
     pub masks: MaskConfig,
+    /// Which series of a DICOM folder to read (NCCT and CTPA alike; manifests written
+    /// before the rule existed read as "any series").
+    #[serde(default)]
+    pub series: volume::io::dicom::SeriesRule,
 }
 
 impl Default for CaseSettings {
@@ -137,6 +141,7 @@ impl Default for CaseSettings {
             align: AlignMode::Rigid,
             rigid: RigidConfig::default(),
             masks: MaskConfig::default(),
+            series: Default::default(),
         }
     }
 }
@@ -225,6 +230,11 @@ pub struct CaseMeta {
     /// HU range of the stored NCCT and CTPA (after resampling, before clipping to i16).
     pub ncct_hu_range: [f32; 2],
     pub ctpa_hu_range: [f32; 2],
+    /// The series read from a DICOM folder of several, and why ([`CaseSettings::series`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ncct_series: Option<volume::io::dicom::SeriesChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctpa_series: Option<volume::io::dicom::SeriesChoice>,
 }
 
 impl CaseMeta {

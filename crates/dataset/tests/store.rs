@@ -57,6 +57,8 @@ fn meta(case: &str) -> CaseMeta {
         },
         ncct_hu_range: [-1024.0, 1000.0],
         ctpa_hu_range: [-1024.0, 1000.0],
+        ncct_series: None,
+        ctpa_series: None,
     }
 }
 

@@ -189,18 +189,14 @@ fn print_text(i: &VolumeInfo) {
         outln!("  series     {uid} (read)");
         for s in &i.series {
             let mark = if &s.uid == uid { "*" } else { " " };
-            let frames = match s.images == s.files {
-                true => String::new(),
-                false => format!(" ({} images)", s.images),
-            };
+            // what the series choice looks at: slices, thickness, kernel, extent
             outln!(
-                "   {mark} {} {} {} files{frames} {}x{} \"{}\"",
+                "   {mark} {} {} ({} files, {}x{})",
                 s.uid,
-                s.modality,
+                s.line(),
                 s.files,
                 s.columns,
-                s.rows,
-                s.description
+                s.rows
             );
         }
     }

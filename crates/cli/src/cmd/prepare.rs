@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use volume::io::dicom::SeriesRule;
 use volume::register::Similarity;
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +42,18 @@ pub struct Args {
     /// Histogram bins per image of mattes-mi (5 to 1024).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(5..=1024))]
     mi_bins: u16,
+    /// DICOM folders holding several series: read the one whose SeriesDescription matches
+    /// this regular expression (case-insensitive), e.g. "ctpa|angio|thorax". Localizers and
+    /// single-position series (bolus tracking) are never read; among the matching series the
+    /// one with the most slice positions wins. Applies to NCCT and CTPA folders.
+    #[arg(long, value_name = "REGEX")]
+    series_description: Option<String>,
+    /// ... whose ConvolutionKernel matches this regular expression, e.g. "b3|b4|standard".
+    #[arg(long, value_name = "REGEX")]
+    series_kernel: Option<String>,
+    /// ... whose SliceThickness (mm) lies in MIN:MAX, e.g. 0.5:1.5.
+    #[arg(long, value_name = "MIN:MAX", value_parser = parse_thickness)]
+    series_thickness: Option<[f64; 2]>,
     /// Seed of the train/val/test split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -187,6 +200,18 @@ fn report_table(cases: &[CaseReport]) -> String {
     s
 }
 
+fn parse_thickness(s: &str) -> Result<[f64; 2], String> {
+    let (lo, hi) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected MIN:MAX in mm, got {s:?}"))?;
+    let num = |p: &str| {
+        p.trim()
+            .parse::<f64>()
+            .map_err(|e| format!("{p:?} in {s:?} is not a number: {e}"))
+    };
+    Ok([num(lo)?, num(hi)?])
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let discovery = discover(&args.raw)
         .with_context(|| format!("no usable dataset in {}", args.raw.display()))?;
@@ -223,6 +248,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         SimilarityArg::MattesMi => Similarity::MattesMi,
     };
     opts.settings.rigid.mi_bins = usize::from(args.mi_bins);
+    opts.settings.series = SeriesRule {
+        description: args.series_description.clone(),
+        kernel: args.series_kernel.clone(),
+        thickness_mm: args.series_thickness,
+    };
+    opts.settings
+        .series
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--series-*: {e}"))?;
 
     let bar = ProgressBar::new(discovery.pairs.len() as u64).with_style(
         ProgressStyle::with_template(

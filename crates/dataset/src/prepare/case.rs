@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::{debug, info};
 use util::checksum::sha256_path;
-use volume::io::{read_ct, read_mask};
+use volume::io::dicom::SeriesSelection;
+use volume::io::{read_ct_selected, read_mask};
 use volume::masks::{body_mask, lung_mask};
 use volume::register::{align_rigid, RigidResult, Similarity};
 use volume::resample::{resample, resample_mask, Grid, Interpolation};
@@ -189,8 +190,14 @@ pub fn prepare_case(
     }
 
     // 1. read and check
-    let ncct = read_ct(&pair.ncct.path, None)?;
-    let ctpa = read_ct(&pair.ctpa.path, None)?;
+    let selection = SeriesSelection::Rule(settings.series.clone());
+    let (ncct, ncct_series) = read_ct_selected(&pair.ncct.path, &selection)?;
+    let (ctpa, ctpa_series) = read_ct_selected(&pair.ctpa.path, &selection)?;
+    for (what, choice) in [("NCCT", &ncct_series), ("CTPA", &ctpa_series)] {
+        if let Some(c) = choice {
+            info!(case = %case, "{what} series {}: {}", c.uid, c.reason);
+        }
+    }
     check_pair(&ncct, &ctpa, &pair.ncct.path, &pair.ctpa.path)?;
     debug!(case = %case, ncct = ?ncct.size_xyz(), ctpa = ?ctpa.size_xyz(), "read pair");
 
@@ -278,6 +285,8 @@ pub fn prepare_case(
         },
         ncct_hu_range: hu_range(&ncct_r),
         ctpa_hu_range: hu_range(&ctpa_r),
+        ncct_series,
+        ctpa_series,
     };
     store::write_case(
         root,

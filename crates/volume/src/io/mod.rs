@@ -17,11 +17,28 @@ pub const AIR_HU: f32 = -1024.0;
 /// Reads a CT volume in HU for the pipeline (prepare, predict, evaluate): [`read_volume`], or
 /// `series` of a DICOM folder, with scanner padding read as air ([`pad_to_air`]).
 pub fn read_ct(path: &Path, series: Option<&str>) -> Result<Volume> {
-    let mut v = match (path.is_dir(), series) {
-        (true, series) => dicom::read_series(path, series)?.volume,
-        (false, series) => match sniff(path)? {
-            FileFormat::Nifti => nifti::read_nifti(path)?,
-            FileFormat::Dicom => dicom::read_series(path, series)?.volume,
+    let selection = match series {
+        Some(uid) => dicom::SeriesSelection::Uid(uid.to_owned()),
+        None => dicom::SeriesSelection::Rule(dicom::SeriesRule::default()),
+    };
+    Ok(read_ct_selected(path, &selection)?.0)
+}
+
+/// [`read_ct`] with the DICOM series chosen by `selection`; also returns how it was chosen
+/// (`None` for NIfTI, a single file, or a series named by UID).
+pub fn read_ct_selected(
+    path: &Path,
+    selection: &dicom::SeriesSelection,
+) -> Result<(Volume, Option<dicom::SeriesChoice>)> {
+    let dicom_series = |p: &Path| -> Result<(Volume, Option<dicom::SeriesChoice>)> {
+        let s = dicom::read_series_selected(p, selection)?;
+        Ok((s.volume, s.choice))
+    };
+    let (mut v, choice) = match path.is_dir() {
+        true => dicom_series(path)?,
+        false => match sniff(path)? {
+            FileFormat::Nifti => (nifti::read_nifti(path)?, None),
+            FileFormat::Dicom => dicom_series(path)?,
         },
     };
     let padded = pad_to_air(&mut v.data);
@@ -32,7 +49,7 @@ pub fn read_ct(path: &Path, series: Option<&str>) -> Result<Volume> {
             path.display()
         );
     }
-    Ok(v)
+    Ok((v, choice))
 }
 
 /// Sets every value below [`AIR_HU`] to it; returns how many there were.

@@ -8,6 +8,8 @@
 //!   checked, ITK geometry;
 //! - [`pixels`]: pixel data decoded (compressed syntaxes included) and rescaled to HU;
 //! - [`j2k`]: JPEG 2000 codestreams validated against the header, then decoded memory-safely;
+//! - [`select`]: which series of a folder to read (never a localizer or a single-position
+//!   series; a [`SeriesRule`] by description, kernel and thickness), and why;
 //! - [`write`]: an uncompressed CT series carrying a reference series' patient and study.
 
 pub mod assemble;
@@ -17,8 +19,10 @@ pub mod lengths;
 pub mod open;
 pub mod pixels;
 pub mod scan;
+pub mod select;
 pub mod write;
 
+pub use select::{SeriesChoice, SeriesFacts, SeriesRule};
 pub use write::{write_series, SeriesInfo};
 
 use crate::{Result, Volume, VolumeError};
@@ -38,36 +42,51 @@ pub struct DicomSeries {
     pub max_spacing_deviation: f64,
     /// Files of this series or folder that were not used, with the reason.
     pub dropped: Vec<(PathBuf, String)>,
+    /// How the series was chosen among the folder's (`None`: it was named by UID, or the
+    /// input was a single file).
+    pub choice: Option<SeriesChoice>,
 }
 
-/// What a folder holds, per series (for `info` and for choosing a series).
+/// Which series of a folder to read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeriesSelection {
+    /// The one with this SeriesInstanceUID.
+    Uid(String),
+    /// The one [`select::choose`] picks by this rule.
+    Rule(SeriesRule),
+}
+
+/// What a folder holds, per series (for `info` and for choosing a series): what the choice
+/// looks at ([`SeriesFacts`], also reachable as fields of the summary) and the files.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SeriesSummary {
-    pub uid: String,
-    pub modality: String,
-    pub description: String,
+    #[serde(flatten)]
+    pub facts: SeriesFacts,
     /// Number of files in the series (localizers included).
     pub files: usize,
-    /// Number of images: the files' frames (an enhanced multi-frame file holds many).
-    pub images: usize,
     /// Rows x columns of the first file.
     pub rows: usize,
     pub columns: usize,
     pub transfer_syntax: String,
 }
 
+impl std::ops::Deref for SeriesSummary {
+    type Target = SeriesFacts;
+
+    fn deref(&self) -> &SeriesFacts {
+        &self.facts
+    }
+}
+
 fn summarize(uid: &str, headers: &[scan::SliceHeader]) -> SeriesSummary {
     let first = headers.first();
     SeriesSummary {
-        uid: uid.to_string(),
-        modality: first.map(|h| h.modality.clone()).unwrap_or_default(),
-        description: first.map(|h| h.description.clone()).unwrap_or_default(),
+        facts: SeriesFacts::of(uid, headers),
         files: headers
             .iter()
             .map(|h| h.path.as_path())
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
-        images: headers.len(),
         rows: first.map_or(0, |h| h.rows),
         columns: first.map_or(0, |h| h.columns),
         transfer_syntax: first.map(|h| h.transfer_syntax.clone()).unwrap_or_default(),
@@ -128,11 +147,22 @@ fn decode_planes(slices: &[scan::SliceHeader]) -> Result<Vec<Vec<f32>>> {
     Ok(planes.into_iter().map(Option::unwrap_or_default).collect())
 }
 
-/// Reads one DICOM series from `dir`: the one with `series_uid`, or else the CT series with
-/// the most files (any modality if there is no CT), logging the others at info level. `dir`
-/// may also be a single DICOM file (a one-slice series).
+/// Reads one DICOM series from `dir`: the one with `series_uid`, or else the one
+/// [`select::choose`] picks with no rule (the CT series with the most slice positions, never a
+/// localizer or a single-position series). `dir` may also be a single DICOM file (its
+/// series, whatever it holds).
 pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<DicomSeries> {
-    let mut scan = if dir.is_file() {
+    let selection = match series_uid {
+        Some(uid) => SeriesSelection::Uid(uid.to_owned()),
+        None => SeriesSelection::Rule(SeriesRule::default()),
+    };
+    read_series_selected(dir, &selection)
+}
+
+/// Reads the series of `dir` that `selection` names (see [`read_series`]).
+pub fn read_series_selected(dir: &Path, selection: &SeriesSelection) -> Result<DicomSeries> {
+    let single_file = dir.is_file();
+    let mut scan = if single_file {
         scan::scan_files(dir, vec![dir.to_path_buf()])
     } else {
         scan::scan_folder(dir)?
@@ -145,8 +175,8 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<DicomSeries> 
         .iter()
         .map(|(uid, h)| summarize(uid, h))
         .collect();
-    let uid = match series_uid {
-        Some(uid) => {
+    let (uid, choice) = match selection {
+        SeriesSelection::Uid(uid) => {
             if !scan.series.contains_key(uid) {
                 let known: Vec<&str> = summaries.iter().map(|s| s.uid.as_str()).collect();
                 return Err(VolumeError::format(
@@ -157,37 +187,31 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<DicomSeries> 
                     ),
                 ));
             }
-            uid.to_string()
+            (uid.clone(), None)
         }
-        None => {
-            let best = summaries
-                .iter()
-                .max_by(|a, b| {
-                    (a.modality == "CT", a.files)
-                        .cmp(&(b.modality == "CT", b.files))
-                        .then(b.uid.cmp(&a.uid))
-                })
-                .map(|s| s.uid.clone())
-                .unwrap_or_default();
+        // a file given alone is read as the series it belongs to
+        SeriesSelection::Rule(rule) if single_file && rule.is_any() => {
+            (summaries[0].uid.clone(), None)
+        }
+        SeriesSelection::Rule(rule) => {
+            let facts: Vec<SeriesFacts> = summaries.iter().map(|s| s.facts.clone()).collect();
+            let choice = select::choose(dir, &facts, rule)?;
             if summaries.len() > 1 {
-                let others: Vec<String> = summaries
-                    .iter()
-                    .filter(|s| s.uid != best)
-                    .map(|s| {
-                        format!(
-                            "{} ({} {} files, \"{}\")",
-                            s.uid, s.modality, s.files, s.description
-                        )
-                    })
-                    .collect();
                 tracing::info!(
-                    "{}: {} series; reading the largest CT series {best}; others (choose with --series): {}",
+                    "{}: {} series; reading {}: {}; passed over: {}",
                     dir.display(),
                     summaries.len(),
-                    others.join("; ")
+                    choice.uid,
+                    choice.reason,
+                    choice
+                        .passed_over
+                        .iter()
+                        .map(|(u, why)| format!("{u} ({why})"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 );
             }
-            best
+            (choice.uid.clone(), Some(choice))
         }
     };
     let headers = scan.series.remove(&uid).unwrap_or_default();
@@ -222,5 +246,6 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<DicomSeries> 
         summary,
         max_spacing_deviation: stack.max_spacing_deviation,
         dropped,
+        choice,
     })
 }

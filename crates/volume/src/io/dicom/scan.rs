@@ -32,6 +32,8 @@ pub struct SliceHeader {
     /// SpacingBetweenSlices (0018,0088).
     pub spacing_between_slices: Option<f64>,
     pub instance_number: Option<i64>,
+    /// ConvolutionKernel (0018,1210): the reconstruction kernel ("B30f", "STANDARD", ...).
+    pub kernel: Option<String>,
     pub transfer_syntax: String,
     /// A frame of an enhanced multi-frame image: its index in the file (0-based). Position,
     /// orientation, spacing and rescale above are then that frame's, from the functional
@@ -112,6 +114,7 @@ pub fn header_of(
         spacing_between_slices: floats(obj, tags::SPACING_BETWEEN_SLICES)
             .and_then(|v| v.first().copied()),
         instance_number: text(obj, tags::INSTANCE_NUMBER).and_then(|s| s.parse().ok()),
+        kernel: text(obj, tags::CONVOLUTION_KERNEL),
         transfer_syntax: obj
             .meta()
             .transfer_syntax()

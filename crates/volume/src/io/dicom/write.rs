@@ -103,7 +103,7 @@ impl SeriesInfo {
     }
 }
 
-/// The reference series (the largest in `dir`): its first image's header object, and every
+/// The reference series (the one `read_series` reads from `dir` by default): its first image's header object, and every
 /// image's header (for the source references).
 struct Reference {
     object: InMemDicomObject,
@@ -113,7 +113,13 @@ struct Reference {
 
 fn reference(dir: &Path) -> Result<Reference> {
     let list = super::list_series(dir)?;
-    let uid = &list[0].uid;
+    // the series `read_series` reads from this folder by default
+    let facts: Vec<_> = list.iter().map(|s| s.facts.clone()).collect();
+    let chosen = super::select::choose(dir, &facts, &super::SeriesRule::default());
+    let uid = match &chosen {
+        Ok(c) => &c.uid,
+        Err(_) => &list[0].uid,
+    };
     let mut scan = scan::scan_folder(dir)?;
     let images = scan.series.remove(uid).unwrap_or_default();
     let first = images

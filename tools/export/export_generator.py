@@ -416,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    m = meta["size_multiple"]
+    if args.height % m or args.width % m or min(args.height, args.width) < m:
+        print(f"error: --height {args.height} / --width {args.width} must be positive multiples "
+              f"of {m} (2^depth)", file=sys.stderr)
+        return 2
     ckpt = Path(meta["checkpoint"])
     print(f"checkpoint {ckpt} (step {meta['step']}), weights {meta['weights']}"
           + (" (the EMA weights)" if meta["ema"] else ""))
@@ -439,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"exported {onnx_path} (opset {args.opset}) in {time.time() - t0:.1f} s")
 
-    m, c = meta["size_multiple"], meta["in_channels"]
+    c = meta["in_channels"]
     shapes = [(2, c, args.height, args.width), (1, c, args.height + 2 * m, args.width + m)]
     worst = check_against_twin(model, onnx_path, meta, shapes, args.threads)
 

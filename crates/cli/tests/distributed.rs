@@ -8,12 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A free port below Linux's ephemeral range (32768-60999), so that no socket the ranks open
+/// (Gloo's pairs bind ephemeral ports) can take it between this check and the store's bind.
+/// Each call starts its search elsewhere (tests of one binary run in parallel).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = (std::process::id().wrapping_mul(7919) + call * 613) % 12_000;
+    (0..12_000u32)
+        .map(|i| (20_000 + (start + i * 7) % 12_000) as u16)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port in 20000..32000")
 }
 
 /// `train` of the tiny preset on `data` into `run` (per-rank batch `batch`), logging every
@@ -90,6 +95,13 @@ fn rank_with_hooks(
     cmd.spawn().expect("start a rank")
 }
 
+/// The tests of this file one at a time: each starts several processes (on 2 cores they
+/// would only slow each other down past the collective timeout).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Both ranks of `args`, started together.
 fn two_ranks(args: &[String]) -> Vec<Child> {
     let port = free_port();
@@ -104,8 +116,34 @@ struct Exit {
     stderr: String,
 }
 
+/// Kills the processes `pids` after `after` unless the returned flag is set first: a rank
+/// that hangs fails its test (killed: no exit code) instead of hanging the test run.
+fn watchdog(
+    pids: Vec<u32>,
+    after: std::time::Duration,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&done);
+    std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < after {
+            if flag.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for pid in pids {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    done
+}
+
 fn wait(children: Vec<Child>) -> Vec<Exit> {
-    children
+    let pids = children.iter().map(Child::id).collect();
+    let done = watchdog(pids, Duration::from_secs(240));
+    let exits = children
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().unwrap();
@@ -115,7 +153,9 @@ fn wait(children: Vec<Child>) -> Vec<Exit> {
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             }
         })
-        .collect()
+        .collect();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    exits
 }
 
 /// step -> digest, from a rank's log.
@@ -153,6 +193,7 @@ fn data(tmp: &Path) -> PathBuf {
 /// 9.1e-7 (2026-12-04, this 2-core machine); asserted below 1e-5.
 #[test]
 fn ranks_stay_bitwise_equal_and_match_one_process_with_the_global_batch() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path());
     let (dp, single) = (tmp.path().join("dp"), tmp.path().join("single"));
@@ -205,6 +246,7 @@ fn ranks_stay_bitwise_equal_and_match_one_process_with_the_global_batch() {
 /// A rank killed mid-run makes the other exit non-zero within the timeout, naming it.
 #[test]
 fn a_killed_rank_makes_the_other_exit_naming_it() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path());
     let run = tmp.path().join("run");
@@ -232,6 +274,7 @@ fn a_killed_rank_makes_the_other_exit_naming_it() {
 /// exit 75; `--resume` on two ranks continues and the curve equals the uninterrupted run's.
 #[test]
 fn sigterm_on_one_rank_stops_all_and_resume_continues_exactly() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path());
     let (straight, stopped) = (tmp.path().join("straight"), tmp.path().join("stopped"));
@@ -306,6 +349,7 @@ fn sigterm_on_one_rank_stops_all_and_resume_continues_exactly() {
 /// `/worker/attempt_N`.
 #[test]
 fn agent_store_mode_trains() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path());
     let run = tmp.path().join("run");
@@ -338,6 +382,7 @@ fn agent_store_mode_trains() {
 /// world's data order, and the log says so.
 #[test]
 fn a_resume_on_another_world_size_continues_and_says_so() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path());
     let run = tmp.path().join("run");

@@ -11,9 +11,17 @@ use torchext::dist::{ProcessGroup, ReduceOp, Store, StoreAddr};
 
 const ROLE: &str = "TORCHEXT_DIST_TEST";
 
+/// A free port below Linux's ephemeral range (32768-60999), so that no socket the ranks open
+/// (Gloo's pairs bind ephemeral ports) can take it between this check and the store's bind.
+/// Each call starts its search elsewhere (tests of one binary run in parallel).
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = (std::process::id().wrapping_mul(7919) + call * 613) % 12_000;
+    (0..12_000u32)
+        .map(|i| (20_000 + (start + i * 7) % 12_000) as u16)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port in 20000..32000")
 }
 
 fn spawn(test: &str, role: &str, rank: usize, world: usize, port: u16) -> Child {
@@ -116,8 +124,34 @@ fn dies_worker() {
     println!("FAILED after {:.1} s: {err}", t0.elapsed().as_secs_f64());
 }
 
+/// Kills the processes `pids` after `after` unless the returned flag is set first: a rank
+/// that hangs fails its test (killed: no exit code) instead of hanging the test run.
+fn watchdog(
+    pids: Vec<u32>,
+    after: std::time::Duration,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&done);
+    std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < after {
+            if flag.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for pid in pids {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    done
+}
+
 fn finish(children: Vec<Child>) -> Vec<(i32, String)> {
-    children
+    let pids = children.iter().map(Child::id).collect();
+    let done = watchdog(pids, Duration::from_secs(120));
+    let results = children
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().expect("wait");
@@ -125,7 +159,9 @@ fn finish(children: Vec<Child>) -> Vec<(i32, String)> {
                 + &String::from_utf8_lossy(&out.stderr);
             (out.status.code().unwrap_or(-1), text)
         })
-        .collect()
+        .collect();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    results
 }
 
 #[test]

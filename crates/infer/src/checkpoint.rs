@@ -34,6 +34,9 @@ pub const STATE_FILE: &str = "state.json";
 pub const CONFIG_FILE: &str = "config.toml";
 /// G's weights (variable names relative to G).
 pub const GENERATOR_FILE: &str = "generator.safetensors";
+/// The exponential moving average of G's weights (`[ema]` in training): what inference uses
+/// when a checkpoint holds it.
+pub const GENERATOR_EMA_FILE: &str = "generator_ema.safetensors";
 /// R's weights.
 pub const REGISTRATION_FILE: &str = "registration.safetensors";
 /// D's weights and spectral-norm vectors.
@@ -195,6 +198,8 @@ pub struct LoadedGenerator {
     /// The checkpoint folder it came from.
     pub checkpoint: PathBuf,
     pub step: u64,
+    /// The weights are the EMA of G's ([`GENERATOR_EMA_FILE`]).
+    pub ema: bool,
 }
 
 impl std::fmt::Debug for LoadedGenerator {
@@ -211,22 +216,30 @@ impl std::fmt::Debug for LoadedGenerator {
 /// the configuration stored with it: nothing else is needed.
 pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGenerator> {
     let dir = find_checkpoint(path)?;
-    verify_checksums(&dir, Some(&[STATE_FILE, GENERATOR_FILE]))?;
+    // the EMA of G's weights when the run kept one (what its validation scored)
+    let ema = dir.join(GENERATOR_EMA_FILE).is_file();
+    let file = if ema {
+        GENERATOR_EMA_FILE
+    } else {
+        GENERATOR_FILE
+    };
+    verify_checksums(&dir, Some(&[STATE_FILE, file]))?;
     let info = CheckpointInfo::read(&dir)?;
     let mut store = VarStore::new(device);
     let generator = Generator::new(&store.root(), &info.config.model.generator);
-    let weights = dir.join(GENERATOR_FILE);
+    let weights = dir.join(file);
     store
         .load(&weights)
         .with_context(|| format!("loading {}", weights.display()))?;
     let vars = store.variables();
     model::finite::check_finite(vars.iter().map(|(n, t)| (n.as_str(), t)), &weights)?;
-    tracing::info!(checkpoint = %dir.display(), step = info.step, "generator loaded");
+    tracing::info!(checkpoint = %dir.display(), step = info.step, ema, "generator loaded");
     Ok(LoadedGenerator {
         store,
         generator,
         window: info.window,
         checkpoint: dir,
         step: info.step,
+        ema,
     })
 }

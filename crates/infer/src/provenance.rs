@@ -17,14 +17,18 @@ pub struct Provenance {
     pub tool: String,
     /// The run folder's name (the checkpoint's parent run), else the checkpoint folder's.
     pub run: String,
-    /// The checkpoint's name (`best`, `final`, `latest`, ...).
+    /// The checkpoint's name (`best`, `final`, `latest`, ...; `-ema` added for EMA weights).
     pub checkpoint: String,
     pub step: u64,
 }
 
 impl Provenance {
     pub fn of(model: &LoadedGenerator) -> Self {
-        Self::new(&model.checkpoint, model.step)
+        let mut p = Self::new(&model.checkpoint, model.step);
+        if model.ema {
+            p.checkpoint.push_str("-ema");
+        }
+        p
     }
 
     /// From the checkpoint folder (`RUN/checkpoints/NAME`, or any folder) and its step.

@@ -60,6 +60,8 @@ pub struct TrainConfig {
     pub lung_curriculum: LungCurriculumConfig,
     /// R1 gradient penalty on D's real inputs (`model::r1`; default: off, gamma 0).
     pub r1: model::r1::R1Config,
+    /// An exponential moving average of G's weights (default: off).
+    pub ema: EmaConfig,
     /// Progressive training: G alone, then + R, then + D (`crate::phases`; default: off).
     pub progressive: ProgressiveConfig,
     /// Optimizers.
@@ -98,6 +100,7 @@ impl Default for TrainConfig {
             loss: LossConfig::default(),
             lung_curriculum: LungCurriculumConfig::default(),
             r1: model::r1::R1Config::default(),
+            ema: EmaConfig::default(),
             progressive: ProgressiveConfig::default(),
             optim: OptimConfig::default(),
             amp: crate::amp::Precision::Fp32,
@@ -234,6 +237,37 @@ impl Default for LogConfig {
             starve_warn_ms: 50,
             tensorboard: true,
         }
+    }
+}
+
+/// `[ema]`: an exponential moving average of G's weights, `ema = decay * ema + (1 - decay) *
+/// G` after every step (buffers too), starting from G's initial weights, as StyleGAN and
+/// diffusion training keep one. When on, validation, samples, `best`, `predict` and export use
+/// the EMA weights (`generator_ema.safetensors` in every checkpoint); a resume continues it
+/// exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmaConfig {
+    /// 0 = off; e.g. 0.999 (a horizon of about 1000 steps). Default: 0.
+    pub decay: f64,
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        Self { decay: 0.0 }
+    }
+}
+
+impl EmaConfig {
+    pub fn enabled(&self) -> bool {
+        self.decay > 0.0
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(0.0..1.0).contains(&self.decay) {
+            bail!("ema.decay = {} must be in [0, 1) (0 = off)", self.decay);
+        }
+        Ok(())
     }
 }
 
@@ -492,6 +526,7 @@ impl TrainConfig {
         self.loss.validate().context("[loss]")?;
         self.lung_curriculum.validate()?;
         self.r1.validate().context("[r1]")?;
+        self.ema.validate().context("[ema]")?;
         self.progressive.validate().context("[progressive]")?;
         self.optim
             .generator

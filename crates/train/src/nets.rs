@@ -10,7 +10,9 @@
 
 use crate::config::TrainConfig;
 use anyhow::{bail, Context};
-use infer::checkpoint::{DISCRIMINATOR_FILE, GENERATOR_FILE, REGISTRATION_FILE};
+use infer::checkpoint::{
+    DISCRIMINATOR_FILE, GENERATOR_EMA_FILE, GENERATOR_FILE, REGISTRATION_FILE,
+};
 use model::discriminator::Discriminator;
 use model::generator::Generator;
 use model::optim::Adam;
@@ -38,6 +40,55 @@ pub struct Nets {
     /// (never optimised, never saved). `None` from [`Nets::new`]; set by
     /// [`crate::image_losses::attach`].
     pub perceptual: Option<model::perceptual::Perceptual>,
+    /// The EMA of G's weights (`[ema]`), a G of its own.
+    pub ema: Option<Ema>,
+}
+
+/// An exponential moving average of G's weights ([`crate::config::EmaConfig`]).
+pub struct Ema {
+    /// Its variables, under `generator.` as in the G+R store.
+    pub store: VarStore,
+    pub g: Generator,
+    pub decay: f64,
+}
+
+impl Ema {
+    /// A copy of `g`'s variables (`from`, under `generator.`), decaying at `decay`.
+    fn new(from: &VarStore, cfg: &model::config::GeneratorConfig, decay: f64) -> Self {
+        let store = VarStore::new(from.device());
+        let g = Generator::new(&(store.root() / GENERATOR), cfg);
+        let ema = Self { store, g, decay };
+        ema.copy_from(from);
+        ema
+    }
+
+    /// Pairs of (EMA variable, G variable), by name.
+    fn pairs(&self, from: &VarStore) -> Vec<(Tensor, Tensor)> {
+        let src = from.variables();
+        let mut pairs: Vec<(String, Tensor, Tensor)> = self
+            .store
+            .variables()
+            .into_iter()
+            .filter_map(|(name, t)| src.get(&name).map(|s| (name, t, s.shallow_clone())))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.into_iter().map(|(_, e, g)| (e, g)).collect()
+    }
+
+    fn copy_from(&self, from: &VarStore) {
+        let _guard = tch::no_grad_guard();
+        for (mut e, g) in self.pairs(from) {
+            e.copy_(&g);
+        }
+    }
+
+    /// `ema = decay * ema + (1 - decay) * G`, every variable (buffers too), on the device.
+    pub fn update(&self, from: &VarStore) {
+        let _guard = tch::no_grad_guard();
+        for (mut e, g) in self.pairs(from) {
+            let _ = e.lerp_(&g, 1.0 - self.decay);
+        }
+    }
 }
 
 impl std::fmt::Debug for Nets {
@@ -80,6 +131,10 @@ impl Nets {
             RegistrationNet::new(&(gr_store.root() / REGISTRATION), &cfg.model.registration)
         });
         let d = Discriminator::new(&d_store.root(), &cfg.model.discriminator);
+        let ema = cfg
+            .ema
+            .enabled()
+            .then(|| Ema::new(&gr_store, &cfg.model.generator, cfg.ema.decay));
         Self {
             gr_store,
             d_store,
@@ -87,6 +142,7 @@ impl Nets {
             r,
             d,
             perceptual: None,
+            ema,
         }
     }
 
@@ -119,6 +175,9 @@ impl Nets {
     /// `discriminator.safetensors` into `dir`.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         save_prefixed(&self.gr_store, GENERATOR, &dir.join(GENERATOR_FILE))?;
+        if let Some(ema) = &self.ema {
+            save_prefixed(&ema.store, GENERATOR, &dir.join(GENERATOR_EMA_FILE))?;
+        }
         if self.r.is_some() {
             save_prefixed(&self.gr_store, REGISTRATION, &dir.join(REGISTRATION_FILE))?;
         }
@@ -131,6 +190,18 @@ impl Nets {
     /// Loads what [`Nets::save`] wrote; every variable must be present with its shape.
     pub fn load(&mut self, dir: &Path) -> anyhow::Result<()> {
         load_prefixed(&self.gr_store, GENERATOR, &dir.join(GENERATOR_FILE))?;
+        if let Some(ema) = &self.ema {
+            let path = dir.join(GENERATOR_EMA_FILE);
+            if !path.is_file() {
+                bail!(
+                    "{}: the run keeps an EMA of G ([ema] decay = {}) but the checkpoint has no \
+                     {GENERATOR_EMA_FILE}",
+                    dir.display(),
+                    ema.decay
+                );
+            }
+            load_prefixed(&ema.store, GENERATOR, &path)?;
+        }
         if self.r.is_some() {
             load_prefixed(&self.gr_store, REGISTRATION, &dir.join(REGISTRATION_FILE))?;
         }
@@ -140,6 +211,11 @@ impl Nets {
             .with_context(|| format!("loading {}", path.display()))?;
         let d = self.d_store.variables();
         model::finite::check_finite(d.iter().map(|(n, t)| (n.as_str(), t)), &path)
+    }
+
+    /// The G that validation, samples and inference use: the EMA's when the run keeps one.
+    pub fn inference_g(&self) -> &Generator {
+        self.ema.as_ref().map_or(&self.g, |e| &e.g)
     }
 
     /// The variables of G (`generator.*`) and R (`registration.*`) of the G+R store.

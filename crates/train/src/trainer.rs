@@ -381,6 +381,10 @@ impl Trainer {
             ))
         })?;
         self.step_time += t.elapsed();
+        if let (Ok(_), Some(ema)) = (&result, &self.nets.ema) {
+            // the EMA follows every completed step (crate::config::EmaConfig)
+            ema.update(&self.nets.gr_store);
+        }
         result.map_err(|e| {
             self.pb.abandon();
             match e {

@@ -149,7 +149,7 @@ impl Validator {
     pub fn run(&self, nets: &Nets, device: Device) -> anyhow::Result<Scores> {
         let mut per_case = Vec::with_capacity(self.cases.len());
         for c in &self.cases {
-            let pred = self.translate(&nets.g, &c.ncct.data, device)?;
+            let pred = self.translate(nets.inference_g(), &c.ncct.data, device)?;
             per_case.push(score_case(pred.view(), c, &self.score_cfg)?);
         }
         Ok(Scores::mean_of(&per_case))
@@ -194,13 +194,13 @@ impl Validator {
         let zs = sample_slices(case);
         let (_, ny, nx) = case.ncct.data.dim();
         // G's frame, padded for R as well; the CTPA is R's fixed image, one slice per sample.
-        let frame =
-            SliceFrame::for_generator(nets.g.config(), self.window)?.padded_for(self.multiple);
+        let frame = SliceFrame::for_generator(nets.inference_g().config(), self.window)?
+            .padded_for(self.multiple);
         let x = frame.input(case.ncct.data.view(), &zs, device)?;
         let y = frame
             .single_channel()
             .input(case.ctpa.data.view(), &zs, device)?;
-        let fake = nets.g.forward_t(&x, false);
+        let fake = nets.inference_g().forward_t(&x, false);
         let (registered, flow_mag) = match &nets.r {
             Some(r) => {
                 let flow = r.forward_t(&fake, &y, false);

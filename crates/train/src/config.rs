@@ -62,6 +62,8 @@ pub struct TrainConfig {
     pub r1: model::r1::R1Config,
     /// An exponential moving average of G's weights (default: off).
     pub ema: EmaConfig,
+    /// The identity-preserving term outside the contrast (default: off).
+    pub identity: crate::identity::IdentityConfig,
     /// Progressive training: G alone, then + R, then + D (`crate::phases`; default: off).
     pub progressive: ProgressiveConfig,
     /// Optimizers.
@@ -101,6 +103,7 @@ impl Default for TrainConfig {
             lung_curriculum: LungCurriculumConfig::default(),
             r1: model::r1::R1Config::default(),
             ema: EmaConfig::default(),
+            identity: crate::identity::IdentityConfig::default(),
             progressive: ProgressiveConfig::default(),
             optim: OptimConfig::default(),
             amp: crate::amp::Precision::Fp32,
@@ -527,6 +530,7 @@ impl TrainConfig {
         self.lung_curriculum.validate()?;
         self.r1.validate().context("[r1]")?;
         self.ema.validate().context("[ema]")?;
+        self.identity.validate().context("[identity]")?;
         self.progressive.validate().context("[progressive]")?;
         self.optim
             .generator

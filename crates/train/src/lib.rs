@@ -13,6 +13,7 @@ pub mod curriculum;
 pub mod demo;
 pub mod distributed;
 pub mod events;
+pub mod identity;
 pub mod image_losses;
 pub mod nets;
 pub mod phases;

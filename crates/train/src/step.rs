@@ -116,6 +116,8 @@ pub struct StepStats {
     pub grad_d: f64,
     /// Perceptual (VGG feature) distance, before its weight (0 when off).
     pub perceptual: f64,
+    /// The identity term outside the contrast, before its weight (0 when off).
+    pub identity: f64,
     /// The lung weight of this step (the curriculum's, else `loss.lung_weight`).
     pub lung_weight: f64,
     /// Data parallel: the sum of the ranks' stop votes (each the signal number that asked it
@@ -532,6 +534,20 @@ fn generator_loss(
     };
     if let Some(s) = &smooth {
         loss_g += s * cfg.loss.smoothness_weight;
+    }
+    if cfg.identity.enabled() {
+        let w = cfg.window();
+        let threshold = 2.0 * cfg.identity.contrast_threshold_hu / f64::from(w.max - w.min);
+        let id = crate::identity::identity_loss(
+            fake,
+            &batch.x,
+            &batch.y,
+            &batch.body,
+            threshold,
+            cfg.identity.dilation_px,
+        );
+        loss_g += &id * cfg.identity.weight;
+        pending.term("identity", &id, |s, v| s.identity = v);
     }
     if cfg.hooks.inject_nan_at_step == Some(step) {
         loss_g *= f64::NAN;

@@ -1042,6 +1042,7 @@ fn train_fields(
         ("grad_d", num(s.grad_d)),
         ("r1", s.r1.map_or(Value::Null, num)),
         ("perceptual", num(s.perceptual)),
+        ("identity", num(s.identity)),
         ("lung_weight", num(s.lung_weight)),
         (
             "batch_slices",

@@ -157,3 +157,32 @@ fn a_diverged_registration_net_stops_the_step_without_a_crash() {
         assert_eq!(opts.gr.steps(), 0, "{warp:?}");
     }
 }
+
+/// `[identity]`: the term is read back (positive, finite) and enters G+R's total with its
+/// weight; off, it is 0 and the total is unchanged.
+#[test]
+fn the_identity_term_enters_the_loss_with_its_weight() {
+    let _serial = serial();
+    let batch = fixed_batch();
+    let run = |weight: f64| {
+        let mut cfg = tiny(5);
+        cfg.identity.weight = weight;
+        let mut nets = Nets::new(&cfg, Device::Cpu);
+        let mut opts = nets.optimizers(&cfg).unwrap();
+        train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap()
+    };
+    let (off, on) = (run(0.0), run(5.0));
+    assert_eq!(off.identity, 0.0);
+    assert!(
+        on.identity > 0.0 && on.identity.is_finite(),
+        "{}",
+        on.identity
+    );
+    // same initial weights and batch: the totals differ by exactly the weighted term
+    let gap = on.loss_g - off.loss_g;
+    assert!(
+        (gap - 5.0 * on.identity).abs() < 1e-4 * on.loss_g.abs(),
+        "{gap} vs {}",
+        5.0 * on.identity
+    );
+}

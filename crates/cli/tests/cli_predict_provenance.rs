@@ -16,6 +16,34 @@ fn ok(cmd: &mut Command) -> String {
     stderr
 }
 
+/// `predict --model RUN --input NCCT --output OUT --device cpu EXTRA...`, which must succeed.
+fn predict(run: &Path, input: &Path, output: &Path, extra: &[&str]) {
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    ok(bin()
+        .args([
+            "predict",
+            "--model",
+            &s(run),
+            "--input",
+            &s(input),
+            "--output",
+            &s(output),
+        ])
+        .args(["--device", "cpu"])
+        .args(extra));
+}
+
+/// The header of the first file of a written series.
+fn first_header(series: &Path) -> volume::io::dicom::scan::SliceHeader {
+    let first = std::fs::read_dir(series)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    volume::io::dicom::scan::read_header(&first).unwrap()
+}
+
 #[test]
 fn dicom_and_nifti_outputs_name_the_model_and_say_synthetic() {
     let tmp = tempfile::tempdir().unwrap();
@@ -42,25 +70,8 @@ fn dicom_and_nifti_outputs_name_the_model_and_say_synthetic() {
         ]));
     let ncct = Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume/tests/data/dicom/ct_series");
     let series = tmp.path().join("synthetic-series");
-    ok(bin()
-        .args(["predict", "--model", run.to_str().unwrap()])
-        .args([
-            "--input",
-            ncct.to_str().unwrap(),
-            "--output",
-            series.to_str().unwrap(),
-            "--format",
-            "dicom",
-            "--device",
-            "cpu",
-        ]));
-    let first = std::fs::read_dir(&series)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let h = volume::io::dicom::scan::read_header(&first).unwrap();
+    predict(&run, &ncct, &series, &["--format", "dicom"]);
+    let h = first_header(&series);
     assert_eq!(h.description, infer::provenance::SERIES_DESCRIPTION);
     assert_eq!(h.image_type, ["DERIVED", "SECONDARY", "AXIAL"]);
     // the input's study, unless --new-study
@@ -78,39 +89,12 @@ fn dicom_and_nifti_outputs_name_the_model_and_say_synthetic() {
     .unwrap();
     assert_eq!(h.study_uid, src_header.study_uid);
     let series2 = tmp.path().join("synthetic-new-study");
-    ok(bin()
-        .args(["predict", "--model", run.to_str().unwrap()])
-        .args([
-            "--input",
-            ncct.to_str().unwrap(),
-            "--output",
-            series2.to_str().unwrap(),
-            "--format",
-            "dicom",
-            "--device",
-            "cpu",
-            "--new-study",
-        ]));
-    let first2 = std::fs::read_dir(&series2)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let h2 = volume::io::dicom::scan::read_header(&first2).unwrap();
+    predict(&run, &ncct, &series2, &["--format", "dicom", "--new-study"]);
+    let h2 = first_header(&series2);
     assert_ne!(h2.study_uid, src_header.study_uid);
 
     let nii = tmp.path().join("synthetic.nii.gz");
-    ok(bin()
-        .args(["predict", "--model", run.to_str().unwrap()])
-        .args([
-            "--input",
-            ncct.to_str().unwrap(),
-            "--output",
-            nii.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ]));
+    predict(&run, &ncct, &nii, &[]);
     let header = volume::io::nifti::read_nifti_file(&nii).unwrap().header;
     assert!(
         header.descrip.starts_with("SYNTHETIC CTPA ncct2ctpa ")

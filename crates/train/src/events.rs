@@ -14,16 +14,16 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Appends events to `metrics.jsonl` (or nowhere: [`EventLog::disabled`]).
+/// A log file opened for appending, or none (the data-parallel ranks other than 0, which
+/// share rank 0's run folder and leave it to rank 0): what both logs write through.
 #[derive(Debug)]
-pub struct EventLog {
+struct Appender {
     path: PathBuf,
     file: Option<File>,
 }
 
-impl EventLog {
-    /// Opens (creating) the log for appending.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
+impl Appender {
+    fn open(path: &Path) -> anyhow::Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -35,13 +35,35 @@ impl EventLog {
         })
     }
 
-    /// A log that writes nothing: the data-parallel ranks other than 0, which share rank 0's
-    /// run folder and leave it to rank 0.
-    pub fn disabled() -> Self {
+    fn disabled() -> Self {
         Self {
             path: PathBuf::new(),
             file: None,
         }
+    }
+
+    /// Writes `bytes` and flushes (nothing when disabled).
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.write_all(bytes).and_then(|()| f.flush()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Appends events to `metrics.jsonl` (or nowhere: [`EventLog::disabled`]).
+#[derive(Debug)]
+pub struct EventLog(Appender);
+
+impl EventLog {
+    /// Opens (creating) the log for appending.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Appender::open(path).map(Self)
+    }
+
+    /// A log that writes nothing (the data-parallel ranks other than 0).
+    pub fn disabled() -> Self {
+        Self(Appender::disabled())
     }
 
     /// Opens the log of a run resumed at `step`: events after `step` (written after the
@@ -85,12 +107,9 @@ impl EventLog {
             line.push_str(&v.to_string());
         }
         line.push_str("}\n");
-        let Some(file) = self.file.as_mut() else {
-            return Ok(());
-        };
-        file.write_all(line.as_bytes())
-            .and_then(|()| file.flush())
-            .with_context(|| format!("writing {}", self.path.display()))
+        let log = &mut self.0;
+        log.append(line.as_bytes())
+            .with_context(|| format!("writing {}", log.path.display()))
     }
 }
 
@@ -125,30 +144,16 @@ pub fn num(v: f64) -> Value {
 /// The human log, `train.log`: timestamped lines, appended (or nowhere:
 /// [`HumanLog::disabled`]).
 #[derive(Debug)]
-pub struct HumanLog {
-    path: PathBuf,
-    file: Option<File>,
-}
+pub struct HumanLog(Appender);
 
 impl HumanLog {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file: Some(file),
-        })
+        Appender::open(path).map(Self)
     }
 
     /// A log that writes nothing (the data-parallel ranks other than 0).
     pub fn disabled() -> Self {
-        Self {
-            path: PathBuf::new(),
-            file: None,
-        }
+        Self(Appender::disabled())
     }
 
     /// Appends `message` (may span lines) with a UTC timestamp. Failing to write the log is
@@ -159,11 +164,8 @@ impl HumanLog {
         for l in message.lines() {
             text.push_str(&format!("{stamp}  {l}\n"));
         }
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        if let Err(e) = file.write_all(text.as_bytes()).and_then(|()| file.flush()) {
-            tracing::warn!("cannot write {}: {e}", self.path.display());
+        if let Err(e) = self.0.append(text.as_bytes()) {
+            tracing::warn!("cannot write {}: {e}", self.0.path.display());
         }
     }
 }

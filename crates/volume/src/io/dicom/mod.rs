@@ -93,7 +93,8 @@ fn summarize(uid: &str, headers: &[scan::SliceHeader]) -> SeriesSummary {
     }
 }
 
-/// The series in `dir`, largest first. An error if the folder holds no DICOM image.
+/// The series in `dir`, the most slice positions first (then the most files). An error if
+/// the folder holds no DICOM image.
 pub fn list_series(dir: &Path) -> Result<Vec<SeriesSummary>> {
     let scan = scan::scan_folder(dir)?;
     if scan.series.is_empty() {
@@ -104,7 +105,11 @@ pub fn list_series(dir: &Path) -> Result<Vec<SeriesSummary>> {
         .iter()
         .map(|(uid, h)| summarize(uid, h))
         .collect();
-    list.sort_by(|a, b| b.files.cmp(&a.files).then(a.uid.cmp(&b.uid)));
+    list.sort_by(|a, b| {
+        (b.positions, b.files)
+            .cmp(&(a.positions, a.files))
+            .then(a.uid.cmp(&b.uid))
+    });
     Ok(list)
 }
 

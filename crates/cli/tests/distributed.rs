@@ -413,3 +413,26 @@ fn a_resume_on_another_world_size_continues_and_says_so() {
     // the global batch is now this process's 2 slices
     assert_eq!(events[&3]["batch_slices"].as_array().unwrap().len(), 2);
 }
+
+/// A rank given other prepared data than rank 0's refuses to train, naming both checksums.
+#[test]
+fn a_rank_on_other_data_is_refused() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = data(tmp.path());
+    let other = dataset::fixtures::synthetic_dataset(&tmp.path().join("other"), 3).unwrap();
+    let run = tmp.path().join("run");
+    let port = free_port();
+    let kids = vec![
+        rank_process(&train_args(&ours, &run, 3, 2), 0, 2, port, false),
+        rank_process(&train_args(&other, &run, 3, 2), 1, 2, port, false),
+    ];
+    let out = wait(kids);
+    assert_ne!(out[1].code, Some(0));
+    assert!(
+        out[1].stderr.contains("is not the prepared dataset rank 0 trains on"),
+        "{}",
+        out[1].stderr
+    );
+    assert_ne!(out[0].code, Some(0), "rank 0 cannot train alone: {}", out[0].stderr);
+}

@@ -494,23 +494,29 @@ impl TrainConfig {
     /// Fills in what depends on the data and checks every field.
     ///
     /// * `window`: the prepared dataset's window, used when `data.window` is unset;
-    /// * `train_slices`: number of training slices, to turn `schedule.epochs` into steps.
-    pub fn resolve(&mut self, window: IntensityWindow, train_slices: usize) -> anyhow::Result<()> {
+    /// * `train_slices`: number of training slices, to turn `schedule.epochs` into steps;
+    /// * `world`: data-parallel processes (1 alone): a step then reads `batch_size x world`
+    ///   slices, so an epoch has that many times fewer steps.
+    pub fn resolve(
+        &mut self,
+        window: IntensityWindow,
+        train_slices: usize,
+        world: usize,
+    ) -> anyhow::Result<()> {
         if self.data.window.is_none() {
             self.data.window = Some(window);
         }
+        let per_epoch = train_slices as f64 / (self.data.batch_size.max(1) * world.max(1)) as f64;
         if let Some(epochs) = self.schedule.epochs.take() {
             if !(epochs.is_finite() && epochs > 0.0) {
                 bail!("schedule.epochs must be positive, got {epochs}");
             }
-            let per_epoch = train_slices as f64 / self.data.batch_size.max(1) as f64;
             self.schedule.steps = (epochs * per_epoch).ceil().max(1.0) as u64;
         }
         self.progressive
-            .resolve(train_slices as f64 / self.data.batch_size.max(1) as f64)
+            .resolve(per_epoch)
             .context("[progressive]")?;
-        self.lung_curriculum
-            .resolve(train_slices as f64 / self.data.batch_size.max(1) as f64)?;
+        self.lung_curriculum.resolve(per_epoch)?;
         self.validate()?;
         // The VGG file is checked now, before the run folder exists, and its SHA-256 recorded.
         crate::image_losses::resolve_perceptual(&mut self.loss.perceptual)

@@ -2,9 +2,9 @@
 //! launched like any PyTorch job: by `torchrun` (its environment: `RANK`, `WORLD_SIZE`,
 //! `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`,
 //! `TORCHELASTIC_USE_AGENT_STORE`, `TORCHELASTIC_RESTART_COUNT`) or by SLURM's `srun`
-//! (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` with `MASTER_ADDR`/`MASTER_PORT` exported
-//! by the job script). With none of these, or a world of one, training is one process exactly
-//! as before.
+//! (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS` else `SLURM_NTASKS`, `SLURM_LOCALID`, with
+//! `MASTER_ADDR`/`MASTER_PORT` exported by the job script). With none of these, or a world of
+//! one, training is one process exactly as before.
 //!
 //! The semantics are `DistributedDataParallel`'s, adapted to the two-network GAN step:
 //! - rank 0's weights and buffers (the spectral-norm vectors included) are broadcast when the
@@ -83,9 +83,18 @@ impl Launch {
                 let local = num("LOCAL_RANK")?.unwrap_or(0);
                 let local_world = num("LOCAL_WORLD_SIZE")?.unwrap_or(1);
                 (Launcher::Torchrun, rank, world, local, local_world)
-            } else if let (Some(rank), Some(world)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
+            } else if let (Some(rank), Some(world)) = (
+                num("SLURM_PROCID")?,
+                // the srun step's task count (SLURM_NTASKS is also set in the batch script
+                // itself, where one process runs)
+                match num("SLURM_STEP_NUM_TASKS")? {
+                    Some(n) => Some(n),
+                    None => num("SLURM_NTASKS")?,
+                },
+            ) {
                 let local = num("SLURM_LOCALID")?.unwrap_or(0);
-                let local_world = var("SLURM_NTASKS_PER_NODE")
+                let local_world = var("SLURM_TASKS_PER_NODE")
+                    .or_else(|| var("SLURM_NTASKS_PER_NODE"))
                     .and_then(|v| v.split('(').next()?.trim().parse().ok())
                     .unwrap_or(1);
                 (Launcher::Slurm, rank, world, local, local_world)
@@ -354,11 +363,11 @@ impl Distributed {
         std::thread::sleep(Duration::from_secs(2));
         let lost: Vec<String> = (0..world)
             .filter(|r| *r != me)
+            // a store that cannot answer proves nothing about the peer: not counted as lost
             .filter(|r| {
-                !self
-                    .store
+                self.store
                     .contains(&format!("{KEY_PREFIX}failed/{r}"))
-                    .unwrap_or(false)
+                    .is_ok_and(|reported| !reported)
             })
             .map(|r| r.to_string())
             .collect();
@@ -488,6 +497,20 @@ mod tests {
             (5, 8, 1, 4)
         );
         assert!(!l.agent_store);
+    }
+
+    /// In the batch script itself SLURM_NTASKS is the allocation's, but one process runs: the
+    /// step's own task count decides.
+    #[test]
+    fn the_slurm_batch_script_is_one_process() {
+        let batch = [
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_STEP_NUM_TASKS", "1"),
+            ("MASTER_ADDR", "node1"),
+            ("MASTER_PORT", "29400"),
+        ];
+        assert_eq!(launch(&batch).unwrap(), None);
     }
 
     #[test]

@@ -161,6 +161,8 @@ impl Trainer {
             _ => {
                 let (cfg, run, lock) = open_run(spec, &ds)?;
                 if let Some(d) = &dist {
+                    let sha = DatasetRecord::of(&spec.data)?.manifest_sha256;
+                    d.share("dataset_sha256", Some(sha.as_bytes()))?;
                     d.share("config", Some(cfg.to_toml_string()?.as_bytes()))?;
                 }
                 (cfg, run, Some(lock))
@@ -372,7 +374,8 @@ impl Trainer {
         let (nets, opts) = (&mut self.nets, &mut self.opts);
         let sync = self.dist.as_deref().map(|dist| StepSync {
             dist,
-            stop_vote: self.stop.requested_number().unwrap_or(0),
+            // any request is a vote, even one without a signal number
+            stop_vote: self.stop.requested_number().map_or(0, |n| n.max(1)),
         });
         let t = Instant::now();
         let result = catch_torch(&format!("step {step}"), || {
@@ -746,18 +749,20 @@ fn restore_or_begin(
         };
         return Ok((0, None, events));
     }
+    // rank 0 chooses; the others get the checkpoint's name, relative to their own view of the
+    // run folder (nodes may mount it at different paths)
     let dir = match dist {
-        Some(d) if !d.is_leader() => PathBuf::from(
-            String::from_utf8(d.share("resume_from", None)?)
-                .context("rank 0's checkpoint path is not UTF-8")?,
+        Some(d) if !d.is_leader() => run.checkpoint(
+            &String::from_utf8(d.share("resume_from", None)?)
+                .context("rank 0's checkpoint name is not UTF-8")?,
         ),
         _ => {
             let dir = checkpoint::resume_dir(run)?;
             if let Some(d) = dist {
-                let path = dir.to_str().with_context(|| {
-                    format!("{}: a data-parallel run needs a UTF-8 path", dir.display())
+                let name = dir.file_name().and_then(|n| n.to_str()).with_context(|| {
+                    format!("{}: a checkpoint needs a UTF-8 name", dir.display())
                 })?;
-                d.share("resume_from", Some(path.as_bytes()))?;
+                d.share("resume_from", Some(name.as_bytes()))?;
             }
             dir
         }
@@ -799,6 +804,20 @@ fn restore_or_begin(
 /// with this process's test hooks (and, resuming, its process-local keys), and the run folder
 /// rank 0 writes.
 fn follow_run(spec: &RunSpec, dist: &Distributed) -> anyhow::Result<(TrainConfig, RunDir)> {
+    // the same prepared dataset as rank 0 (a node-local copy is fine; other data is not)
+    let theirs = String::from_utf8(dist.share("dataset_sha256", None)?)
+        .context("rank 0's dataset checksum is not UTF-8")?;
+    let ours = DatasetRecord::of(&spec.data)?.manifest_sha256;
+    if ours != theirs {
+        bail!(
+            "rank {}: {} is not the prepared dataset rank 0 trains on (manifest SHA-256 {} here, \
+             {} on rank 0): give every rank the same --data (a copy is fine)",
+            dist.rank(),
+            spec.data.display(),
+            &ours[..12.min(ours.len())],
+            &theirs[..12.min(theirs.len())]
+        );
+    }
     let text = String::from_utf8(dist.share("config", None)?)
         .context("rank 0's configuration is not UTF-8")?;
     let mut layers = vec![toml::from_str(&text).context("rank 0's configuration")?];
@@ -824,7 +843,19 @@ fn select_device(cfg: &TrainConfig, dist: Option<&Distributed>) -> anyhow::Resul
                 "data parallel on CUDA runs on the Gloo backend in this build (gradients staged \
                  through host memory); NCCL is not built in yet"
             );
-            Ok(Device::Cuda(d.local_rank()))
+            // one GPU per process: the local rank's, or the only one this process sees (SLURM's
+            // --gpus-per-task, a per-rank CUDA_VISIBLE_DEVICES)
+            let visible = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+            let index = match (visible, d.local_rank()) {
+                (1, _) => 0,
+                (n, local) if local < n => local,
+                (n, local) => bail!(
+                    "local rank {local} (LOCAL_RANK / SLURM_LOCALID) has no GPU: this process \
+                     sees {n} (CUDA_VISIBLE_DEVICES); start at most {n} processes per machine or \
+                     give each its own GPU"
+                ),
+            };
+            Ok(Device::Cuda(index))
         }
         _ => Ok(device),
     }
@@ -840,7 +871,8 @@ fn open_run(
         Start::New(cfg) => {
             let mut cfg = (**cfg).clone();
             let probe = split_keys(ds, Split::Train, cfg.data.min_body_fraction)?;
-            cfg.resolve(ds.window(), probe.len())?;
+            let world = spec.dist.as_ref().map_or(1, |d| d.world_size());
+            cfg.resolve(ds.window(), probe.len(), world)?;
             check_crop_fits(&cfg, ds, &spec.data)?;
             cfg.hooks = cfg.hooks.clone().with_env()?;
             // everything that can fail on the input comes before the run folder exists

@@ -93,11 +93,19 @@ fn crop_must_be_a_multiple_of_the_networks_and_epochs_resolve_to_steps() {
     cfg.data.crop_size = 32;
     cfg.schedule.epochs = Some(2.5);
     cfg.data.batch_size = 4;
-    cfg.resolve(dataset::manifest::IntensityWindow::default(), 10)
+    cfg.resolve(dataset::manifest::IntensityWindow::default(), 10, 1)
         .unwrap();
     // 2.5 epochs of 10 slices in batches of 4: ceil(6.25) steps.
     assert_eq!(cfg.schedule.steps, 7);
     assert_eq!(cfg.schedule.epochs, None);
+    // data parallel: 2 ranks read 8 slices a step, so 2.5 epochs are ceil(3.125) steps
+    let mut dp = TrainConfig::with_preset("tiny").unwrap();
+    dp.data.crop_size = 32;
+    dp.data.batch_size = 4;
+    dp.schedule.epochs = Some(2.5);
+    dp.resolve(dataset::manifest::IntensityWindow::default(), 10, 2)
+        .unwrap();
+    assert_eq!(dp.schedule.steps, 4);
     assert_eq!(
         cfg.data.window,
         Some(dataset::manifest::IntensityWindow::default())

@@ -173,7 +173,7 @@ fn curriculum_config_errors_name_the_section() {
     assert!(c.validate().is_ok());
     // 0.5 epochs of 10 slices in batches of 4: ceil(1.25) steps.
     c.data.crop_size = 64;
-    c.resolve(dataset::manifest::IntensityWindow::default(), 10)
+    c.resolve(dataset::manifest::IntensityWindow::default(), 10, 1)
         .unwrap();
     assert_eq!(
         (c.lung_curriculum.steps, c.lung_curriculum.epochs),

@@ -430,9 +430,16 @@ fn a_rank_on_other_data_is_refused() {
     let out = wait(kids);
     assert_ne!(out[1].code, Some(0));
     assert!(
-        out[1].stderr.contains("is not the prepared dataset rank 0 trains on"),
+        out[1]
+            .stderr
+            .contains("is not the prepared dataset rank 0 trains on"),
         "{}",
         out[1].stderr
     );
-    assert_ne!(out[0].code, Some(0), "rank 0 cannot train alone: {}", out[0].stderr);
+    assert_ne!(
+        out[0].code,
+        Some(0),
+        "rank 0 cannot train alone: {}",
+        out[0].stderr
+    );
 }

@@ -21,6 +21,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| torch.clone())
         .join("include");
+    check_gloo_header(&include);
     // torch-sys's default: the new C++11 ABI, as the PyPI wheels since torch 2.7.
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
@@ -43,4 +44,30 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+}
+
+/// FNV-1a (64 bit) of `ProcessGroupGloo.hpp` in the torch 2.11.0 wheels (CPU and CUDA alike).
+const GLOO_HEADER_FNV1A: u64 = 0x7c17_793d_5e6e_da8f;
+
+/// `csrc/gloo_decl/` declares the gloo names of exactly this header, and is layout-safe only
+/// while the header holds gloo objects behind pointers (see `csrc/gloo_decl/gloo/README.md`).
+/// A libtorch whose header differs must be re-checked before it is built against.
+fn check_gloo_header(include: &std::path::Path) {
+    let path = include.join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp");
+    println!("cargo:rerun-if-changed={}", path.display());
+    let Ok(bytes) = std::fs::read(&path) else {
+        panic!("{}: missing: not a libtorch with c10d", path.display());
+    };
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    if hash != GLOO_HEADER_FNV1A {
+        panic!(
+            "{} changed (FNV-1a {hash:#018x}, expected {GLOO_HEADER_FNV1A:#018x}): check that it \
+             still holds every gloo object behind a pointer and that csrc/gloo_decl declares \
+             what it mentions (csrc/gloo_decl/gloo/README.md), then update GLOO_HEADER_FNV1A in \
+             crates/torchext/build.rs",
+            path.display()
+        );
+    }
 }

@@ -194,6 +194,10 @@ impl Trainer {
             false => None,
         };
         let mut nets = catch_torch("building the networks", || Ok(Nets::new(&cfg, device)))?;
+        if !leader {
+            // only rank 0 validates, predicts and checkpoints: its EMA is the one that counts
+            nets.ema = None;
+        }
         // The perceptual loss's frozen VGG (checked against the recorded SHA-256) and the log
         // lines describing the image loss terms.
         let image_lines = crate::image_losses::attach(&mut nets, &cfg, device)?;

@@ -202,6 +202,17 @@ pub struct LoadedGenerator {
     pub ema: bool,
 }
 
+impl LoadedGenerator {
+    /// The translator of this generator on its own device.
+    pub fn translator(&self) -> crate::predict::Translator<'_> {
+        crate::predict::Translator {
+            generator: &self.generator,
+            window: self.window,
+            device: self.store.device(),
+        }
+    }
+}
+
 impl std::fmt::Debug for LoadedGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedGenerator")

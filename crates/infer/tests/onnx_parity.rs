@@ -28,18 +28,14 @@ fn our_inference_equals_onnx_runtime_on_the_exported_generator() {
         onnx.same_grid(&ncct, 1e-6),
         "ONNX Runtime's output keeps the input's grid"
     );
-    let translator = infer::predict::Translator {
-        generator: &loaded.generator,
-        window: loaded.window,
-        device: Device::Cpu,
-    };
     let opts = infer::predict::PredictOptions {
         batch_size: 4,
-        model_spacing_xy: None,
-        tta: None,
-        precision: model::precision::Precision::Fp32,
+        ..Default::default()
     };
-    let ours = translator.translate_volume(&ncct, &opts, |_| {}).unwrap();
+    let ours = loaded
+        .translator()
+        .translate_volume(&ncct, &opts, |_| {})
+        .unwrap();
     let n = ours.data.len() as f64;
     let diff = |a: &ndarray::Array3<f32>, b: &ndarray::Array3<f32>| {
         let d: Vec<f64> = a

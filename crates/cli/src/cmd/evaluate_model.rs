@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use dataset::manifest::Split;
 use dataset::store::PreparedDataset;
-use infer::predict::{PredictOptions, Translator};
+use infer::predict::PredictOptions;
 use std::path::{Path, PathBuf};
 use volume::io::nifti;
 
@@ -115,16 +115,11 @@ pub fn predict_split(run: &ModelRun<'_>, out: &Path) -> Result<Folders> {
     let loaded = infer::checkpoint::load_generator(&ckpt, device)
         .with_context(|| format!("loading the model from {}", ckpt.display()))?;
     let provenance = infer::provenance::Provenance::of(&loaded);
-    let translator = Translator {
-        generator: &loaded.generator,
-        window: loaded.window,
-        device,
-    };
+    let translator = loaded.translator();
+    // plain fp32 inference, as validation scores it
     let opts = PredictOptions {
         batch_size: run.batch_size,
-        model_spacing_xy: None,
-        tta: None,
-        precision: model::precision::Precision::Fp32,
+        ..PredictOptions::default()
     };
     let folders = Folders {
         pred: out.join("pred"),

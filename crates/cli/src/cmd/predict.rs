@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use infer::predict::{PredictOptions, Translator};
+use infer::predict::PredictOptions;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use volume::io::{dicom, nifti, nifti_stem};
@@ -93,11 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         checkpoint = %loaded.checkpoint.display(), step = loaded.step,
         window = ?loaded.window, cases = jobs.len(), "predicting"
     );
-    let translator = Translator {
-        generator: &loaded.generator,
-        window: loaded.window,
-        device,
-    };
+    let translator = loaded.translator();
     let opts = PredictOptions {
         batch_size: args.batch_size,
         model_spacing_xy: args.model_spacing,

@@ -228,4 +228,14 @@ fn a_series_rule_chooses_in_every_case_and_is_recorded() {
         "{}",
         text(&o).1
     );
+    let o = ncct2ctpa(&[
+        "prepare",
+        s(&raw),
+        "--out",
+        s(&out),
+        "--series-thickness",
+        "1..2",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("expected MIN:MAX"), "{}", text(&o).1);
 }

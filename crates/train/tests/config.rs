@@ -208,3 +208,29 @@ fn impossible_sizes_are_refused_naming_the_key() {
     }
     assert!(base().validate().is_ok());
 }
+
+/// `[ema]` and `[identity]` refuse values that cannot work, naming the key.
+#[test]
+fn ema_and_identity_settings_are_checked() {
+    let bad = |edit: &dyn Fn(&mut TrainConfig), key: &str| {
+        let mut cfg = TrainConfig::with_preset("tiny").unwrap();
+        cfg.data.crop_size = 32;
+        edit(&mut cfg);
+        let e = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(e.contains(key), "{key}: {e}");
+    };
+    bad(&|c| c.ema.decay = 1.0, "ema.decay");
+    bad(&|c| c.ema.decay = -0.5, "ema.decay");
+    bad(&|c| c.ema.decay = f64::NAN, "ema.decay");
+    bad(&|c| c.identity.weight = -1.0, "identity.weight");
+    bad(
+        &|c| c.identity.contrast_threshold_hu = 0.0,
+        "identity.contrast_threshold_hu",
+    );
+    bad(&|c| c.identity.dilation_px = 1000, "identity.dilation_px");
+    let mut ok = TrainConfig::with_preset("tiny").unwrap();
+    ok.data.crop_size = 32;
+    ok.ema.decay = 0.999;
+    ok.identity.weight = 10.0;
+    ok.validate().unwrap();
+}

@@ -91,3 +91,30 @@ fn a_resumed_run_continues_the_ema_exactly_and_inference_uses_it() {
         assert!(t.equal(&saved[&name]), "{name}: inference loads the EMA");
     }
 }
+
+/// A run that keeps an EMA refuses to resume from a checkpoint without one, naming the file.
+#[test]
+fn a_checkpoint_without_the_ema_is_refused_on_resume() {
+    let _serial = common::serial();
+    let data = common::dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut c = common::tiny(6);
+    c.ema.decay = 0.5;
+    c.hooks.stop_after_step = Some(4);
+    train::train(&common::new_run(c, &data, &run)).unwrap();
+    let latest = run.join("checkpoints/latest");
+    std::fs::remove_file(latest.join("generator_ema.safetensors")).unwrap();
+    // keep the checksums consistent, so the missing file is what is reported
+    let sums = latest.join("checksums.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&sums).unwrap()).unwrap();
+    if let Some(files) = v.get_mut("sha256").and_then(|f| f.as_object_mut()) {
+        files.remove("generator_ema.safetensors");
+    }
+    std::fs::write(&sums, serde_json::to_vec(&v).unwrap()).unwrap();
+    let e = format!(
+        "{:#}",
+        train::train(&common::resume_run(&data, &run, Default::default())).unwrap_err()
+    );
+    assert!(e.contains("generator_ema.safetensors"), "{e}");
+}

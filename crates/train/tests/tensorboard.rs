@@ -207,3 +207,16 @@ fn a_training_run_and_its_resume_continue_one_set_of_curves() {
         "the resumed step 5"
     );
 }
+
+/// `log.tensorboard = false` writes no event file (metrics.jsonl as always).
+#[test]
+fn tensorboard_off_writes_no_event_file() {
+    let _serial = common::serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut cfg = common::tiny(2);
+    cfg.log.tensorboard = false;
+    train::train(&common::new_run(cfg, &common::dataset(), &run)).unwrap();
+    assert!(run.join("metrics.jsonl").is_file());
+    assert!(files(&run).is_empty(), "{:?}", files(&run));
+}

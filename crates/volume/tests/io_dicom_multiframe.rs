@@ -42,3 +42,21 @@ fn frames_that_are_not_one_regular_volume_are_refused_naming_the_file() {
     assert!(e.contains("gap.dcm"), "{e}");
     assert!(e.contains("spacing") || e.contains("gap"), "{e}");
 }
+
+/// A multi-frame file whose NumberOfFrames disagrees with its per-frame groups is refused
+/// naming the file and both counts.
+#[test]
+fn a_frame_count_that_disagrees_with_the_functional_groups_is_refused() {
+    use dicom_core::VR;
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.dcm");
+    let mut obj = dicom_object::open_file(data("multiframe/enhanced_ct.dcm")).unwrap();
+    obj.put_str(dicom_dictionary_std::tags::NUMBER_OF_FRAMES, VR::IS, "4");
+    obj.write_to_file(&bad).unwrap();
+    let e = read_series(&bad, None).unwrap_err().to_string();
+    assert!(e.contains("bad.dcm"), "{e}");
+    assert!(
+        e.contains("NumberOfFrames is 4") && e.contains("5 items"),
+        "{e}"
+    );
+}

@@ -21,12 +21,19 @@ if [ -f "$VENV/libtorch/lib/libtorch_cpu.so" ] && [ -f "$VENV/.ncct2ctpa-torch-$
 fi
 
 echo "setup: installing libtorch $TORCH_VERSION ($MODE) from PyPI into $VENV" >&2
+# The CPU install needs about 1.3 GB (the wheel is unpacked, not cached: --no-cache-dir);
+# say so up front instead of failing half-way with pip's "No space left on device".
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt 2000000 ]; then
+  echo "setup: only $((free_kb / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'); libtorch needs about 1.3 GB and a debug build about 10 GB more" >&2
+  exit 1
+fi
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip >/dev/null 2>&1 || true
 if [ "$MODE" = full ]; then
-  "$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION"
+  "$VENV/bin/pip" install --quiet --no-cache-dir "torch==$TORCH_VERSION"
 else
-  "$VENV/bin/pip" install --quiet --no-deps "torch==$TORCH_VERSION" \
+  "$VENV/bin/pip" install --quiet --no-cache-dir --no-deps "torch==$TORCH_VERSION" \
     "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" "nvidia-cuda-cupti==$CUDA_CUPTI_VERSION"
 fi
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -251,6 +251,23 @@ pub fn reconstruction(
     lung_mask: &Tensor,
     cfg: &LossConfig,
 ) -> Result<Recon, LossError> {
+    reconstruction_floored(pred, target, lung_mask, None, cfg)
+}
+
+/// [`reconstruction`] with a floor under the weight map: each pixel weighs
+/// `max(1 + (lung_weight - 1) * mask, floor)`, so a region outside the lungs (the contrast
+/// region of the trainer's `[contrast]`) can weigh as much as the lungs. At coarser levels the
+/// floor is average-pooled like the mask. `None` is exactly [`reconstruction`].
+///
+/// # Shapes
+/// `floor`: `[batch, 1, height, width]`, like `lung_mask`.
+pub fn reconstruction_floored(
+    pred: &Tensor,
+    target: &Tensor,
+    lung_mask: &Tensor,
+    floor: Option<&Tensor>,
+    cfg: &LossConfig,
+) -> Result<Recon, LossError> {
     cfg.validate()?;
     let size = pred.size();
     if size.len() != 4 || target.size() != size {
@@ -268,9 +285,19 @@ pub fn reconstruction(
             got: msize,
         });
     }
+    if let Some(f) = floor {
+        if f.size() != msize {
+            return Err(LossError::Shape {
+                what: "weight floor (must match the lung mask)",
+                expected: format!("{msize:?}"),
+                got: f.size(),
+            });
+        }
+    }
     let levels = cfg.active_scales();
     let (mut p, mut t) = (pred.shallow_clone(), target.shallow_clone());
     let mut mask = lung_mask.shallow_clone();
+    let mut floor = floor.map(Tensor::shallow_clone);
     let mut parts = Vec::with_capacity(levels);
     let mut sums: Option<(Tensor, Tensor)> = None;
     for (level, &a) in cfg.scale_weights.iter().enumerate().take(levels) {
@@ -280,9 +307,10 @@ pub fn reconstruction(
             t = downsample(&t);
             // [batch, 1, height / 2^level, width / 2^level]: lung fraction per coarse pixel
             mask = downsample(&mask.to_kind(pred.kind()));
+            floor = floor.map(|f| downsample(&f.to_kind(pred.kind())));
             tracing::trace!(level, size = ?p.size(), "multi-resolution reconstruction level");
         }
-        let (l1, ssim_term) = reconstruction_level(&p, &t, &mask, cfg)?;
+        let (l1, ssim_term) = reconstruction_level(&p, &t, &mask, floor.as_ref(), cfg)?;
         if a != 0.0 {
             // A weight of 1 adds the level unscaled, so the default `[1]` is bitwise today's loss.
             let scale = |x: &Tensor| if a == 1.0 { x.shallow_clone() } else { x * a };
@@ -313,11 +341,16 @@ fn reconstruction_level(
     pred: &Tensor,
     target: &Tensor,
     lung_mask: &Tensor,
+    floor: Option<&Tensor>,
     cfg: &LossConfig,
 ) -> Result<(Tensor, Tensor), LossError> {
     let kind = pred.kind();
     // [batch, 1, height, width]
     let w = lung_weights(lung_mask, cfg.lung_weight).to_kind(kind);
+    let w = match floor {
+        Some(f) => w.maximum(&f.to_kind(kind)),
+        None => w,
+    };
     // [batch, channels, height, width]
     let w_full = w.expand_as(pred);
     let l1 = (&w_full * (pred - target).abs()).sum(kind) / w_full.sum(kind);

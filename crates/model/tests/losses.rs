@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use metrics::SsimParams;
 use model::losses::{
-    discriminator_adversarial, generator_adversarial, lung_weights, reconstruction, smoothness,
+    discriminator_adversarial, generator_adversarial, lung_weights, reconstruction, reconstruction_floored, smoothness,
     AdversarialKind, LossConfig, LossError, MAX_SCALES,
 };
 use model::ssim::{ssim, weighted_ssim};
@@ -265,6 +265,32 @@ fn lung_weighted_l1_matches_hand_computed_values() {
     let w = lung_weights(&mask, 10.0);
     assert_eq!(v(&w.sum(Kind::Double)), 400.0);
     assert_eq!(w.kind(), Kind::Float);
+}
+
+/// A weight floor of `w` on a region weighs it exactly as a lung mask of weight `w` would
+/// (max(1, w * r) = 1 + (w - 1) * r for a 0/1 region), at every level; `None` is the plain loss.
+#[test]
+fn a_weight_floor_weighs_its_region_like_the_lung_weight() {
+    tch::manual_seed(11);
+    let target = Tensor::rand([2, 1, 32, 32], (Kind::Double, Device::Cpu)) * 2.0 - 1.0;
+    let pred = (&target + Tensor::randn([2, 1, 32, 32], (Kind::Double, Device::Cpu)) * 0.2)
+        .clamp(-1.0, 1.0);
+    let region = block_mask().repeat([2, 1, 2, 2]);
+    let zeros = Tensor::zeros_like(&region);
+    let mut c = cfg(10.0);
+    c.scale_weights = vec![1.0, 0.5];
+    let as_lung = reconstruction(&pred, &target, &region, &c).unwrap();
+    let floor = &region * 10.0;
+    let floored = reconstruction_floored(&pred, &target, &zeros, Some(&floor), &c).unwrap();
+    assert!((v(&as_lung.l1) - v(&floored.l1)).abs() < 1e-14);
+    assert!((v(&as_lung.ssim) - v(&floored.ssim)).abs() < 1e-14);
+    let plain = reconstruction(&pred, &target, &zeros, &c).unwrap();
+    let none = reconstruction_floored(&pred, &target, &zeros, None, &c).unwrap();
+    assert_eq!(v(&plain.total), v(&none.total));
+    assert!((v(&plain.l1) - v(&floored.l1)).abs() > 1e-6);
+    // a floor of another shape is refused
+    let wrong = Tensor::zeros([2, 1, 16, 16], (Kind::Double, Device::Cpu));
+    assert!(reconstruction_floored(&pred, &target, &zeros, Some(&wrong), &c).is_err());
 }
 
 #[test]

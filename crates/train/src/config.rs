@@ -62,8 +62,10 @@ pub struct TrainConfig {
     pub r1: model::r1::R1Config,
     /// An exponential moving average of G's weights (default: off).
     pub ema: EmaConfig,
-    /// The identity-preserving term outside the contrast (default: off).
-    pub identity: crate::identity::IdentityConfig,
+    /// The contrast region and its reconstruction weight (default: weight 1, off).
+    pub contrast: crate::contrast::ContrastConfig,
+    /// The identity-preserving term outside the contrast region (default: off).
+    pub identity: crate::contrast::IdentityConfig,
     /// Progressive training: G alone, then + R, then + D (`crate::phases`; default: off).
     pub progressive: ProgressiveConfig,
     /// Optimizers.
@@ -103,7 +105,8 @@ impl Default for TrainConfig {
             lung_curriculum: LungCurriculumConfig::default(),
             r1: model::r1::R1Config::default(),
             ema: EmaConfig::default(),
-            identity: crate::identity::IdentityConfig::default(),
+            contrast: crate::contrast::ContrastConfig::default(),
+            identity: crate::contrast::IdentityConfig::default(),
             progressive: ProgressiveConfig::default(),
             optim: OptimConfig::default(),
             amp: crate::amp::Precision::Fp32,
@@ -536,6 +539,7 @@ impl TrainConfig {
         self.lung_curriculum.validate()?;
         self.r1.validate().context("[r1]")?;
         self.ema.validate().context("[ema]")?;
+        self.contrast.validate().context("[contrast]")?;
         self.identity.validate().context("[identity]")?;
         self.progressive.validate().context("[progressive]")?;
         self.optim

@@ -10,7 +10,7 @@
 use crate::config::TrainConfig;
 use crate::nets::Nets;
 use anyhow::Context;
-use model::losses::{reconstruction, LossConfig, LossError, Recon};
+use model::losses::{reconstruction_floored, LossConfig, LossError, Recon};
 use model::perceptual::{Perceptual, PerceptualConfig, PerceptualError, Vgg};
 use tch::{Device, Tensor};
 
@@ -52,14 +52,16 @@ impl ImageLossError {
     }
 }
 
-/// The image terms at `step` (1-based) of `registered` against `target`.
+/// The image terms at `step` (1-based) of `registered` against `target`; `floor` is the
+/// contrast region's weight floor (`[contrast] weight`, see [`crate::contrast`]), if on.
 ///
 /// # Shapes
-/// `registered`, `target`, `lung`: `[batch, 1, height, width]` -> scalars.
+/// `registered`, `target`, `lung`, `floor`: `[batch, 1, height, width]` -> scalars.
 pub fn image_losses(
     registered: &Tensor,
     target: &Tensor,
     lung: &Tensor,
+    floor: Option<&Tensor>,
     cfg: &TrainConfig,
     perceptual: Option<&Perceptual>,
     step: u64,
@@ -68,13 +70,13 @@ pub fn image_losses(
         .lung_curriculum
         .lung_weight_at(step, cfg.loss.lung_weight);
     let recon = if lung_weight == cfg.loss.lung_weight {
-        reconstruction(registered, target, lung, &cfg.loss)
+        reconstruction_floored(registered, target, lung, floor, &cfg.loss)
     } else {
         let at_step = LossConfig {
             lung_weight,
             ..cfg.loss.clone()
         };
-        reconstruction(registered, target, lung, &at_step)
+        reconstruction_floored(registered, target, lung, floor, &at_step)
     }
     .map_err(ImageLossError::Reconstruction)?;
     let pcfg = &cfg.loss.perceptual;

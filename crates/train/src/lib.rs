@@ -9,11 +9,11 @@
 pub mod amp;
 pub mod checkpoint;
 pub mod config;
+pub mod contrast;
 pub mod curriculum;
 pub mod demo;
 pub mod distributed;
 pub mod events;
-pub mod identity;
 pub mod image_losses;
 pub mod nets;
 pub mod phases;

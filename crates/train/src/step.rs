@@ -502,6 +502,17 @@ fn generator_loss(
     pending: &mut Pending,
 ) -> Result<(Tensor, f64), NonFinite> {
     let (cfg, step) = (ctx.cfg, ctx.step);
+    // [batch, 1, height, width], 0/1: where the CTPA is brighter (crate::contrast)
+    let region = (cfg.identity.enabled() || cfg.contrast.weighted()).then(|| {
+        let w = cfg.window();
+        let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
+        let c = &cfg.contrast;
+        crate::contrast::contrast_region(&batch.x, &batch.y, &batch.body, threshold, c.dilation_px)
+    });
+    let floor = region
+        .as_ref()
+        .filter(|_| cfg.contrast.weighted())
+        .map(|r| crate::contrast::weight_floor(r, cfg.contrast.weight));
     let image = {
         let _part = part!("losses");
         let losses = cfg.loss.clone();
@@ -509,6 +520,7 @@ fn generator_loss(
             registered,
             &batch.y,
             &batch.lung,
+            floor.as_ref(),
             cfg,
             nets.perceptual.as_ref(),
             step,
@@ -535,17 +547,8 @@ fn generator_loss(
     if let Some(s) = &smooth {
         loss_g += s * cfg.loss.smoothness_weight;
     }
-    if cfg.identity.enabled() {
-        let w = cfg.window();
-        let threshold = 2.0 * cfg.identity.contrast_threshold_hu / f64::from(w.max - w.min);
-        let id = crate::identity::identity_loss(
-            fake,
-            &batch.x,
-            &batch.y,
-            &batch.body,
-            threshold,
-            cfg.identity.dilation_px,
-        );
+    if let (true, Some(region)) = (cfg.identity.enabled(), &region) {
+        let id = crate::contrast::identity_loss(fake, &batch.x, region, &batch.body);
         loss_g += &id * cfg.identity.weight;
         pending.term("identity", &id, |s, v| s.identity = v);
     }

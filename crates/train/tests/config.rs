@@ -209,7 +209,7 @@ fn impossible_sizes_are_refused_naming_the_key() {
     assert!(base().validate().is_ok());
 }
 
-/// `[ema]` and `[identity]` refuse values that cannot work, naming the key.
+/// `[ema]`, `[identity]` and `[contrast]` refuse values that cannot work, naming the key.
 #[test]
 fn ema_and_identity_settings_are_checked() {
     let bad = |edit: &dyn Fn(&mut TrainConfig), key: &str| {
@@ -223,14 +223,14 @@ fn ema_and_identity_settings_are_checked() {
     bad(&|c| c.ema.decay = -0.5, "ema.decay");
     bad(&|c| c.ema.decay = f64::NAN, "ema.decay");
     bad(&|c| c.identity.weight = -1.0, "identity.weight");
-    bad(
-        &|c| c.identity.contrast_threshold_hu = 0.0,
-        "identity.contrast_threshold_hu",
-    );
-    bad(&|c| c.identity.dilation_px = 1000, "identity.dilation_px");
+    bad(&|c| c.contrast.threshold_hu = 0.0, "contrast.threshold_hu");
+    bad(&|c| c.contrast.dilation_px = 1000, "contrast.dilation_px");
+    bad(&|c| c.contrast.weight = 0.5, "contrast.weight");
+    bad(&|c| c.contrast.weight = f64::INFINITY, "contrast.weight");
     let mut ok = TrainConfig::with_preset("tiny").unwrap();
     ok.data.crop_size = 32;
     ok.ema.decay = 0.999;
     ok.identity.weight = 10.0;
+    ok.contrast.weight = 10.0;
     ok.validate().unwrap();
 }

@@ -158,6 +158,29 @@ fn a_diverged_registration_net_stops_the_step_without_a_crash() {
     }
 }
 
+/// `[contrast] weight`: the reconstruction weighs the contrast region more, so the logged L1
+/// changes; weight 1 is exactly the plain loss.
+#[test]
+fn the_contrast_weight_changes_the_reconstruction_only_when_on() {
+    let _serial = serial();
+    let batch = fixed_batch();
+    let run = |weight: f64| {
+        let mut cfg = tiny(5);
+        cfg.contrast.weight = weight;
+        let mut nets = Nets::new(&cfg, Device::Cpu);
+        let mut opts = nets.optimizers(&cfg).unwrap();
+        train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap()
+    };
+    let (plain, one, heavy) = (run(1.0), run(1.0), run(20.0));
+    assert_eq!(plain.l1, one.l1);
+    assert!(
+        (heavy.l1 - plain.l1).abs() > 1e-6 * plain.l1,
+        "contrast weight 20 left the L1 at {} (plain {})",
+        heavy.l1,
+        plain.l1
+    );
+}
+
 /// `[identity]`: the term is read back (positive, finite) and enters G+R's total with its
 /// weight; off, it is 0 and the total is unchanged.
 #[test]

@@ -1,0 +1,175 @@
+//! The contrast region and the two terms built on it (#16 items 3 and 4).
+//!
+//! A CTPA is its NCCT plus iodine: contrast only ever *brightens* (blood from ~40 HU to
+//! 250-500 HU, parenchyma by a few HU), so the region that must change is where the CTPA is
+//! brighter than the NCCT by more than `threshold_hu`. The two scans moved between
+//! acquisitions, so a vessel lies at one place in the NCCT and a few pixels away in the CTPA;
+//! the region grows by `dilation_px` (a max-pool) to cover both. The sign matters: a two-sided
+//! `|CTPA - NCCT|` also marks every edge the motion shifted (lung boundaries, the unenhanced
+//! vessels all over the lung), and dilated, much of the lung then counts as "contrast".
+//!
+//! - `[contrast] weight`: the reconstruction's per-pixel weight is at least this inside the
+//!   region (beside the lung weight), so the pulmonary trunk and the hilar arteries, which lie
+//!   outside the lungs, count as much as the lungs.
+//! - `[identity] weight`: the mean `|G(x) - x|` over the body pixels *outside* the region:
+//!   tissue that needs no change stays the NCCT's, instead of taking GAN noise and texture.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// Where the contrast is, and how much its pixels weigh in the reconstruction.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContrastConfig {
+    /// The reconstruction weight of a pixel in the region is at least this (the lung
+    /// weight's scale; 1 = off). Default: 1.
+    pub weight: f64,
+    /// CTPA brighter than the NCCT by more than this many HU is contrast. Default: 100.
+    pub threshold_hu: f64,
+    /// The region grows by this many pixels each way. Default: 3.
+    pub dilation_px: usize,
+}
+
+impl Default for ContrastConfig {
+    fn default() -> Self {
+        Self {
+            weight: 1.0,
+            threshold_hu: 100.0,
+            dilation_px: 3,
+        }
+    }
+}
+
+impl ContrastConfig {
+    /// Whether the reconstruction weighs the region.
+    pub fn weighted(&self) -> bool {
+        self.weight != 1.0
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.weight.is_finite() && self.weight >= 1.0,
+            "contrast.weight must be finite and >= 1 (1 = off), got {}",
+            self.weight
+        );
+        anyhow::ensure!(
+            self.threshold_hu.is_finite() && self.threshold_hu > 0.0,
+            "contrast.threshold_hu must be > 0, got {}",
+            self.threshold_hu
+        );
+        anyhow::ensure!(
+            self.dilation_px <= 64,
+            "contrast.dilation_px must be at most 64, got {}",
+            self.dilation_px
+        );
+        Ok(())
+    }
+}
+
+/// The identity-preserving term's settings (the region is `[contrast]`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Weight of the term in G+R's loss (0 = off; the L1 weight's scale, e.g. 10). Default: 0.
+    pub weight: f64,
+}
+
+impl IdentityConfig {
+    pub fn enabled(&self) -> bool {
+        self.weight > 0.0
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.weight.is_finite() && self.weight >= 0.0,
+            "identity.weight must be finite and >= 0, got {}",
+            self.weight
+        );
+        Ok(())
+    }
+}
+
+/// The contrast region, 0/1 (no gradient): body pixels where `ctpa - ncct > threshold`
+/// (images normalised, `threshold` in the same units), dilated by `dilation_px`.
+///
+/// # Shapes
+/// `ncct`, `ctpa`, `body`: `[batch, 1, height, width]` -> the same.
+pub fn contrast_region(
+    ncct: &Tensor,
+    ctpa: &Tensor,
+    body: &Tensor,
+    threshold: f64,
+    dilation_px: usize,
+) -> Tensor {
+    tch::no_grad(|| {
+        let contrast = (ctpa - ncct).gt(threshold).to_kind(Kind::Float);
+        let d = dilation_px as i64;
+        let grown = match d {
+            0 => contrast,
+            d => contrast.max_pool2d([2 * d + 1, 2 * d + 1], [1, 1], [d, d], [1, 1], false),
+        };
+        grown * body
+    })
+}
+
+/// The mean `|fake - ncct|` over `body` pixels outside `region`; 0 when no pixel is left.
+///
+/// # Shapes
+/// All `[batch, 1, height, width]` -> a scalar.
+pub fn identity_loss(fake: &Tensor, ncct: &Tensor, region: &Tensor, body: &Tensor) -> Tensor {
+    let kept = tch::no_grad(|| (region.neg() + 1.0) * body);
+    let n = kept.sum(Kind::Float);
+    ((fake - ncct).abs() * &kept).sum(Kind::Float) / n.clamp_min(1.0)
+}
+
+/// The reconstruction's weight floor: `weight` inside `region`, 0 elsewhere (the lung
+/// weighting, at least 1 everywhere, wins there).
+pub fn weight_floor(region: &Tensor, weight: f64) -> Tensor {
+    region * weight
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_slice(v).reshape([1, 1, 1, v.len() as i64])
+    }
+
+    #[test]
+    fn the_region_is_one_sided_dilated_and_inside_the_body() {
+        let ncct = t(&[0.0, 0.0, 0.5, 0.0, 0.0, 0.0]);
+        // pixel 1 brightened (contrast); pixel 2 darkened (a structure that moved away)
+        let ctpa = t(&[0.0, 0.5, 0.0, 0.0, 0.0, 0.0]);
+        let body = t(&[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
+        let r = contrast_region(&ncct, &ctpa, &body, 0.1, 0);
+        assert_eq!(
+            Vec::<f32>::try_from(r.reshape([-1])).unwrap(),
+            vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+        );
+        let r = contrast_region(&ncct, &ctpa, &body, 0.1, 1);
+        assert_eq!(
+            Vec::<f32>::try_from(r.reshape([-1])).unwrap(),
+            vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn only_unchanged_body_tissue_counts() {
+        let ncct = t(&[0.0, 0.0, 0.0, 0.0]);
+        let region = t(&[0.0, 1.0, 0.0, 0.0]); // contrast at pixel 1
+        let body = t(&[1.0, 1.0, 1.0, 0.0]); // pixel 3 is outside the body
+        let fake = t(&[0.2, 0.9, 0.4, 0.7]);
+        // pixels 0 and 2 count -> (0.2 + 0.4) / 2
+        let l = identity_loss(&fake, &ncct, &region, &body).double_value(&[]);
+        assert!((l - 0.3).abs() < 1e-6, "{l}");
+        // nothing left -> 0
+        let all = t(&[1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(identity_loss(&fake, &ncct, &all, &body).double_value(&[]), 0.0);
+        // the gradient reaches G's output only where the term counts
+        let f = fake.detach().set_requires_grad(true);
+        identity_loss(&f, &ncct, &region, &body).backward();
+        let g = Vec::<f32>::try_from(f.grad().reshape([-1])).unwrap();
+        assert_eq!(g, vec![0.5, 0.0, 0.5, 0.0]);
+    }
+}

@@ -19,6 +19,7 @@
 //!
 //! Everything is deterministic: same inputs, same transform, bit for bit.
 
+pub mod demons;
 pub mod mattes;
 pub mod metric;
 pub mod pyramid;

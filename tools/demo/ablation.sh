@@ -8,7 +8,8 @@
 #
 # usage: tools/demo/ablation.sh [-s STEPS] [-j JOBS] [-t THREADS] [-S SEED] [-d DATA] [-b BIN]
 #                               [-o OUT] ARM...
-#   ARM       baseline (configs/demo.toml alone) or the name of a configs/ablation/*.toml
+#   ARM       baseline (configs/demo.toml alone), the name of a configs/ablation/*.toml, or
+#             several joined by + (merged in order, e.g. contrast+identity)
 #   -s        training steps of every arm (default: the demo's 1500)
 #   -j        arms trained at once, each with cores/JOBS libtorch threads (default 2)
 #   -t        libtorch threads of each arm (default cores/JOBS)
@@ -27,51 +28,29 @@ while getopts "s:j:t:S:d:b:o:" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; j) JOBS=$OPTARG ;; t) THREADS=$OPTARG ;; S) SEED=$OPTARG ;;
     d) DATA=$OPTARG ;; b) BIN=$OPTARG ;; o) OUT=$OPTARG ;;
-    *) sed -n '2,21p' "$0"; exit 2 ;;
+    *) sed -n '2,22p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { sed -n '2,21p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,22p' "$0"; exit 2; }
 [ -f "$DATA/manifest.json" ] || { echo "no $DATA/manifest.json: not a prepared dataset ('$BIN train --steps 1' makes the demo's)" >&2; exit 2; }
-RAW=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["raw_dir"])' "$DATA/manifest.json")
-[ -d "$RAW/truth/ctpa_aligned" ] || { echo "no $RAW/truth/ctpa_aligned: $DATA is not a prepared phantom" >&2; exit 2; }
-for arm in "$@"; do
-  [ "$arm" = baseline ] || [ -f "configs/ablation/$arm.toml" ] \
-    || { echo "no configs/ablation/$arm.toml" >&2; exit 2; }
-done
+. "$(dirname "$0")/../lib/arm.sh"
+RAW=$(phantom_raw "$DATA")
+check_arms "$@"
 [ -n "$THREADS" ] || THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
 
 # The scored cases: the prepared split's val and test cases.
-mkdir -p "$OUT/scored"/{ncct,target,body,lung,vessels}
-cases=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(" ".join(sorted(c for c,v in s.items() if v in ("val","test"))))' "$DATA/split.json")
-for c in $cases; do
-  ln -sf "$(realpath "$RAW/ncct/$c.nii.gz")" "$OUT/scored/ncct/$c.nii.gz"
-  ln -sf "$(realpath "$RAW/truth/ctpa_aligned/$c.nii.gz")" "$OUT/scored/target/$c.nii.gz"
-  for m in body lung vessels; do
-    ln -sf "$(realpath "$RAW/truth/$m/$c.nii.gz")" "$OUT/scored/$m/$c.nii.gz"
-  done
-done
+SCORED=$OUT/scored EXTRA_MASKS=
+cases=$(held_out_cases "$DATA")
+link_scored "$RAW" $cases
 echo "scoring cases of $DATA: $cases; $# arms x $STEPS steps, $JOBS at once x $THREADS threads${SEED:+, seed $SEED}"
 
 run_arm() {
-  local arm=$1 dir="$OUT/$1" extra=()
-  [ "$arm" = baseline ] || extra=(--config "configs/ablation/$arm.toml")
-  [ -z "$SEED" ] || extra+=(--seed "$SEED")
-  rm -rf "$dir"
-  local t0=$SECONDS
-  "$BIN" train --data "$DATA" --config configs/demo.toml "${extra[@]}" --run "$dir/run" \
-    --steps "$STEPS" --threads "$THREADS" --val-every "$STEPS" --sample-every "$STEPS" \
-    --checkpoint-every "$STEPS" --no-progress -q
-  echo $((SECONDS - t0)) > "$dir/train_seconds"
-  "$BIN" predict --model "$dir/run/checkpoints/final" --input "$OUT/scored/ncct" \
-    --output "$dir/pred" --device cpu -q
-  "$BIN" evaluate --pred "$dir/pred" --target "$OUT/scored/target" --ncct "$OUT/scored/ncct" \
-    --body "$OUT/scored/body" --lung "$OUT/scored/lung" --vessels "$OUT/scored/vessels" \
-    --out "$dir/eval" -q
-  echo "  $arm done in $(cat "$dir/train_seconds") s of training"
+  train_and_score "$OUT/$1" "$1" "$SEED"
+  echo "  $1 done in $(cat "$OUT/$1/train_seconds") s of training"
 }
-export -f run_arm
-export BIN DATA OUT STEPS THREADS SEED
+export -f run_arm train_and_score
+export BIN DATA OUT STEPS THREADS SEED SCORED EXTRA_MASKS
 printf '%s\n' "$@" | xargs -P "$JOBS" -I{} bash -c 'run_arm "$@"' _ {}
 
 python3 - "$OUT" "$STEPS" "$@" <<'PY' | tee "$OUT/table.md"

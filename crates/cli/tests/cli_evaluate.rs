@@ -64,7 +64,7 @@ fn evaluate_a_phantom_set_with_baseline_and_truth_masks() {
         assert!(stdout.lines().any(|l| l.starts_with(region)), "{stdout}");
     }
     let r = rows(&out.join("evaluation.csv"));
-    assert_eq!(r.len(), 2 * 3 * 3);
+    assert_eq!(r.len(), 2 * 3 * 4);
     for (case, region, metric, model, baseline) in &r {
         let (m, b) = (model.unwrap(), baseline.unwrap());
         assert!(m.is_finite() && b.is_finite(), "{case} {region} {metric}");
@@ -105,7 +105,7 @@ fn evaluate_a_phantom_set_with_baseline_and_truth_masks() {
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     let r = rows(&pred.join("evaluation.csv"));
-    assert_eq!(r.len(), 2 * 2 * 3);
+    assert_eq!(r.len(), 2 * 2 * 4);
     for (case, region, metric, model, baseline) in &r {
         assert!(baseline.is_none());
         let m = model.unwrap_or_else(|| panic!("{case} {region} {metric}: empty"));

@@ -7,6 +7,9 @@
 //! case_000,body,183204,mae,41.23,96.8
 //! ```
 //!
+//! Metrics: `mae`, `psnr`, `ssim` and `me`, the signed mean error (prediction minus target,
+//! HU): inside the vessels it says how much of the enhancement is missing.
+//!
 //! Long rather than wide because its columns never change: adding a region (a custom mask) or
 //! a metric adds rows, so scripts keep working, and one `pivot` in pandas or R gives any wide
 //! view. `baseline` is the NCCT scored as if it were the prediction (empty without `--ncct`);
@@ -46,8 +49,13 @@ pub struct SummaryRow {
     pub unit: String,
     pub model: Summary,
     pub baseline: Option<Summary>,
-    /// Cases where the model beats the baseline (lower MAE, higher PSNR and SSIM).
+    /// Cases where the model beats the baseline (lower MAE, higher PSNR and SSIM, a mean
+    /// error closer to 0).
     pub model_better: Option<usize>,
+    /// On mean-error rows: the target's mean HU in the region over the cases (the
+    /// prediction's mean is this plus the mean error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_mean: Option<Summary>,
 }
 
 /// Summary rows, region by region in the order scored, metrics in [`Metric::ALL`] order.
@@ -56,6 +64,7 @@ pub fn summarize(cases: &[CaseResult], regions: &[String], baseline: bool) -> Ve
     for region in regions {
         for metric in Metric::ALL {
             let (mut model, mut base) = (Cumulative::new(), Cumulative::new());
+            let mut target = Cumulative::new();
             let mut better = 0;
             for r in cases
                 .iter()
@@ -70,13 +79,11 @@ pub fn summarize(cases: &[CaseResult], regions: &[String], baseline: bool) -> Ve
                 if let Some(b) = b {
                     base.update(b);
                 }
+                if let Some(t) = r.model.target_mean {
+                    target.update(t);
+                }
                 if let (Some(m), Some(b)) = (m, b) {
-                    let wins = if metric.higher_is_better() {
-                        m > b
-                    } else {
-                        m < b
-                    };
-                    better += usize::from(wins);
+                    better += usize::from(metric.better(m, b));
                 }
             }
             rows.push(SummaryRow {
@@ -86,6 +93,7 @@ pub fn summarize(cases: &[CaseResult], regions: &[String], baseline: bool) -> Ve
                 model: model.aggregate(),
                 baseline: baseline.then(|| base.aggregate()),
                 model_better: baseline.then_some(better),
+                target_mean: (metric == Metric::Me).then(|| target.aggregate()),
             });
         }
     }
@@ -214,12 +222,25 @@ pub fn table(rows: &[SummaryRow]) -> String {
 mod tests {
     use super::*;
 
-    fn scores(mae: f64, psnr: f64, ssim: f64) -> RegionScores {
+    fn scores(mae: f64, psnr: f64, ssim: f64, me: f64) -> RegionScores {
         RegionScores {
             voxels: 10,
             mae: Some(mae),
             psnr: Some(psnr),
             ssim: Some(ssim),
+            me: Some(me),
+            target_mean: Some(100.0 + mae),
+        }
+    }
+
+    fn empty() -> RegionScores {
+        RegionScores {
+            voxels: 0,
+            mae: None,
+            psnr: None,
+            ssim: None,
+            me: None,
+            target_mean: None,
         }
     }
 
@@ -236,23 +257,17 @@ mod tests {
             }],
         };
         vec![
-            case("a", scores(10.0, 40.0, 0.9), scores(30.0, 30.0, 0.8)),
-            case("b,1", scores(20.0, 35.0, 0.85), scores(15.0, 36.0, 0.8)),
             case(
-                "c",
-                RegionScores {
-                    voxels: 0,
-                    mae: None,
-                    psnr: None,
-                    ssim: None,
-                },
-                RegionScores {
-                    voxels: 0,
-                    mae: None,
-                    psnr: None,
-                    ssim: None,
-                },
+                "a",
+                scores(10.0, 40.0, 0.9, -5.0),
+                scores(30.0, 30.0, 0.8, 3.0),
             ),
+            case(
+                "b,1",
+                scores(20.0, 35.0, 0.85, -8.0),
+                scores(15.0, 36.0, 0.8, -20.0),
+            ),
+            case("c", empty(), empty()),
         ]
     }
 
@@ -264,15 +279,16 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "case,region,voxels,metric,model,baseline");
         assert_eq!(lines[1], "a,body,10,mae,10,30");
-        assert_eq!(lines[6], "\"b,1\",body,10,ssim,0.85,0.8");
-        assert_eq!(lines[7], "c,body,0,mae,,");
-        assert_eq!(lines.len(), 1 + 3 * 3);
+        assert_eq!(lines[7], "\"b,1\",body,10,ssim,0.85,0.8");
+        assert_eq!(lines[4], "a,body,10,me,-5,3");
+        assert_eq!(lines[9], "c,body,0,mae,,");
+        assert_eq!(lines.len(), 1 + 3 * 4);
     }
 
     #[test]
     fn summary_skips_empty_regions_and_counts_wins() {
         let rows = summarize(&cases(), &["body".into()], true);
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 4);
         let mae = &rows[0];
         assert_eq!(mae.metric, Metric::Mae);
         assert_eq!(mae.model.n, 2);
@@ -280,6 +296,11 @@ mod tests {
         assert_eq!(mae.baseline.unwrap().mean, 22.5);
         assert_eq!(mae.model_better, Some(1)); // 10 < 30, but 20 > 15
         assert_eq!(rows[2].model_better, Some(2)); // SSIM higher in both
+        let me = &rows[3];
+        assert_eq!(me.metric, Metric::Me);
+        assert_eq!(me.model_better, Some(1)); // |-5| > |3|, |-8| < |-20|
+        assert_eq!(me.target_mean.unwrap().mean, 115.0);
+        assert!(rows[0].target_mean.is_none());
         let t = table(&rows);
         assert!(t.contains("MAE (HU)"), "{t}");
         assert!(t.contains("15.00 ± 7.07"), "{t}");

@@ -150,7 +150,7 @@ fn scores_match_hand_computed_values_and_files_are_written() {
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "case,region,voxels,metric,model,baseline");
-    assert_eq!(lines.len(), 1 + 2 * 3 * 3);
+    assert_eq!(lines.len(), 1 + 2 * 3 * 4);
     let row: Vec<&str> = lines
         .iter()
         .find(|l| l.starts_with("b,vessel,") && l.contains(",mae,"))
@@ -166,7 +166,18 @@ fn scores_match_hand_computed_values_and_files_are_written() {
     assert_eq!(summary["format"], "ncct2ctpa-evaluation");
     assert_eq!(summary["cases"], serde_json::json!(["a", "b"]));
     let rows = summary["summary"].as_array().unwrap();
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), 12);
+    // the signed error: the model is 10 HU above the target, the NCCT 310 HU below it
+    let vessel_me = rows
+        .iter()
+        .find(|r| r["region"] == "vessel" && r["metric"] == "me")
+        .unwrap();
+    assert!((vessel_me["model"]["mean"].as_f64().unwrap() - 10.0).abs() < 1e-9);
+    assert!((vessel_me["baseline"]["mean"].as_f64().unwrap() + 310.0).abs() < 1e-9);
+    assert_eq!(vessel_me["model_better"], 2);
+    // the artery is 350 HU plus a texture of 0-10 HU
+    let t = vessel_me["target_mean"]["mean"].as_f64().unwrap();
+    assert!((350.0..=360.0).contains(&t), "{t}");
     let vessel_mae = rows
         .iter()
         .find(|r| r["region"] == "vessel" && r["metric"] == "mae")

@@ -1,6 +1,6 @@
-//! Voxel-wise error metrics: MAE, MSE and PSNR, optionally inside a mask.
+//! Voxel-wise error metrics: MAE, MSE, PSNR and the signed mean error, optionally inside a mask.
 //!
-//! All three come from one pass that accumulates `|p - t|` and `(p - t)^2` in `f64`
+//! All come from one pass that accumulates `p - t`, `|p - t|`, `(p - t)^2` and `t` in `f64`
 //! ([`ErrorStats`]), so scoring a region costs one read of the two volumes. The pass runs in
 //! parallel over the first axis (axial slices of a `[z, y, x]` volume) and sums the partial
 //! results in slice order, so the result does not depend on the number of threads.
@@ -22,6 +22,10 @@ pub struct ErrorStats {
     pub sum_abs: f64,
     /// `sum (pred - target)^2`.
     pub sum_sq: f64,
+    /// `sum (pred - target)`.
+    pub sum: f64,
+    /// `sum target`.
+    pub sum_target: f64,
 }
 
 impl ErrorStats {
@@ -31,7 +35,20 @@ impl ErrorStats {
             n: self.n + other.n,
             sum_abs: self.sum_abs + other.sum_abs,
             sum_sq: self.sum_sq + other.sum_sq,
+            sum: self.sum + other.sum,
+            sum_target: self.sum_target + other.sum_target,
         }
+    }
+
+    /// Mean (signed) error `mean(pred - target)`: the bias, e.g. how far short of the target's
+    /// enhancement a synthetic CTPA falls inside the vessels; `None` when no voxel was scored.
+    pub fn me(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+
+    /// The target's mean over the scored voxels; `None` when no voxel was scored.
+    pub fn target_mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum_target / self.n as f64)
     }
 
     /// Mean absolute error; `None` when no voxel was scored.
@@ -105,6 +122,8 @@ fn fold_serial<D: Dimension>(
         s.n += 1;
         s.sum_abs += d.abs();
         s.sum_sq += d * d;
+        s.sum += d;
+        s.sum_target += f64::from(t);
     };
     match mask {
         Some(m) => Zip::from(&pred)

@@ -39,33 +39,41 @@ pub enum Metric {
     Mae,
     Psnr,
     Ssim,
+    /// Mean (signed) error, prediction minus target.
+    Me,
 }
 
 impl Metric {
     /// All metrics in report order.
-    pub const ALL: [Metric; 3] = [Metric::Mae, Metric::Psnr, Metric::Ssim];
+    pub const ALL: [Metric; 4] = [Metric::Mae, Metric::Psnr, Metric::Ssim, Metric::Me];
 
-    /// Name used in files (`mae`, `psnr`, `ssim`).
+    /// Name used in files (`mae`, `psnr`, `ssim`, `me`).
     pub fn name(self) -> &'static str {
         match self {
             Metric::Mae => "mae",
             Metric::Psnr => "psnr",
             Metric::Ssim => "ssim",
+            Metric::Me => "me",
         }
     }
 
     /// Unit for tables (`HU`, `dB`, empty for SSIM).
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::Mae => "HU",
+            Metric::Mae | Metric::Me => "HU",
             Metric::Psnr => "dB",
             Metric::Ssim => "",
         }
     }
 
-    /// Whether a larger value is better (false for MAE).
-    pub fn higher_is_better(self) -> bool {
-        !matches!(self, Metric::Mae)
+    /// Whether `a` is a better score than `b`: lower MAE, higher PSNR and SSIM, a mean error
+    /// closer to 0.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Metric::Mae => a < b,
+            Metric::Psnr | Metric::Ssim => a > b,
+            Metric::Me => a.abs() < b.abs(),
+        }
     }
 }
 
@@ -81,6 +89,13 @@ pub struct RegionScores {
     /// Mean SSIM inside the region; `None` when no region voxel lies where the SSIM window
     /// fits (an empty region, or one entirely within `(win - 1) / 2` voxels of the border).
     pub ssim: Option<f64>,
+    /// Mean error `mean(pred - target)` in HU (the bias); `None` for an empty region.
+    #[serde(default)]
+    pub me: Option<f64>,
+    /// The target's mean HU in the region (so `target_mean + me` is the prediction's); `None`
+    /// for an empty region.
+    #[serde(default)]
+    pub target_mean: Option<f64>,
 }
 
 impl RegionScores {
@@ -90,6 +105,7 @@ impl RegionScores {
             Metric::Mae => self.mae,
             Metric::Psnr => self.psnr,
             Metric::Ssim => self.ssim,
+            Metric::Me => self.me,
         }
     }
 }
@@ -134,6 +150,8 @@ pub fn score_regions(
                 mae: e.mae(),
                 psnr: e.psnr(range),
                 ssim,
+                me: e.me(),
+                target_mean: e.target_mean(),
             })
         })
         .collect()
@@ -172,13 +190,19 @@ mod tests {
         assert_eq!(r[0].mae, Some(40.0));
         let n = (12 * 8 * 16) as f64;
         assert!((r[1].mae.unwrap() - 1064.0 / n).abs() < 1e-12);
+        // the signed error: +40 everywhere on top; below, one voxel at -1024 - 40 HU
+        assert_eq!(r[0].me, Some(40.0));
+        assert!((r[1].me.unwrap() + 1064.0 / n).abs() < 1e-12);
+        assert_eq!(r[0].target_mean, Some(40.0));
         assert_eq!(
             r[2],
             RegionScores {
                 voxels: 0,
                 mae: None,
                 psnr: None,
-                ssim: None
+                ssim: None,
+                me: None,
+                target_mean: None,
             }
         );
         // Near the step between the halves, structure differs: SSIM below 1 in both.

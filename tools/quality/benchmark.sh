@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The quality benchmark of issue #16: anyone can rerun it, on one machine, with one command.
+#
+# 1. Data: a phantom of CASES cases with MM mm of motion between NCCT and CTPA (the demo's has
+#    5), prepared WITHOUT pre-alignment (`prepare --align none`): the networks see the pairs
+#    as they lie, so R must do all the registration. Split 60/20/20; the val and test cases
+#    are held out and scored (the final checkpoint is used, so validation selects nothing).
+# 2. Every ARM trains with SEEDS seeds at the same budget (configs/demo.toml: tiny preset,
+#    batch 4 x 96 px, lr 3e-3; STEPS steps).
+# 3. Scoring against the phantom's ALIGNED ground-truth CTPA in its own masks: body, lung and
+#    vessel (the pulmonary arteries, trunk to periphery) MAE; the mean HU inside the arteries,
+#    at the trunk (the arteries outside the lungs: the pulmonary trunk and the main and hilar
+#    arteries) and in the peripheral arteries (the arteries inside the lungs), each beside the
+#    NCCT's and the truth's.
+# 4. OUT/table.md: per arm the mean and, after ±, the standard deviation over the seeds of
+#    the per-seed means over the held-out cases; OUT/table.json the same numbers.
+#
+# usage: tools/quality/benchmark.sh [-s STEPS] [-n SEEDS] [-j JOBS] [-m MM] [-c CASES]
+#                                   [-o OUT] [-b BIN] [-p PYTHON] ARM...
+#   ARM   baseline (configs/demo.toml alone), NAME (+ configs/ablation/NAME.toml) or A+B
+#   -s    training steps of every run (default 1500, the demo's)
+#   -n    seeds per arm: 1, 2, ... (default 3)
+#   -j    runs at once, each with cores/JOBS libtorch threads (default 2)
+#   -m    largest motion between the scans, mm (default 10)
+#   -c    phantom cases (default 10: 6 train, 2 val, 2 test)
+#   -o    output folder (default runs/quality): data/, scored/, ARM/seed-N/, table.md
+#   -b    the ncct2ctpa binary (default target/release/ncct2ctpa: `cargo build --release -p cli`)
+#   -p    a Python with numpy and nibabel for the trunk/peripheral masks (default
+#         .venv-twin/bin/python: `make setup-twin`)
+# The phantom and its preparation are reused when OUT/data exists with the same -m and -c.
+set -euo pipefail
+STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
+BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
+usage() { sed -n '2,30p' "$0"; exit 2; }
+while getopts "s:n:j:m:c:o:b:p:" opt; do
+  case $opt in
+    s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;
+    c) CASES=$OPTARG ;; o) OUT=$OPTARG ;; b) BIN=$OPTARG ;; p) PY=$OPTARG ;;
+    *) usage ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -gt 0 ] || usage
+[ -x "$BIN" ] || { echo "no $BIN: build it with 'cargo build --release -p cli'" >&2; exit 2; }
+"$PY" -c 'import numpy, nibabel' 2>/dev/null \
+  || { echo "$PY lacks numpy or nibabel: 'make setup-twin', or -p PYTHON" >&2; exit 2; }
+. "$(dirname "$0")/../lib/arm.sh"
+check_arms "$@"
+THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
+
+# 1. The phantom, prepared as it lies.
+RAW=$OUT/data/raw DATA=$OUT/data/prepared
+stamp="misalignment $MM mm, $CASES cases"
+if [ "$(cat "$OUT/data/settings" 2>/dev/null)" != "$stamp" ]; then
+  rm -rf "$OUT/data"
+  mkdir -p "$OUT/data"
+  echo "making the phantom ($stamp) and preparing it without pre-alignment"
+  "$BIN" synth --out "$RAW" --cases "$CASES" --seed 16 --misalignment "$MM" -q
+  "$BIN" prepare "$RAW" --out "$DATA" --align none --split 0.6,0.2,0.2 -q
+  echo "$stamp" > "$OUT/data/settings"
+fi
+
+# The held-out cases, their truth, and the trunk and peripheral artery masks.
+SCORED=$OUT/scored EXTRA_MASKS="trunk peripheral"
+cases=$(held_out_cases "$DATA")
+rm -rf "$SCORED"
+link_scored "$RAW" $cases
+"$PY" - "$SCORED" $cases <<'PYMASKS'
+import sys, os, nibabel as nib, numpy as np
+scored, cases = sys.argv[1], sys.argv[2:]
+for name in ("trunk", "peripheral"):
+    os.makedirs(f"{scored}/{name}", exist_ok=True)
+for c in cases:
+    art = nib.load(f"{scored}/vessels/{c}.nii.gz")
+    lung = np.asarray(nib.load(f"{scored}/lung/{c}.nii.gz").dataobj) > 0
+    a = np.asarray(art.dataobj) > 0
+    for name, m in (("trunk", a & ~lung), ("peripheral", a & lung)):
+        img = nib.Nifti1Image(m.astype(np.uint8), art.affine, art.header)
+        img.set_data_dtype(np.uint8)
+        nib.save(img, f"{scored}/{name}/{c}.nii.gz")
+PYMASKS
+echo "scoring held-out cases $cases; $# arms x $SEEDS seeds x $STEPS steps, $JOBS at once x $THREADS threads"
+
+# 2-3. Every arm and seed.
+run_one() {
+  local arm=${1%:*} seed=${1#*:}
+  train_and_score "$OUT/$arm/seed-$seed" "$arm" "$seed"
+  echo "  $arm seed $seed done in $(cat "$OUT/$arm/seed-$seed/train_seconds") s of training"
+}
+export -f run_one train_and_score
+export BIN DATA OUT STEPS THREADS SCORED EXTRA_MASKS
+for arm in "$@"; do for s in $(seq 1 "$SEEDS"); do echo "$arm:$s"; done; done \
+  | xargs -P "$JOBS" -I{} bash -c 'run_one "$@"' _ {}
+
+# 4. The table.
+python3 - "$OUT" "$STEPS" "$SEEDS" "$MM" "$@" <<'PYTABLE'
+import json, statistics, sys
+out, steps, seeds, mm, arms = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+def summary(arm, seed):
+    s = json.load(open(f"{out}/{arm}/seed-{seed}/eval/evaluation.json"))
+    return {(r["region"], r["metric"]): r for r in s["summary"]}
+MAE = [("body", "mae"), ("lung", "mae"), ("vessel", "mae")]
+HU = ["vessel", "trunk", "peripheral"]
+def values(g, who):
+    v = [g[k][who]["mean"] for k in MAE]
+    # the image's mean HU in a region = the truth's mean + the mean error
+    v += [g[(r, "me")]["target_mean"]["mean"] + g[(r, "me")][who]["mean"] for r in HU]
+    return v
+def fmt(xs, digits=1):
+    m = statistics.fmean(xs)
+    return f"{m:.{digits}f}" + (f" ± {statistics.stdev(xs):.{digits}f}" if len(xs) > 1 else "")
+rows, first = {}, None
+for arm in arms:
+    per_seed = [values(summary(arm, s), "model") for s in range(1, seeds + 1)]
+    first = first or summary(arm, 1)
+    rows[arm] = [list(col) for col in zip(*per_seed)]
+ncct = values(first, "baseline")
+truth = [None] * len(MAE) + [first[(r, "me")]["target_mean"]["mean"] for r in HU]
+head = ["body MAE", "lung MAE", "vessel MAE", "vessel mean HU", "trunk mean HU", "peripheral mean HU"]
+lines = [f"| arm ({seeds} seeds x {steps} steps, {mm} mm motion) | " + " | ".join(head) + " |",
+         "|---" * (len(head) + 1) + "|"]
+for arm, cols in rows.items():
+    lines.append(f"| {arm} | " + " | ".join(fmt(c) for c in cols) + " |")
+lines.append("| NCCT as prediction | " + " | ".join(f"{v:.1f}" for v in ncct) + " |")
+lines.append("| truth (aligned CTPA) | " + " | ".join("" if v is None else f"{v:.1f}" for v in truth) + " |")
+table = "\n".join(lines)
+print(table)
+open(f"{out}/table.md", "w").write(table + "\n")
+json.dump({"columns": head, "seeds": seeds, "steps": int(steps), "motion_mm": float(mm),
+           "arms": rows, "ncct": ncct, "truth": truth}, open(f"{out}/table.json", "w"), indent=1)
+PYTABLE

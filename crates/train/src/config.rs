@@ -166,7 +166,9 @@ impl Default for DataConfig {
     }
 }
 
-/// Which validation metric picks the `best` checkpoint.
+/// Which validation metric picks the `best` checkpoint. The `_reg` metrics score against the
+/// CTPA registered onto the NCCT (see [`crate::validate::Scores`]); they need
+/// `log.registered_validation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BestMetric {
@@ -178,14 +180,28 @@ pub enum BestMetric {
     SsimBody,
     /// PSNR (dB) inside the body mask, higher is better.
     PsnrBody,
+    /// MAE (HU) inside the body against the registered CTPA, lower is better.
+    MaeBodyReg,
+    /// MAE (HU) inside the lungs against the registered CTPA, lower is better.
+    MaeLungReg,
+    /// SSIM inside the body against the registered CTPA, higher is better.
+    SsimBodyReg,
+    /// PSNR (dB) inside the body against the registered CTPA, higher is better.
+    PsnrBodyReg,
 }
 
 impl BestMetric {
     /// Whether `new` beats `old`.
     pub fn improves(self, new: f64, old: f64) -> bool {
         match self {
-            BestMetric::MaeBody | BestMetric::MaeLung => new < old,
-            BestMetric::SsimBody | BestMetric::PsnrBody => new > old,
+            BestMetric::MaeBody
+            | BestMetric::MaeLung
+            | BestMetric::MaeBodyReg
+            | BestMetric::MaeLungReg => new < old,
+            BestMetric::SsimBody
+            | BestMetric::PsnrBody
+            | BestMetric::SsimBodyReg
+            | BestMetric::PsnrBodyReg => new > old,
         }
     }
 
@@ -196,7 +212,16 @@ impl BestMetric {
             BestMetric::MaeLung => "mae_lung",
             BestMetric::SsimBody => "ssim_body",
             BestMetric::PsnrBody => "psnr_body",
+            BestMetric::MaeBodyReg => "mae_body_reg",
+            BestMetric::MaeLungReg => "mae_lung_reg",
+            BestMetric::SsimBodyReg => "ssim_body_reg",
+            BestMetric::PsnrBodyReg => "psnr_body_reg",
         }
+    }
+
+    /// Whether the metric scores against the registered CTPA.
+    pub fn registered(self) -> bool {
+        self.key().ends_with("_reg")
     }
 }
 
@@ -217,7 +242,12 @@ pub struct LogConfig {
     pub checkpoint_every: u64,
     /// Write a `samples/step_N.png` grid every N steps. Default: 1000.
     pub sample_every: u64,
-    /// Metric that selects `checkpoints/best`. Default: "mae_body".
+    /// Validation also scores against each CTPA registered onto its NCCT by a classical
+    /// deformable registration (demons, once when validation loads): the `_reg` scores, which
+    /// do not reward guessing the motion between the scans. Default: true.
+    pub registered_validation: bool,
+    /// Metric that selects `checkpoints/best`. Default: "mae_body_reg" (the body MAE against
+    /// the registered CTPA: see `registered_validation`).
     pub best_metric: BestMetric,
     /// Show the progress bar (off when not on a terminal is decided by the caller).
     /// Default: true.
@@ -238,7 +268,8 @@ impl Default for LogConfig {
             val_max_cases: 0,
             checkpoint_every: 1000,
             sample_every: 1000,
-            best_metric: BestMetric::MaeBody,
+            registered_validation: true,
+            best_metric: BestMetric::MaeBodyReg,
             progress: true,
             starve_warn_ms: 50,
             tensorboard: true,
@@ -551,6 +582,13 @@ impl TrainConfig {
             .validate()
             .context("[optim.discriminator]")?;
         self.schedule.validate().context("[schedule]")?;
+        if self.log.best_metric.registered() && !self.log.registered_validation {
+            bail!(
+                "log.best_metric = {:?} scores against the registered CTPA, but \
+                 log.registered_validation = false: choose a metric without _reg, or register",
+                self.log.best_metric.key()
+            );
+        }
         self.data
             .augment
             .validate()

@@ -191,6 +191,8 @@ pub fn draw_curves(events: &[Value], path: &Path) -> anyhow::Result<()> {
                 s("lung", 1, "val", "mae_lung", false),
                 s("ncct body", 0, "val", "baseline_mae_body", true),
                 s("ncct lung", 1, "val", "baseline_mae_lung", true),
+                s("body reg", 2, "val", "mae_body_reg", false),
+                s("ncct body reg", 2, "val", "baseline_mae_body_reg", true),
             ],
         },
         Chart {

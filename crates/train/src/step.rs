@@ -507,7 +507,7 @@ fn generator_loss(
         let w = cfg.window();
         let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
         let c = &cfg.contrast;
-        crate::contrast::contrast_region(&batch.x, &batch.y, &batch.body, threshold, c.dilation_px)
+        crate::contrast::contrast_region(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
     });
     let floor = region
         .as_ref()

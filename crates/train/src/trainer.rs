@@ -190,6 +190,7 @@ impl Trainer {
                 cfg.window(),
                 cfg.size_multiple(),
                 cfg.log.val_max_cases,
+                cfg.log.registered_validation,
             )?),
             false => None,
         };
@@ -1027,13 +1028,19 @@ fn training_sampler(
 }
 
 /// The NCCT baseline's keys in `val` events, in [`Scores::fields`] order.
-const BASELINE_KEYS: [&str; 6] = [
+const BASELINE_KEYS: [&str; 12] = [
     "baseline_mae_body",
     "baseline_mae_lung",
     "baseline_psnr_body",
     "baseline_psnr_lung",
     "baseline_ssim_body",
     "baseline_ssim_lung",
+    "baseline_mae_body_reg",
+    "baseline_mae_lung_reg",
+    "baseline_psnr_body_reg",
+    "baseline_psnr_lung_reg",
+    "baseline_ssim_body_reg",
+    "baseline_ssim_lung_reg",
 ];
 
 /// Whether a periodic event with interval `every` falls on `step` (the last step always).
@@ -1099,7 +1106,7 @@ fn checkpoint_free_curves(run: &RunDir) -> anyhow::Result<()> {
 /// One line: model vs NCCT baseline.
 pub fn scores_line(s: &Scores, base: &Scores) -> String {
     let f = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
-    format!(
+    let mut line = format!(
         "MAE body {} HU (NCCT {}), lung {} HU (NCCT {}); PSNR body {} dB (NCCT {}); SSIM body {} \
          (NCCT {}), lung {} (NCCT {})",
         f(s.mae_body, 1),
@@ -1112,7 +1119,17 @@ pub fn scores_line(s: &Scores, base: &Scores) -> String {
         f(base.ssim_body, 4),
         f(s.ssim_lung, 4),
         f(base.ssim_lung, 4),
-    )
+    );
+    if s.mae_body_reg.is_some() {
+        line.push_str(&format!(
+            "; against the registered CTPA: MAE body {} HU (NCCT {}), lung {} HU (NCCT {})",
+            f(s.mae_body_reg, 1),
+            f(base.mae_body_reg, 1),
+            f(s.mae_lung_reg, 1),
+            f(base.mae_lung_reg, 1),
+        ));
+    }
+    line
 }
 
 /// The non-finite stop: snapshot (batch + weights) into `debug/step_N`, log, and the error to

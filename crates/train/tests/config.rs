@@ -224,7 +224,7 @@ fn ema_and_identity_settings_are_checked() {
     bad(&|c| c.ema.decay = f64::NAN, "ema.decay");
     bad(&|c| c.identity.weight = -1.0, "identity.weight");
     bad(&|c| c.contrast.threshold_hu = 0.0, "contrast.threshold_hu");
-    bad(&|c| c.contrast.dilation_px = 1000, "contrast.dilation_px");
+    bad(&|c| c.contrast.motion_px = 1000, "contrast.motion_px");
     bad(&|c| c.contrast.weight = 0.5, "contrast.weight");
     bad(&|c| c.contrast.weight = f64::INFINITY, "contrast.weight");
     let mut ok = TrainConfig::with_preset("tiny").unwrap();

@@ -295,6 +295,14 @@ fn summary_table(model: &Scores, base: &Scores) -> String {
         ("PSNR lung (dB)", model.psnr_lung, base.psnr_lung, true),
         ("SSIM body", model.ssim_body, base.ssim_body, true),
         ("SSIM lung", model.ssim_lung, base.ssim_lung, true),
+        ("MAE body reg", model.mae_body_reg, base.mae_body_reg, false),
+        ("MAE lung reg", model.mae_lung_reg, base.mae_lung_reg, false),
+        (
+            "SSIM body reg",
+            model.ssim_body_reg,
+            base.ssim_body_reg,
+            true,
+        ),
     ];
     let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.4}"));
     let mut out = format!(

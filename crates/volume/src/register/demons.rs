@@ -67,6 +67,29 @@ impl Default for DemonsConfig {
 }
 
 impl DemonsConfig {
+    /// The default pyramid, coarsened for fine grids so that the finest level's in-plane
+    /// spacing is at least 2 mm (a 0.7 mm scan registers at shrink 8, 4, 2 and its field is
+    /// interpolated onto the full grid): breathing fields are smooth at that scale, and a
+    /// 512 x 512 x 300 volume would otherwise take minutes and gigabytes per registration.
+    pub fn for_spacing(spacing_xyz: [f64; 3]) -> Self {
+        let inplane = spacing_xyz[0].min(spacing_xyz[1]);
+        let finest = if inplane > 0.0 && inplane.is_finite() {
+            ((2.0 / inplane).floor() as usize).max(1)
+        } else {
+            1
+        };
+        let d = Self::default();
+        Self {
+            shrink_factors: d.shrink_factors.iter().map(|s| s * finest).collect(),
+            smoothing_sigmas_mm: d
+                .smoothing_sigmas_mm
+                .iter()
+                .map(|s| s * finest as f64)
+                .collect(),
+            ..d
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let n = self.shrink_factors.len();
         let bad = |m: String| Err(VolumeError::Invalid(format!("demons registration: {m}")));
@@ -95,7 +118,10 @@ impl DemonsConfig {
             ));
         }
         if !(self.clip_hu[0] < self.clip_hu[1]) {
-            return bad(format!("clip_hu must be [low, high], got {:?}", self.clip_hu));
+            return bad(format!(
+                "clip_hu must be [low, high], got {:?}",
+                self.clip_hu
+            ));
         }
         Ok(())
     }
@@ -365,9 +391,18 @@ mod tests {
             if e(nx as f64 * 0.42, ny as f64 * 0.38, nz as f64 * 0.6, 0.0) > 1.0 {
                 return -1000.0;
             }
-            let lung = e(nx as f64 * 0.14, ny as f64 * 0.25, nz as f64 * 0.45, -(nx as f64) * 0.18)
-                <= 1.0
-                || e(nx as f64 * 0.14, ny as f64 * 0.25, nz as f64 * 0.45, nx as f64 * 0.18) <= 1.0;
+            let lung = e(
+                nx as f64 * 0.14,
+                ny as f64 * 0.25,
+                nz as f64 * 0.45,
+                -(nx as f64) * 0.18,
+            ) <= 1.0
+                || e(
+                    nx as f64 * 0.14,
+                    ny as f64 * 0.25,
+                    nz as f64 * 0.45,
+                    nx as f64 * 0.18,
+                ) <= 1.0;
             if lung {
                 let dots = ((x * 0.9).sin() * (y * 0.8).sin() * (z * 0.7 + 0.3).sin()).max(0.0);
                 (-850.0 + 700.0 * dots.powi(3)) as f32
@@ -394,7 +429,8 @@ mod tests {
     fn a_smooth_motion_is_recovered() {
         let shape = [16, 40, 48];
         // breathing-like: up to 2.5 voxels in y, more at the bottom, and 1 voxel in x
-        let motion = |_x: f64, y: f64, z: f64| [1.0, 2.5 * (0.5 + 0.5 * (y / 40.0)), 0.3 * z / 16.0];
+        let motion =
+            |_x: f64, y: f64, z: f64| [1.0, 2.5 * (0.5 + 0.5 * (y / 40.0)), 0.3 * z / 16.0];
         let fixed = vol(chest(shape, |_, _, _| [0.0; 3]));
         // moving(p) = chest(p - motion(p)), so moving(i + u) = fixed(i) for u ~ motion
         let moving = vol(chest(shape, motion));
@@ -435,7 +471,47 @@ mod tests {
         }
         let r = register_demons(&vol(fixed), &vol(moving), &small()).unwrap();
         let max_mm = r.field.max_mm([2.0, 2.0, 3.0]);
-        assert!(max_mm < 1.0, "the field moved {max_mm} mm for contrast alone");
+        assert!(
+            max_mm < 1.0,
+            "the field moved {max_mm} mm for contrast alone"
+        );
+    }
+
+    #[test]
+    fn fine_grids_register_on_a_coarser_pyramid() {
+        assert_eq!(
+            DemonsConfig::for_spacing([2.8, 2.8, 5.0]),
+            DemonsConfig::default()
+        );
+        let fine = DemonsConfig::for_spacing([0.7, 0.7, 1.0]);
+        assert_eq!(fine.shrink_factors, vec![8, 4, 2]);
+        assert_eq!(fine.smoothing_sigmas_mm, vec![4.0, 2.0, 0.0]);
+        // the field of a shrunk last level comes back on the full grid
+        let shape = [8, 24, 24];
+        let f = Volume::new(
+            chest(shape, |_, _, _| [0.0; 3]),
+            Geometry::identity([0.7, 0.7, 1.0]),
+        )
+        .unwrap();
+        let m = Volume::new(
+            chest(shape, |_, _, _| [1.0, 0.0, 0.0]),
+            Geometry::identity([0.7, 0.7, 1.0]),
+        )
+        .unwrap();
+        let cfg = DemonsConfig {
+            shrink_factors: vec![2],
+            smoothing_sigmas_mm: vec![0.0],
+            iterations: vec![20],
+            ..DemonsConfig::default()
+        };
+        let r = register_demons(&f, &m, &cfg).unwrap();
+        assert_eq!(r.field.components[0].shape(), &shape);
+        assert!(
+            r.rms_after < r.rms_before,
+            "{} -> {}",
+            r.rms_before,
+            r.rms_after
+        );
     }
 
     #[test]

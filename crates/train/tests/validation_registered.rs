@@ -1,0 +1,86 @@
+//! Honest validation (#16 item 5): on a phantom whose CTPA moved by up to 10 mm against the
+//! NCCT (prepared without pre-alignment), the validator registers each CTPA onto its NCCT
+//! (demons) and scores against that too. The NCCT, which lies on its own anatomy, must then
+//! score far closer to the registered CTPA than to the moved one, and the registered scores
+//! must track the phantom's aligned truth, which the validator never sees.
+
+use dataset::manifest::{AlignMode, SplitFractions};
+use dataset::phantom::{write_dataset, PhantomConfig, WriteOptions};
+use dataset::prepare::{prepare, PrepareOptions, SplitChoice};
+use dataset::store::PreparedDataset;
+use metrics::{score_regions, ScoreConfig};
+use train::validate::Validator;
+
+#[test]
+fn registered_scores_undo_the_motion_the_plain_ones_reward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, prepared) = (tmp.path().join("raw"), tmp.path().join("prepared"));
+    let cfg = PhantomConfig {
+        seed: 9,
+        misalignment_mm: 10.0,
+        ..PhantomConfig::default()
+    };
+    let opts = WriteOptions {
+        cases: 2,
+        overwrite: false,
+        preview: false,
+    };
+    write_dataset(&raw, &cfg, &opts, &|_| {}).unwrap();
+    let mut popts = PrepareOptions {
+        split: SplitChoice::Seeded {
+            seed: 0,
+            fractions: SplitFractions([0.5, 0.5, 0.0]),
+        },
+        ..PrepareOptions::default()
+    };
+    popts.settings.align = AlignMode::None;
+    let discovery = dataset::raw::discover(&raw).unwrap();
+    prepare(&discovery, &prepared, &popts, &|_| {}).unwrap();
+    let ds = PreparedDataset::open(&prepared).unwrap();
+    let window = ds.window();
+
+    let plain = Validator::load(&ds, window, 16, 0, false).unwrap();
+    assert!(plain.baseline.mae_body_reg.is_none());
+    assert!(plain.registered.iter().all(Option::is_none));
+
+    let v = Validator::load(&ds, window, 16, 0, true).unwrap();
+    let b = v.baseline;
+    let (moved, registered) = (b.mae_body.unwrap(), b.mae_body_reg.unwrap());
+    assert_eq!(Some(moved), plain.baseline.mae_body);
+    assert!(
+        registered < 0.8 * moved,
+        "NCCT body MAE against the moved CTPA {moved:.1} HU, against the registered one \
+         {registered:.1} HU"
+    );
+
+    // The registered CTPA is closer to the phantom's aligned truth than the moved one.
+    let case = &v.cases[0];
+    let truth =
+        volume::io::read_volume(&raw.join(format!("truth/ctpa_aligned/{}.nii.gz", case.name)))
+            .unwrap();
+    assert_eq!(truth.data.dim(), case.ctpa.data.dim());
+    let score = |a: &ndarray::Array3<f32>| {
+        score_regions(
+            a.view(),
+            truth.data.view(),
+            &[case.body.data.view()],
+            &ScoreConfig::default(),
+        )
+        .unwrap()[0]
+            .mae
+            .unwrap()
+    };
+    let (to_moved, to_registered) = (
+        score(&case.ctpa.data),
+        score(v.registered[0].as_ref().unwrap()),
+    );
+    eprintln!(
+        "NCCT vs moved CTPA {moved:.1} HU, vs registered {registered:.1} HU; against the aligned \
+         truth: moved {to_moved:.1} HU, registered {to_registered:.1} HU"
+    );
+    assert!(
+        to_registered < 0.8 * to_moved,
+        "body MAE against the aligned truth: moved CTPA {to_moved:.1} HU, registered \
+         {to_registered:.1} HU"
+    );
+}

@@ -60,5 +60,8 @@ fn demons_undo_the_phantoms_motion_despite_the_contrast() {
     // where the scanner put it, and interpolation at sharp edges); the field 0.75 mm off for
     // 3.83 mm of lung motion on average
     assert!(after < 0.8 * before, "{before} -> {after}");
-    assert!(err < 0.3 * truth, "field error {err} mm for {truth} mm of motion");
+    assert!(
+        err < 0.3 * truth,
+        "field error {err} mm for {truth} mm of motion"
+    );
 }

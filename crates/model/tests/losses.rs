@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use metrics::SsimParams;
 use model::losses::{
-    discriminator_adversarial, generator_adversarial, lung_weights, reconstruction, reconstruction_floored, smoothness,
-    AdversarialKind, LossConfig, LossError, MAX_SCALES,
+    discriminator_adversarial, generator_adversarial, lung_weights, reconstruction,
+    reconstruction_floored, smoothness, AdversarialKind, LossConfig, LossError, MAX_SCALES,
 };
 use model::ssim::{ssim, weighted_ssim};
 use serde_json::Value;

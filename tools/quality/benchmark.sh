@@ -27,11 +27,13 @@
 #   -b    the ncct2ctpa binary (default target/release/ncct2ctpa: `cargo build --release -p cli`)
 #   -p    a Python with numpy and nibabel for the trunk/peripheral masks (default
 #         .venv-twin/bin/python: `make setup-twin`)
-# The phantom and its preparation are reused when OUT/data exists with the same -m and -c.
+# The phantom and its preparation are reused when OUT/data exists with the same -m and -c,
+# and a run already scored (OUT/ARM/seed-N/eval) is kept: rerunning with more seeds or arms
+# trains only what is missing.
 set -euo pipefail
 STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,30p' "$0"; exit 2; }
+usage() { sed -n '2,32p' "$0"; exit 2; }
 while getopts "s:n:j:m:c:o:b:p:" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;
@@ -84,6 +86,10 @@ echo "scoring held-out cases $cases; $# arms x $SEEDS seeds x $STEPS steps, $JOB
 # 2-3. Every arm and seed.
 run_one() {
   local arm=${1%:*} seed=${1#*:}
+  if [ -f "$OUT/$arm/seed-$seed/eval/evaluation.json" ]; then
+    echo "  $arm seed $seed: kept (scored already; delete $OUT/$arm/seed-$seed to redo it)"
+    return
+  fi
   train_and_score "$OUT/$arm/seed-$seed" "$arm" "$seed"
   echo "  $arm seed $seed done in $(cat "$OUT/$arm/seed-$seed/train_seconds") s of training"
 }

@@ -27,6 +27,7 @@ pub fn synthetic_batch(batch: usize, size: usize, device: Device) -> anyhow::Res
     let body = Array4::from_elem(shape, 1.0f32);
     Ok(BatchTensors {
         x: array_to_tensor(&x, device)?,
+        stack: None,
         y: array_to_tensor(&y, device)?,
         lung: array_to_tensor(&lung, device)?,
         body: array_to_tensor(&body, device)?,

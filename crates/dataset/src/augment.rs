@@ -117,22 +117,52 @@ pub struct SlicePair {
     pub lung: Array2<u8>,
     /// Body mask, 0 or 1.
     pub body: Array2<u8>,
+    /// 2.5D input: the NCCT slices around `ncct`, `z - k ..= z - 1` then `z + 1 ..= z + k`
+    /// (clamped at the volume's ends), normalised like it; empty for one-slice input.
+    pub context: Vec<Array2<f32>>,
 }
 
 impl SlicePair {
-    /// `(height, width)`, checking that all four arrays share it.
+    /// A one-slice example (no 2.5D context).
+    pub fn new(ncct: Array2<f32>, ctpa: Array2<f32>, lung: Array2<u8>, body: Array2<u8>) -> Self {
+        Self {
+            ncct,
+            ctpa,
+            lung,
+            body,
+            context: Vec::new(),
+        }
+    }
+
+    /// `(height, width)`, checking that all arrays share it.
     pub fn dim(&self) -> Result<(usize, usize), String> {
         let d = self.ncct.dim();
-        if self.ctpa.dim() != d || self.lung.dim() != d || self.body.dim() != d {
+        if self.ctpa.dim() != d
+            || self.lung.dim() != d
+            || self.body.dim() != d
+            || self.context.iter().any(|c| c.dim() != d)
+        {
             return Err(format!(
-                "slice arrays disagree in shape: ncct {:?}, ctpa {:?}, lung {:?}, body {:?}",
+                "slice arrays disagree in shape: ncct {:?}, ctpa {:?}, lung {:?}, body {:?}, \
+                 context {:?}",
                 d,
                 self.ctpa.dim(),
                 self.lung.dim(),
-                self.body.dim()
+                self.body.dim(),
+                self.context.iter().map(|c| c.dim()).collect::<Vec<_>>()
             ));
         }
         Ok(d)
+    }
+
+    /// The NCCT input as `2k + 1` channels, `z - k ..= z + k` (the slice itself in the
+    /// middle); one channel without context.
+    pub fn ncct_channels(&self) -> Vec<&Array2<f32>> {
+        let k = self.context.len() / 2;
+        let mut out: Vec<&Array2<f32>> = self.context[..k].iter().collect();
+        out.push(&self.ncct);
+        out.extend(&self.context[k..]);
+        out
     }
 }
 
@@ -317,19 +347,36 @@ pub fn augment_crop(
     let ctpa = warp_bilinear(&pair.ctpa, &map, out, fill);
     let lung = warp_nearest(&pair.lung, &map, out);
     let body = warp_nearest(&pair.body, &map, out);
-    jitter_intensity(&mut ncct, cfg, rng);
+    let mut context: Vec<Array2<f32>> = pair
+        .context
+        .iter()
+        .map(|c| warp_bilinear(c, &map, out, fill))
+        .collect();
+    jitter_stack(&mut ncct, &mut context, cfg, rng);
     tracing::trace!(top, left, ?geo, "augmented crop");
     Ok(SlicePair {
         ncct,
         ctpa,
         lung,
         body,
+        context,
     })
 }
 
 /// NCCT intensity jitter: `x * contrast + brightness + noise`. A no-op when disabled, but the
 /// contrast and brightness are drawn regardless so the RNG stream does not depend on `enabled`.
 pub fn jitter_intensity(img: &mut Array2<f32>, cfg: &AugmentConfig, rng: &mut impl Rng) {
+    jitter_stack(img, &mut [], cfg, rng);
+}
+
+/// [`jitter_intensity`] of a slice and its 2.5D context: one contrast and brightness for all
+/// (the scan's), the noise drawn per slice; the slice itself draws exactly what it would alone.
+pub fn jitter_stack(
+    img: &mut Array2<f32>,
+    context: &mut [Array2<f32>],
+    cfg: &AugmentConfig,
+    rng: &mut impl Rng,
+) {
     let c: f64 = rng.gen_range(-1.0..=1.0);
     let b: f64 = rng.gen_range(-1.0..=1.0);
     if !cfg.enabled {
@@ -337,15 +384,17 @@ pub fn jitter_intensity(img: &mut Array2<f32>, cfg: &AugmentConfig, rng: &mut im
     }
     let contrast = (1.0 + c * cfg.ncct_contrast) as f32;
     let brightness = (b * cfg.ncct_brightness) as f32;
-    if cfg.ncct_noise_std > 0.0 {
-        // Normal::new only fails for a negative or non-finite std, which validate() rejects;
-        // fall back to no noise rather than panicking if a caller skipped validation.
-        if let Ok(noise) = Normal::new(0.0f32, cfg.ncct_noise_std as f32) {
-            img.mapv_inplace(|v| v * contrast + brightness + noise.sample(rng));
-            return;
+    // Normal::new only fails for a negative or non-finite std, which validate() rejects;
+    // fall back to no noise rather than panicking if a caller skipped validation.
+    let noise = (cfg.ncct_noise_std > 0.0)
+        .then(|| Normal::new(0.0f32, cfg.ncct_noise_std as f32).ok())
+        .flatten();
+    for a in std::iter::once(img).chain(context.iter_mut()) {
+        match &noise {
+            Some(n) => a.mapv_inplace(|v| v * contrast + brightness + n.sample(rng)),
+            None => a.mapv_inplace(|v| v * contrast + brightness),
         }
     }
-    img.mapv_inplace(|v| v * contrast + brightness);
 }
 
 #[cfg(test)]
@@ -450,12 +499,12 @@ mod tests {
 
     #[test]
     fn disabled_augmentation_is_a_plain_crop() {
-        let pair = SlicePair {
-            ncct: ramp(10, 12),
-            ctpa: ramp(10, 12) * 2.0,
-            lung: Array2::from_shape_fn((10, 12), |(y, _)| u8::from(y > 4)),
-            body: Array2::ones((10, 12)),
-        };
+        let pair = SlicePair::new(
+            ramp(10, 12),
+            ramp(10, 12) * 2.0,
+            Array2::from_shape_fn((10, 12), |(y, _)| u8::from(y > 4)),
+            Array2::ones((10, 12)),
+        );
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let out = augment_crop(&pair, 8, &AugmentConfig::none(), -1.0, &mut rng).unwrap();
         // Find the crop offset from the first pixel of the ramp, then check every pixel.

@@ -63,6 +63,14 @@ pub struct SliceKey {
 pub trait SliceSource: Send + Sync {
     /// Reads one slice (images normalised to [-1, 1], masks 0/1), all arrays `[height, width]`.
     fn read_pair(&self, key: SliceKey) -> Result<SlicePair, SamplerError>;
+
+    /// Number of slices of case `case` (0 for an unknown case): where 2.5D context clamps.
+    fn depth(&self, case: usize) -> usize;
+
+    /// The normalised NCCT of one slice (2.5D context).
+    fn read_ncct(&self, key: SliceKey) -> Result<ndarray::Array2<f32>, SamplerError> {
+        Ok(self.read_pair(key)?.ncct)
+    }
 }
 
 /// How batches are drawn.
@@ -81,14 +89,15 @@ pub struct SamplerConfig {
     pub augment: AugmentConfig,
 }
 
-/// A batch in NCHW layout (`C = 1`), ready to become tensors.
+/// A batch in NCHW layout, ready to become tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// The training step this batch belongs to.
     pub step: u64,
     /// Which slice each batch element came from.
     pub keys: Vec<SliceKey>,
-    /// `[batch, 1, height, width]`, normalised.
+    /// `[batch, 2k + 1, height, width]`, normalised: the slice with `k` neighbours on each
+    /// side (`k = 0` unless [`Sampler::with_context`]); the slice itself is channel `k`.
     pub ncct: Array4<f32>,
     /// `[batch, 1, height, width]`, normalised.
     pub ctpa: Array4<f32>,
@@ -121,6 +130,8 @@ pub struct Sampler<S> {
     keys: Vec<SliceKey>,
     cfg: SamplerConfig,
     shard: Shard,
+    /// 2.5D: NCCT slices on each side of the sampled one (0: one-slice input).
+    context: usize,
 }
 
 impl<S> std::fmt::Debug for Sampler<S> {
@@ -157,7 +168,22 @@ impl<S: SliceSource> Sampler<S> {
             keys,
             cfg,
             shard: Shard::default(),
+            context: 0,
         })
+    }
+
+    /// This sampler serving 2.5D input: each sample's NCCT comes with `k` slices on each side
+    /// (clamped at the volume's ends, as prediction does), so batches have `2k + 1` NCCT
+    /// channels ([`Batch::ncct`]); the target, masks and the sample's crop and augmentation
+    /// stay those of the middle slice, which draws exactly what it would without context.
+    pub fn with_context(mut self, k: usize) -> Self {
+        self.context = k;
+        self
+    }
+
+    /// NCCT channels of a sample: `2k + 1`.
+    pub fn channels(&self) -> usize {
+        2 * self.context + 1
     }
 
     /// This sampler drawing only `shard`'s samples of each global batch.
@@ -204,7 +230,16 @@ impl<S: SliceSource> Sampler<S> {
     }
 
     fn sample_key(&self, k: u64, key: SliceKey) -> Result<(SliceKey, SlicePair), SamplerError> {
-        let pair = self.source.read_pair(key)?;
+        let mut pair = self.source.read_pair(key)?;
+        if self.context > 0 {
+            let last = self.source.depth(key.case).saturating_sub(1);
+            let c = self.context as isize;
+            for j in (-c..0).chain(1..=c) {
+                let z = (key.z as isize + j).clamp(0, last as isize) as usize;
+                let n = self.source.read_ncct(SliceKey { case: key.case, z })?;
+                pair.context.push(n);
+            }
+        }
         let mut rng = sample_rng(self.cfg.seed, k);
         let out = augment_crop(
             &pair,
@@ -230,7 +265,7 @@ impl<S: SliceSource> Sampler<S> {
         let mut batch = Batch {
             step,
             keys: Vec::with_capacity(b),
-            ncct: Array4::zeros((b, 1, c, c)),
+            ncct: Array4::zeros((b, self.channels(), c, c)),
             ctpa: Array4::zeros((b, 1, c, c)),
             lung: Array4::zeros((b, 1, c, c)),
             body: Array4::zeros((b, 1, c, c)),
@@ -245,7 +280,9 @@ impl<S: SliceSource> Sampler<S> {
             let key = self.keys[perm[(k % n) as usize]];
             let (key, pair) = self.sample_key(k, key)?;
             batch.keys.push(key);
-            batch.ncct.slice_mut(s![i, 0, .., ..]).assign(&pair.ncct);
+            for (ch, img) in pair.ncct_channels().into_iter().enumerate() {
+                batch.ncct.slice_mut(s![i, ch, .., ..]).assign(img);
+            }
             batch.ctpa.slice_mut(s![i, 0, .., ..]).assign(&pair.ctpa);
             batch
                 .lung
@@ -418,6 +455,10 @@ impl InMemorySource {
 }
 
 impl SliceSource for InMemorySource {
+    fn depth(&self, case: usize) -> usize {
+        self.cases.get(case).map_or(0, Vec::len)
+    }
+
     fn read_pair(&self, key: SliceKey) -> Result<SlicePair, SamplerError> {
         self.cases
             .get(key.case)
@@ -430,6 +471,10 @@ impl SliceSource for InMemorySource {
 }
 
 impl SliceSource for crate::store::WindowedStore {
+    fn depth(&self, case: usize) -> usize {
+        self.dataset().depth_at(case).unwrap_or(0)
+    }
+
     fn read_pair(&self, key: SliceKey) -> Result<SlicePair, SamplerError> {
         let s = self
             .dataset()
@@ -444,6 +489,7 @@ impl SliceSource for crate::store::WindowedStore {
             ctpa: s.ctpa.mapv(|v| w.normalize(f32::from(v))),
             lung: s.lung.to_owned(),
             body: s.body.to_owned(),
+            context: Vec::new(),
         })
     }
 }

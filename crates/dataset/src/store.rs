@@ -629,6 +629,11 @@ impl PreparedDataset {
         self.slice_at(i, z)
     }
 
+    /// Number of slices of the case at position `index`.
+    pub fn depth_at(&self, index: usize) -> Option<usize> {
+        self.stores.get(index).map(|s| s.shape[0])
+    }
+
     /// Axial slice `z` of the case at position `index` (the sampler's fast path: no lookup
     /// by name).
     pub fn slice_at(&self, index: usize, z: usize) -> Result<SliceRef<'_>, StoreError> {

@@ -28,6 +28,7 @@ fn pair() -> SlicePair {
         ctpa: img,
         lung: mask.clone(),
         body: mask,
+        context: Vec::new(),
     }
 }
 
@@ -159,6 +160,7 @@ fn small_slices_are_padded_with_the_fill_value() {
         ctpa: img,
         lung: mask.clone(),
         body: mask,
+        context: Vec::new(),
     };
     let out = augment_crop(
         &p,

@@ -18,6 +18,7 @@ fn source() -> InMemorySource {
             ncct: img,
             lung: Array2::from_shape_fn((24, 24), |(y, _)| u8::from(y < 12)),
             body: Array2::ones((24, 24)),
+            context: Vec::new(),
         }
     };
     InMemorySource {
@@ -195,4 +196,59 @@ fn empty_split_is_an_error() {
         augment: AugmentConfig::none(),
     };
     assert!(Sampler::new(Arc::new(source()), vec![], cfg).is_err());
+}
+
+/// 2.5D input (#16 item 1): with `k` neighbours per side, a batch's middle channel is exactly
+/// the one-slice batch (crop, augmentation and all), the other channels are the neighbouring
+/// slices under the same crop, clamped at the volume's ends as prediction clamps them.
+#[test]
+fn context_slices_surround_the_sampled_one_and_clamp_at_the_ends() {
+    let plain = sampler(5, 4);
+    let src = Arc::new(source());
+    let keys = src.keys();
+    let stacked = Sampler::new(src, keys, plain.config().clone())
+        .unwrap()
+        .with_context(2);
+    assert_eq!(stacked.channels(), 5);
+    for step in [0u64, 3, 11] {
+        let (a, b) = (plain.batch(step).unwrap(), stacked.batch(step).unwrap());
+        assert_eq!(b.ncct.dim(), (4, 5, 16, 16));
+        assert_eq!(a.keys, b.keys);
+        assert_eq!(a.ctpa, b.ctpa);
+        assert_eq!(a.lung, b.lung);
+        assert_eq!(
+            b.ncct.slice(ndarray::s![.., 2..3, .., ..]),
+            a.ncct,
+            "step {step}: the middle channel is the one-slice input"
+        );
+    }
+
+    // Without augmentation each channel is its slice's crop: pixel values encode (case, z).
+    let src = Arc::new(source());
+    let keys = src.keys();
+    let cfg = SamplerConfig {
+        augment: AugmentConfig::none(),
+        ..plain.config().clone()
+    };
+    let s = Sampler::new(src, keys, cfg).unwrap().with_context(2);
+    let mut seen_end = false;
+    for step in 0..20u64 {
+        let b = s.batch(step).unwrap();
+        for (i, key) in b.keys.iter().enumerate() {
+            let depth = if key.case == 0 { 5 } else { 4 };
+            for ch in 0..5 {
+                let z = (key.z as isize + ch as isize - 2).clamp(0, depth - 1) as usize;
+                let v = b.ncct[[i, ch, 0, 0]];
+                let want = (key.case * 10 + z) as f32;
+                assert!(
+                    (v - want).abs() < 0.5,
+                    "case {} z {} channel {ch}: {v}, want slice {z}",
+                    key.case,
+                    key.z
+                );
+            }
+            seen_end |= key.z == 0 || key.z + 1 == depth as usize;
+        }
+    }
+    assert!(seen_end, "no sample at a volume end was drawn");
 }

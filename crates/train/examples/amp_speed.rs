@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     let shape = [batch, 1, crop, crop];
     let b = BatchTensors {
         x: Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
+        stack: None,
         y: Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
         lung: Tensor::rand(shape, (Kind::Float, Device::Cpu))
             .gt(0.5)

@@ -632,12 +632,15 @@ impl TrainConfig {
                 .map_err(anyhow::Error::msg)
                 .context("data.window")?;
         }
-        if self.model.generator.in_channels != 1 || self.model.generator.out_channels != 1 {
+        let g = &self.model.generator;
+        if g.in_channels < 1 || g.in_channels % 2 == 0 || g.in_channels > 15 || g.out_channels != 1
+        {
             bail!(
-                "model.generator: the trainer feeds one NCCT slice and predicts one CTPA slice \
-                 (in_channels = out_channels = 1), got {} -> {}",
-                self.model.generator.in_channels,
-                self.model.generator.out_channels
+                "model.generator: the trainer feeds 2k + 1 neighbouring NCCT slices (in_channels \
+                 = 1, 3, 5, ... 15; 2.5D input when above 1) and predicts one CTPA slice \
+                 (out_channels = 1), got {} -> {}",
+                g.in_channels,
+                g.out_channels
             );
         }
         model::device::DeviceSpec::parse(&self.device).context("device")?;

@@ -61,8 +61,11 @@ use tch::{Device, Kind, Tensor};
 /// A batch on the device, `[batch, 1, height, width]` each.
 #[derive(Debug)]
 pub struct BatchTensors {
-    /// NCCT in [-1, 1].
+    /// NCCT in [-1, 1] (with 2.5D input: the middle slice).
     pub x: Tensor,
+    /// With 2.5D input: G's input, `[batch, 2k + 1, height, width]` (the slice and `k`
+    /// neighbours on each side); `None`: G sees `x`.
+    pub stack: Option<Tensor>,
     /// CTPA in [-1, 1].
     pub y: Tensor,
     /// Lung mask, 0/1.
@@ -75,12 +78,24 @@ impl BatchTensors {
     /// Copies a loader batch to `device`.
     pub fn from_batch(b: &Batch, device: Device) -> anyhow::Result<Self> {
         let t = |a| array_to_tensor(a, device);
+        let ncct = t(&b.ncct)?;
+        let channels = ncct.size()[1];
+        let (x, stack) = match channels {
+            1 => (ncct, None),
+            c => (ncct.narrow(1, c / 2, 1).contiguous(), Some(ncct)),
+        };
         Ok(Self {
-            x: t(&b.ncct)?,
+            x,
+            stack,
             y: t(&b.ctpa)?,
             lung: t(&b.lung)?,
             body: t(&b.body)?,
         })
+    }
+
+    /// What G sees: the 2.5D stack, or `x`.
+    pub fn g_input(&self) -> &Tensor {
+        self.stack.as_ref().unwrap_or(&self.x)
     }
 }
 
@@ -432,7 +447,7 @@ fn generator_pass(
     // [batch, 1, height, width]
     let fake = {
         let _part = part!("g_forward");
-        ctx.amp.run(|| nets.g.forward_t(&batch.x, true))
+        ctx.amp.run(|| nets.g.forward_t(batch.g_input(), true))
     };
     let (registered, smooth) = register(ctx, nets, batch, &fake, pending)?;
     let (loss_g, lung_weight) =

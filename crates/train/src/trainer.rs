@@ -1023,7 +1023,8 @@ fn training_sampler(
             augment: cfg.data.augment.clone(),
         },
     )?
-    .with_shard(shard)?;
+    .with_shard(shard)?
+    .with_context(cfg.model.generator.in_channels.max(1) as usize / 2);
     Ok(Arc::new(sampler))
 }
 
@@ -1151,7 +1152,7 @@ fn stop_non_finite(
             {
                 let cpu = |t: &Tensor| t.to_device(tch::Device::Cpu).contiguous();
                 let named = [
-                    ("ncct", cpu(&batch.x)),
+                    ("ncct", cpu(batch.g_input())),
                     ("ctpa", cpu(&batch.y)),
                     ("lung", cpu(&batch.lung)),
                     ("body", cpu(&batch.body)),

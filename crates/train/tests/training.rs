@@ -192,3 +192,46 @@ fn deterministic_mode_is_switched_on_and_changes_nothing_on_the_cpu() {
     let text = std::fs::read_to_string(b.join("config.toml")).unwrap();
     assert!(text.contains("deterministic = true"), "{text}");
 }
+
+/// 2.5D input (#16 item 1): G with 3 input channels trains on stacks of neighbouring slices,
+/// validates and checkpoints like the one-slice G, and `predict`'s loader rebuilds it from the
+/// checkpoint and translates a volume with the same stacks (the checkpoint's G is the trained
+/// one: its first layer sees 3 channels and its output equals the validator's).
+#[test]
+fn a_two_and_a_half_d_generator_trains_and_predicts() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut cfg = tiny(4);
+    cfg.model.generator.in_channels = 3;
+    let out = train(&new_run(cfg, &data, &run)).unwrap();
+    assert_eq!(out.steps, 4);
+    assert!(!losses(&run).is_empty());
+    assert!(losses(&run)
+        .iter()
+        .all(|l| l.1.is_finite() && l.3.is_finite()));
+    let g = infer::checkpoint::load_generator(&run.join("checkpoints/final"), tch::Device::Cpu)
+        .unwrap();
+    assert_eq!(g.generator.config().in_channels, 3);
+    let ds = dataset::store::PreparedDataset::open(&data).unwrap();
+    let v = train::validate::Validator::load(&ds, g.window, 16, 1, false).unwrap();
+    let case = &v.cases[0];
+    let from_validation = v
+        .translate(&g.generator, &case.ncct.data, tch::Device::Cpu)
+        .unwrap();
+    let opts = infer::predict::PredictOptions {
+        batch_size: 8,
+        ..infer::predict::PredictOptions::new()
+    };
+    let from_predict = g
+        .translator()
+        .translate_volume(&case.ncct, &opts, |_| {})
+        .unwrap();
+    assert_eq!(from_validation, from_predict.data);
+    // even numbers of channels have no middle slice
+    let mut even = tiny(4);
+    even.model.generator.in_channels = 2;
+    let e = format!("{:#}", even.validate().unwrap_err());
+    assert!(e.contains("in_channels"), "{e}");
+}

@@ -40,8 +40,8 @@ fn demons_undo_the_phantoms_motion_despite_the_contrast() {
         }
         let mut e2 = 0.0f64;
         let mut t2 = 0.0f64;
-        for a in 0..3 {
-            let u = f64::from(r.field.components[a][at]) * sp[a];
+        for (a, s) in sp.iter().enumerate() {
+            let u = f64::from(r.field.components[a][at]) * s;
             let t = f64::from(case.displacement[a][at]);
             e2 += (u - t).powi(2);
             t2 += t * t;

@@ -30,7 +30,7 @@ pub struct ContrastConfig {
     pub threshold_hu: f64,
     /// How far (pixels, in-plane) the scans may have moved against each other: the CTPA is
     /// compared with the brightest NCCT pixel this close, and the region grows by as much.
-    /// Default: 3 (8.4 mm at the demo's 2.8 mm pixels).
+    /// Default: 4 (11 mm at the phantoms' 2.8 mm pixels).
     pub motion_px: usize,
 }
 
@@ -39,7 +39,7 @@ impl Default for ContrastConfig {
         Self {
             weight: 1.0,
             threshold_hu: 100.0,
-            motion_px: 3,
+            motion_px: 4,
         }
     }
 }

@@ -101,7 +101,7 @@ impl DemonsConfig {
                 self.iterations.len()
             ));
         }
-        if self.shrink_factors.iter().any(|&s| s == 0) {
+        if self.shrink_factors.contains(&0) {
             return bad("shrink factors must be at least 1".into());
         }
         if self
@@ -117,7 +117,8 @@ impl DemonsConfig {
                 self.field_sigma_voxels
             ));
         }
-        if !(self.clip_hu[0] < self.clip_hu[1]) {
+        let [lo, hi] = self.clip_hu;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
             return bad(format!(
                 "clip_hu must be [low, high], got {:?}",
                 self.clip_hu

@@ -24,6 +24,9 @@
 //! the edges that move (lung against chest wall and diaphragm, fat against muscle) keep their
 //! hundreds of HU. Coarse levels (images smoothed and shrunk by [`super::pyramid::level`])
 //! find the large motion, the field is resampled onto the next level's grid and refined.
+//! Demons has no line search: each level keeps the field of its best match (lowest RMS
+//! difference of the clipped images, the entering field included), and a registration that
+//! ends no better than the scans as they lie returns the identity.
 //! Deterministic: same inputs, same field, bit for bit (the parallel loops write disjoint
 //! voxels and reduce in a fixed order).
 
@@ -233,10 +236,23 @@ fn smooth(u: &mut Displacement, geometry: crate::Geometry, sigma: f64) {
 }
 
 /// `iterations` demons updates of `u` on one level.
+/// `iterations` demons updates of `u` on one level; `u` ends as the field of the best match
+/// seen (lowest RMS difference, the entering field included): demons has no line search,
+/// and where the images differ by more than motion (contrast, noise) an update can make the
+/// match worse.
 fn refine(fixed: &Array3<f32>, moving: &Array3<f32>, u: &mut Displacement, cfg: &LevelRun) {
     let grad_f = [2, 1, 0].map(|axis| gradient(fixed, axis)); // d/dx, d/dy, d/dz
-    for it in 0..cfg.iterations {
+    let mut best: Option<(f64, usize, Displacement)> = None;
+    for it in 0..=cfg.iterations {
         let w = warp(moving, u);
+        let now = rms(&w, fixed);
+        if best.as_ref().is_none_or(|b| now < b.0) {
+            best = Some((now, it, u.clone()));
+        }
+        tracing::trace!(level = cfg.index, it, rms = now, "demons");
+        if it == cfg.iterations {
+            break;
+        }
         let grad_w = [2, 1, 0].map(|axis| gradient(&w, axis));
         let [ux, uy, uz] = &mut u.components;
         Zip::indexed(ux)
@@ -256,14 +272,15 @@ fn refine(fixed: &Array3<f32>, moving: &Array3<f32>, u: &mut Displacement, cfg: 
                 *uz -= (s * g[2]) as f32;
             });
         smooth(u, cfg.geometry, cfg.field_sigma);
-        if tracing::enabled!(tracing::Level::TRACE) {
-            tracing::trace!(
-                level = cfg.index,
-                it,
-                rms = rms(&warp(moving, u), fixed),
-                "demons"
-            );
-        }
+    }
+    if let Some((rms, it, field)) = best {
+        debug!(
+            level = cfg.index,
+            rms,
+            iteration = it,
+            "demons level: best match"
+        );
+        *u = field;
     }
 }
 
@@ -356,7 +373,17 @@ pub fn register_demons(
         // the last level was shrunk: bring the field to the full grid
         field = upsample(field, &grid, fixed)?;
     }
-    let rms_after = rms(&warp(&m_full.data, &field), &f_full.data);
+    let mut rms_after = rms(&warp(&m_full.data, &field), &f_full.data);
+    if rms_after >= rms_before {
+        // the registration found nothing better than where the scans lie (little motion, or
+        // differences that are not motion): keep them as they are
+        debug!(
+            rms_before,
+            rms_after, "demons: no improvement, identity kept"
+        );
+        field = Displacement::zeros(fixed.shape_zyx());
+        rms_after = rms_before;
+    }
     let warped = Volume::new(warp(&moving.data, &field), fixed.geometry)?;
     debug!(
         rms_before,
@@ -509,6 +536,30 @@ mod tests {
         assert_eq!(r.field.components[0].shape(), &shape);
         assert!(
             r.rms_after < r.rms_before,
+            "{} -> {}",
+            r.rms_before,
+            r.rms_after
+        );
+    }
+
+    /// Demons has no line search; the result is never a worse match than the scans as they
+    /// lie: on a pair that differs by noise and a bright region but no motion, the RMS after
+    /// is at most the RMS before.
+    #[test]
+    fn the_result_never_matches_worse_than_no_registration() {
+        let shape = [10, 28, 32];
+        let fixed = chest(shape, |_, _, _| [0.0; 3]);
+        let mut moving = fixed.clone();
+        let mut state = 12345u64;
+        for (n, v) in moving.iter_mut().enumerate() {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *v += ((state >> 33) % 61) as f32 - 30.0 + if n % 97 < 20 { 250.0 } else { 0.0 };
+        }
+        let r = register_demons(&vol(fixed), &vol(moving), &small()).unwrap();
+        assert!(
+            r.rms_after <= r.rms_before,
             "{} -> {}",
             r.rms_before,
             r.rms_after

@@ -32,6 +32,10 @@ pub struct ContrastConfig {
     /// compared with the brightest NCCT pixel this close, and the region grows by as much.
     /// Default: 4 (11 mm at the phantoms' 2.8 mm pixels).
     pub motion_px: usize,
+    /// Weight of the region's mean error, `|mean(warp(G(x)) - CTPA)|` over the region per
+    /// image, in G+R's loss (0 = off; the L1 weight's scale): the enhancement on average,
+    /// which a per-pixel L1 under residual misalignment trades for blur. Default: 0.
+    pub mean_weight: f64,
 }
 
 impl Default for ContrastConfig {
@@ -40,6 +44,7 @@ impl Default for ContrastConfig {
             weight: 1.0,
             threshold_hu: 100.0,
             motion_px: 4,
+            mean_weight: 0.0,
         }
     }
 }
@@ -48,6 +53,11 @@ impl ContrastConfig {
     /// Whether the reconstruction weighs the region.
     pub fn weighted(&self) -> bool {
         self.weight != 1.0
+    }
+
+    /// Whether the region's mean error is a loss term.
+    pub fn mean_term(&self) -> bool {
+        self.mean_weight > 0.0
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -60,6 +70,11 @@ impl ContrastConfig {
             self.threshold_hu.is_finite() && self.threshold_hu > 0.0,
             "contrast.threshold_hu must be > 0, got {}",
             self.threshold_hu
+        );
+        anyhow::ensure!(
+            self.mean_weight.is_finite() && self.mean_weight >= 0.0,
+            "contrast.mean_weight must be finite and >= 0, got {}",
+            self.mean_weight
         );
         anyhow::ensure!(
             self.motion_px <= 64,
@@ -126,6 +141,20 @@ pub fn identity_loss(fake: &Tensor, ncct: &Tensor, region: &Tensor, body: &Tenso
     ((fake - ncct).abs() * &kept).sum(Kind::Float) / n.clamp_min(1.0)
 }
 
+/// The region's mean error per image, `|sum((pred - target) * region) / sum(region)|`,
+/// averaged over the batch (an image without region pixels adds 0).
+///
+/// # Shapes
+/// All `[batch, 1, height, width]` -> a scalar.
+pub fn region_mean_error(pred: &Tensor, target: &Tensor, region: &Tensor) -> Tensor {
+    let dims: &[i64] = &[1, 2, 3];
+    let n = region
+        .sum_dim_intlist(dims, false, Kind::Float)
+        .clamp_min(1.0);
+    let diff = ((pred - target) * region).sum_dim_intlist(dims, false, Kind::Float);
+    (diff / n).abs().mean(Kind::Float)
+}
+
 /// The reconstruction's weight floor: `weight` inside `region`, 0 elsewhere (the lung
 /// weighting, at least 1 everywhere, wins there).
 pub fn weight_floor(region: &Tensor, weight: f64) -> Tensor {
@@ -154,6 +183,23 @@ mod tests {
         // one pixel of tolerance: only the enhancement, grown by one pixel
         let r = contrast_region(&ncct, &ctpa, &body, 0.1, 1);
         assert_eq!(v(r), vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_mean_error_is_the_regions_bias_per_image() {
+        let img = |v: &[f32]| Tensor::from_slice(v).reshape([2, 1, 1, 3]);
+        let target = img(&[0.5, 0.5, 0.0, 0.5, 0.5, 0.5]);
+        // image 0: -0.2 and +0.1 in the region (bias -0.05); image 1: no region pixel
+        let pred = img(&[0.3, 0.6, 0.9, 0.0, 0.0, 0.0]);
+        let region = img(&[1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        let e = region_mean_error(&pred, &target, &region).double_value(&[]);
+        assert!((e - 0.025).abs() < 1e-7, "{e}");
+        // under-enhancement is pushed up everywhere in the region, nowhere else
+        let p = pred.detach().set_requires_grad(true);
+        region_mean_error(&p, &target, &region).backward();
+        let g = Vec::<f32>::try_from(p.grad().reshape([-1])).unwrap();
+        assert!(g[0] < 0.0 && g[1] < 0.0 && g[0] == g[1], "{g:?}");
+        assert!(g[2..].iter().all(|&v| v == 0.0), "{g:?}");
     }
 
     #[test]

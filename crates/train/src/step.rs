@@ -133,6 +133,8 @@ pub struct StepStats {
     pub perceptual: f64,
     /// The identity term outside the contrast, before its weight (0 when off).
     pub identity: f64,
+    /// The contrast region's mean error, before its weight (0 when off).
+    pub contrast_mean: f64,
     /// The lung weight of this step (the curriculum's, else `loss.lung_weight`).
     pub lung_weight: f64,
     /// Data parallel: the sum of the ranks' stop votes (each the signal number that asked it
@@ -518,10 +520,10 @@ fn generator_loss(
 ) -> Result<(Tensor, f64), NonFinite> {
     let (cfg, step) = (ctx.cfg, ctx.step);
     // [batch, 1, height, width], 0/1: where the CTPA is brighter (crate::contrast)
-    let region = (cfg.identity.enabled() || cfg.contrast.weighted()).then(|| {
+    let c = &cfg.contrast;
+    let region = (cfg.identity.enabled() || c.weighted() || c.mean_term()).then(|| {
         let w = cfg.window();
         let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
-        let c = &cfg.contrast;
         crate::contrast::contrast_region(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
     });
     let floor = region
@@ -566,6 +568,11 @@ fn generator_loss(
         let id = crate::contrast::identity_loss(fake, &batch.x, region, &batch.body);
         loss_g += &id * cfg.identity.weight;
         pending.term("identity", &id, |s, v| s.identity = v);
+    }
+    if let (true, Some(region)) = (c.mean_term(), &region) {
+        let m = crate::contrast::region_mean_error(registered, &batch.y, region);
+        loss_g += &m * c.mean_weight;
+        pending.term("contrast mean error", &m, |s, v| s.contrast_mean = v);
     }
     if cfg.hooks.inject_nan_at_step == Some(step) {
         loss_g *= f64::NAN;

@@ -1087,6 +1087,7 @@ fn train_fields(
         ("r1", s.r1.map_or(Value::Null, num)),
         ("perceptual", num(s.perceptual)),
         ("identity", num(s.identity)),
+        ("contrast_mean", num(s.contrast_mean)),
         ("lung_weight", num(s.lung_weight)),
         (
             "batch_slices",

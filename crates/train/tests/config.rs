@@ -227,6 +227,7 @@ fn ema_and_identity_settings_are_checked() {
     bad(&|c| c.contrast.motion_px = 1000, "contrast.motion_px");
     bad(&|c| c.contrast.weight = 0.5, "contrast.weight");
     bad(&|c| c.contrast.weight = f64::INFINITY, "contrast.weight");
+    bad(&|c| c.contrast.mean_weight = -1.0, "contrast.mean_weight");
     let mut ok = TrainConfig::with_preset("tiny").unwrap();
     ok.data.crop_size = 32;
     ok.ema.decay = 0.999;

@@ -181,6 +181,34 @@ fn the_contrast_weight_changes_the_reconstruction_only_when_on() {
     );
 }
 
+/// `[contrast] mean_weight`: the region's mean error is read back and enters G+R's total with
+/// its weight; off, it is 0 and the total unchanged.
+#[test]
+fn the_contrast_mean_term_enters_the_loss_with_its_weight() {
+    let _serial = serial();
+    let batch = fixed_batch();
+    let run = |weight: f64| {
+        let mut cfg = tiny(5);
+        cfg.contrast.mean_weight = weight;
+        let mut nets = Nets::new(&cfg, Device::Cpu);
+        let mut opts = nets.optimizers(&cfg).unwrap();
+        train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap()
+    };
+    let (off, on) = (run(0.0), run(7.0));
+    assert_eq!(off.contrast_mean, 0.0);
+    assert!(
+        on.contrast_mean > 0.0 && on.contrast_mean.is_finite(),
+        "{}",
+        on.contrast_mean
+    );
+    let gap = on.loss_g - off.loss_g;
+    assert!(
+        (gap - 7.0 * on.contrast_mean).abs() < 1e-4 * on.loss_g.abs(),
+        "{gap} vs {}",
+        7.0 * on.contrast_mean
+    );
+}
+
 /// `[identity]`: the term is read back (positive, finite) and enters G+R's total with its
 /// weight; off, it is 0 and the total is unchanged.
 #[test]

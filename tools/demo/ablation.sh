@@ -22,6 +22,7 @@
 #             and OUT/table.md
 # Needs data/phantom-demo (run `ncct2ctpa train` once) or -d, and python3 for the table.
 set -euo pipefail
+cd "$(dirname "$0")/../.."   # the repository root: relative paths start there
 STEPS=1500; JOBS=2; THREADS=; SEED=; BIN=target/release/ncct2ctpa; OUT=runs/ablation
 DATA=data/phantom-demo/prepared
 while getopts "s:j:t:S:d:b:o:" opt; do
@@ -51,7 +52,7 @@ run_arm() {
 }
 export -f run_arm train_and_score
 export BIN DATA OUT STEPS THREADS SEED SCORED EXTRA_MASKS
-printf '%s\n' "$@" | xargs -P "$JOBS" -I{} bash -c 'run_arm "$@"' _ {}
+printf '%s\n' "$@" | xargs -P "$JOBS" -I{} bash -c 'set -euo pipefail; run_arm "$@"' _ {}
 
 python3 - "$OUT" "$STEPS" "$@" <<'PY' | tee "$OUT/table.md"
 import json, sys

@@ -13,7 +13,7 @@
 
 # Exits with a message when an arm names a fragment that does not exist.
 check_arms() {
-  local arm part
+  local arm part parts
   for arm in "$@"; do
     [ "$arm" = baseline ] && continue
     IFS=+ read -ra parts <<< "$arm"
@@ -54,7 +54,7 @@ phantom_raw() {
 # train_and_score DIR ARM [SEED]: trains ARM into DIR/run, predicts the scored cases with the
 # final checkpoint into DIR/pred, scores them into DIR/eval; DIR/train_seconds.
 train_and_score() {
-  local dir=$1 arm=$2 seed=${3:-} extra=() masks=() part m
+  local dir=$1 arm=$2 seed=${3:-} extra=() masks=() part parts m
   if [ "$arm" != baseline ]; then
     IFS=+ read -ra parts <<< "$arm"
     for part in "${parts[@]}"; do extra+=(--config "configs/ablation/$part.toml"); done

@@ -28,12 +28,14 @@
 #   -p    a Python with numpy and nibabel for the trunk/peripheral masks (default
 #         .venv-twin/bin/python: `make setup-twin`)
 # The phantom and its preparation are reused when OUT/data exists with the same -m and -c,
-# and a run already scored (OUT/ARM/seed-N/eval) is kept: rerunning with more seeds or arms
-# trains only what is missing.
+# and a run already scored on it with the same -s (OUT/ARM/seed-N/settings) is kept:
+# rerunning with more seeds or arms trains only what is missing. Run from anywhere: paths are
+# relative to the repository root.
 set -euo pipefail
+cd "$(dirname "$0")/../.."   # the repository root: relative paths (-o, -b, -p) start there
 STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,32p' "$0"; exit 2; }
+usage() { sed -n '2,33p' "$0"; exit 2; }
 while getopts "s:n:j:m:c:o:b:p:" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;
@@ -84,19 +86,25 @@ PYMASKS
 echo "scoring held-out cases $cases; $# arms x $SEEDS seeds x $STEPS steps, $JOBS at once x $THREADS threads"
 
 # 2-3. Every arm and seed.
+# A run is kept when it was scored on this phantom with this many steps (its RUN_STAMP).
+RUN_STAMP="$stamp, $STEPS steps"
 run_one() {
   local arm=${1%:*} seed=${1#*:}
-  if [ -f "$OUT/$arm/seed-$seed/eval/evaluation.json" ]; then
-    echo "  $arm seed $seed: kept (scored already; delete $OUT/$arm/seed-$seed to redo it)"
+  local dir="$OUT/$arm/seed-$seed"
+  if [ -f "$dir/eval/evaluation.json" ] && [ "$(cat "$dir/settings" 2>/dev/null)" = "$RUN_STAMP" ]; then
+    echo "  $arm seed $seed: kept (scored already; delete $dir to redo it)"
     return
   fi
-  train_and_score "$OUT/$arm/seed-$seed" "$arm" "$seed"
-  echo "  $arm seed $seed done in $(cat "$OUT/$arm/seed-$seed/train_seconds") s of training"
+  train_and_score "$dir" "$arm" "$seed"
+  echo "$RUN_STAMP" > "$dir/settings"
+  echo "  $arm seed $seed done in $(cat "$dir/train_seconds") s of training"
 }
 export -f run_one train_and_score
-export BIN DATA OUT STEPS THREADS SCORED EXTRA_MASKS
+export BIN DATA OUT STEPS THREADS SCORED EXTRA_MASKS RUN_STAMP
+# each run in its own shell with errexit: a failed train, predict or evaluate fails the run,
+# and xargs then the script, before the table
 for arm in "$@"; do for s in $(seq 1 "$SEEDS"); do echo "$arm:$s"; done; done \
-  | xargs -P "$JOBS" -I{} bash -c 'run_one "$@"' _ {}
+  | xargs -P "$JOBS" -I{} bash -c 'set -euo pipefail; run_one "$@"' _ {}
 
 # 4. The table.
 python3 - "$OUT" "$STEPS" "$SEEDS" "$MM" "$@" <<'PYTABLE'

@@ -15,6 +15,11 @@
 //!   outside the lungs, count as much as the lungs.
 //! - `[identity] weight`: the mean `|G(x) - x|` over the body pixels *outside* the region:
 //!   tissue that needs no change stays the NCCT's, instead of taking GAN noise and texture.
+//!
+//! Both see the NCCT as G does, after the sampler's intensity augmentation (`data.augment`:
+//! contrast, brightness, noise): the identity term asks G to keep its input's own intensities,
+//! and the region's threshold moves with the augmentation by a few tens of HU (the max-pool
+//! picks up noise peaks). Computing them on the unaugmented NCCT is a possible refinement.
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -91,6 +96,14 @@ impl ContrastConfig {
 pub struct IdentityConfig {
     /// Weight of the term in G+R's loss (0 = off; the L1 weight's scale, e.g. 10). Default: 0.
     pub weight: f64,
+    /// Runs started before the region moved to `[contrast]` (2026-12-05) recorded its
+    /// settings here: accepted and ignored, so those runs still resume (with the new region).
+    #[serde(default, skip_serializing, rename = "contrast_threshold_hu")]
+    #[doc(hidden)]
+    pub legacy_threshold_hu: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing, rename = "dilation_px")]
+    #[doc(hidden)]
+    pub legacy_dilation_px: Option<serde::de::IgnoredAny>,
 }
 
 impl IdentityConfig {

@@ -235,3 +235,19 @@ fn ema_and_identity_settings_are_checked() {
     ok.contrast.weight = 10.0;
     ok.validate().unwrap();
 }
+
+/// A run started before the contrast region moved from `[identity]` to `[contrast]` recorded
+/// `contrast_threshold_hu` and `dilation_px` under `[identity]`: its config still loads (the
+/// keys are ignored), and a resolved config no longer writes them.
+#[test]
+fn configs_with_the_old_identity_keys_still_load() {
+    let old = "[identity]\nweight = 10.0\ncontrast_threshold_hu = 100.0\ndilation_px = 3\n";
+    let table: toml::Table = toml::from_str(old).unwrap();
+    let cfg = TrainConfig::from_layers(vec![table], "tiny").unwrap();
+    assert_eq!(cfg.identity.weight, 10.0);
+    let written = toml::to_string(&cfg).unwrap();
+    assert!(!written.contains("dilation_px"), "{written}");
+    // other unknown keys are still refused
+    let bad: toml::Table = toml::from_str("[identity]\nweigth = 1.0\n").unwrap();
+    assert!(TrainConfig::from_layers(vec![bad], "tiny").is_err());
+}

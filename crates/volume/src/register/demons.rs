@@ -17,7 +17,7 @@
 //!
 //! `u <- G_sigma * (u - d g / (|g|^2 + d^2))`
 //!
-//! The `d^2` term bounds every update to half a voxel (ITK's normaliser with unit spacing).
+//! The `d^2` term bounds every update to half a voxel.
 //! Both images are first clipped to `clip_hu`: contrast brightens the blood from ~40 HU to
 //! 250-500 HU, which the demons' intensity-matching assumption would otherwise read as
 //! motion; clipped at 100 HU, an enhanced vessel differs from an unenhanced one by ~60 HU while
@@ -31,7 +31,7 @@
 //! voxels and reduce in a fixed order).
 
 use super::pyramid::{gaussian_smooth, level};
-use crate::resample::{resample, trilinear, Grid, Interpolation};
+use crate::resample::{trilinear, IndexMap};
 use crate::{Result, Volume, VolumeError};
 use ndarray::{Array3, Axis, Zip};
 use serde::{Deserialize, Serialize};
@@ -235,7 +235,6 @@ fn smooth(u: &mut Displacement, geometry: crate::Geometry, sigma: f64) {
     }
 }
 
-/// `iterations` demons updates of `u` on one level.
 /// `iterations` demons updates of `u` on one level; `u` ends as the field of the best match
 /// seen (lowest RMS difference, the entering field included): demons has no line search,
 /// and where the images differ by more than motion (contrast, noise) an update can make the
@@ -292,15 +291,21 @@ struct LevelRun {
 }
 
 /// `u` (on `from`'s grid) resampled onto `to`'s grid, its components rescaled from `from`'s
-/// voxels to `to`'s.
+/// voxels to `to`'s. Fine voxels beyond the coarse grid's last centre (a shrunk grid can cover
+/// a little less than the full one when its size rounds down) take the edge value, not 0.
 fn upsample(u: Displacement, from: &Volume, to: &Volume) -> Result<Displacement> {
-    let grid = Grid::of(to);
+    to.geometry.validate()?;
+    let map = IndexMap::new(&to.geometry, None, &from.geometry);
     let mut components = Vec::with_capacity(3);
     for (a, c) in u.components.into_iter().enumerate() {
-        let v = Volume::new(c, from.geometry)?;
-        let mut r = resample(&v, &grid, None, Interpolation::Linear, 0.0)?.data;
-        let scale = (from.geometry.spacing[a] / to.geometry.spacing[a]) as f32;
-        r.mapv_inplace(|x| x * scale);
+        let scale = from.geometry.spacing[a] / to.geometry.spacing[a];
+        let view = c.view();
+        let mut r = Array3::<f32>::zeros(to.shape_zyx());
+        Zip::indexed(&mut r).par_for_each(|(k, j, i), o| {
+            // trilinear clamps indices outside the grid to its edge
+            let idx = map.at(i as f64, j as f64, k as f64);
+            *o = (f64::from(trilinear(&view, idx)) * scale) as f32;
+        });
         components.push(r);
     }
     let [x, y, z]: [Array3<f32>; 3] = components.try_into().expect("three components");
@@ -564,6 +569,26 @@ mod tests {
             r.rms_before,
             r.rms_after
         );
+    }
+
+    /// A shrunk grid can end before the full one (21 voxels at shrink 4: 5 coarse voxels
+    /// cover 20); the upsampled field continues to the last voxel instead of dropping to 0.
+    #[test]
+    fn an_upsampled_field_reaches_the_grids_last_voxel() {
+        let full = vol(Array3::zeros([4, 8, 21]));
+        let coarse = level(&full, 4, 0.0).unwrap();
+        assert_eq!(coarse.size_xyz()[0], 5);
+        let shape = coarse.shape_zyx();
+        let u = Displacement {
+            components: [
+                Array3::from_elem(shape, 1.0),
+                Array3::zeros(shape),
+                Array3::zeros(shape),
+            ],
+        };
+        let up = upsample(u, &coarse, &full).unwrap();
+        // one coarse voxel is 4 fine ones, everywhere including x = 20
+        assert!(up.components[0].iter().all(|&v| (v - 4.0).abs() < 1e-5));
     }
 
     #[test]

@@ -138,34 +138,26 @@ fn a_missing_split_or_checkpoint_is_named() {
     let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
     let run = tmp.path().join("empty-run");
     std::fs::create_dir_all(run.join("checkpoints")).unwrap();
-    let out = bin(&[
-        "evaluate",
-        "--model",
-        run.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--split",
-        "test",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // `evaluate --model RUN --data DATA EXTRA...` must fail; its stderr
+    let refused = |extra: &[&str]| {
+        let mut args = vec![
+            "evaluate",
+            "--model",
+            run.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = bin(&args);
+        assert!(!out.status.success(), "{extra:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused(&["--split", "test"]);
     assert!(
         stderr.contains("the test split has no case") && stderr.contains("1 val"),
         "{stderr}"
     );
-    let out = bin(&[
-        "evaluate",
-        "--model",
-        run.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--split",
-        "val",
-        "--checkpoint",
-        "latest",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&["--split", "val", "--checkpoint", "latest"]);
     assert!(
         stderr.contains("no checkpoints/latest (the run has none)"),
         "{stderr}"

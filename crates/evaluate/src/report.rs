@@ -233,17 +233,6 @@ mod tests {
         }
     }
 
-    fn empty() -> RegionScores {
-        RegionScores {
-            voxels: 0,
-            mae: None,
-            psnr: None,
-            ssim: None,
-            me: None,
-            target_mean: None,
-        }
-    }
-
     fn cases() -> Vec<CaseResult> {
         let case = |name: &str, m: RegionScores, b: RegionScores| CaseResult {
             case: name.into(),
@@ -267,7 +256,7 @@ mod tests {
                 scores(20.0, 35.0, 0.85, -8.0),
                 scores(15.0, 36.0, 0.8, -20.0),
             ),
-            case("c", empty(), empty()),
+            case("c", RegionScores::EMPTY, RegionScores::EMPTY),
         ]
     }
 

@@ -99,6 +99,16 @@ pub struct RegionScores {
 }
 
 impl RegionScores {
+    /// The scores of a region without voxels: every metric `None`.
+    pub const EMPTY: RegionScores = RegionScores {
+        voxels: 0,
+        mae: None,
+        psnr: None,
+        ssim: None,
+        me: None,
+        target_mean: None,
+    };
+
     /// One metric's value.
     pub fn get(&self, metric: Metric) -> Option<f64> {
         match metric {
@@ -194,17 +204,7 @@ mod tests {
         assert_eq!(r[0].me, Some(40.0));
         assert!((r[1].me.unwrap() + 1064.0 / n).abs() < 1e-12);
         assert_eq!(r[0].target_mean, Some(40.0));
-        assert_eq!(
-            r[2],
-            RegionScores {
-                voxels: 0,
-                mae: None,
-                psnr: None,
-                ssim: None,
-                me: None,
-                target_mean: None,
-            }
-        );
+        assert_eq!(r[2], RegionScores::EMPTY);
         // Near the step between the halves, structure differs: SSIM below 1 in both.
         assert!(r[0].ssim.unwrap() < 0.999 && r[1].ssim.unwrap() < 0.999);
     }

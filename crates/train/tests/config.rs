@@ -251,3 +251,19 @@ fn configs_with_the_old_identity_keys_still_load() {
     let bad: toml::Table = toml::from_str("[identity]\nweigth = 1.0\n").unwrap();
     assert!(TrainConfig::from_layers(vec![bad], "tiny").is_err());
 }
+
+/// A `_reg` best metric needs the registered validation that computes it: refused, naming
+/// both keys, when `log.registered_validation` is off; the plain metrics work without it.
+#[test]
+fn a_registered_best_metric_needs_registered_validation() {
+    let mut cfg = TrainConfig::with_preset("tiny").unwrap();
+    cfg.data.crop_size = 32;
+    cfg.log.registered_validation = false;
+    let e = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(
+        e.contains("mae_body_reg") && e.contains("registered_validation"),
+        "{e}"
+    );
+    cfg.log.best_metric = train::config::BestMetric::MaeBody;
+    cfg.validate().unwrap();
+}

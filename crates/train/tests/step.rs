@@ -158,19 +158,38 @@ fn a_diverged_registration_net_stops_the_step_without_a_crash() {
     }
 }
 
+/// One step of the tiny model on the fixed batch, from the same initial weights, with `edit`
+/// applied to the config.
+fn one_step(edit: impl Fn(&mut train::config::TrainConfig)) -> train::step::StepStats {
+    let batch = fixed_batch();
+    let mut cfg = tiny(5);
+    edit(&mut cfg);
+    let mut nets = Nets::new(&cfg, Device::Cpu);
+    let mut opts = nets.optimizers(&cfg).unwrap();
+    train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap()
+}
+
+/// A loss term read back as `term` of `on` (weighted `weight`) and 0 in `off`: positive,
+/// finite, and the only difference between the two totals.
+fn assert_weighted_term(name: &str, off: (f64, f64), on: (f64, f64), weight: f64) {
+    let ((off_term, off_total), (term, total)) = (off, on);
+    assert_eq!(off_term, 0.0, "{name} off");
+    assert!(term > 0.0 && term.is_finite(), "{name}: {term}");
+    // same initial weights and batch: the totals differ by exactly the weighted term
+    let gap = total - off_total;
+    assert!(
+        (gap - weight * term).abs() < 1e-4 * total.abs(),
+        "{name}: {gap} vs {}",
+        weight * term
+    );
+}
+
 /// `[contrast] weight`: the reconstruction weighs the contrast region more, so the logged L1
 /// changes; weight 1 is exactly the plain loss.
 #[test]
 fn the_contrast_weight_changes_the_reconstruction_only_when_on() {
     let _serial = serial();
-    let batch = fixed_batch();
-    let run = |weight: f64| {
-        let mut cfg = tiny(5);
-        cfg.contrast.weight = weight;
-        let mut nets = Nets::new(&cfg, Device::Cpu);
-        let mut opts = nets.optimizers(&cfg).unwrap();
-        train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap()
-    };
+    let run = |weight: f64| one_step(|c| c.contrast.weight = weight);
     let (plain, one, heavy) = (run(1.0), run(1.0), run(20.0));
     assert_eq!(plain.l1, one.l1);
     assert!(
@@ -186,27 +205,10 @@ fn the_contrast_weight_changes_the_reconstruction_only_when_on() {
 #[test]
 fn the_contrast_mean_term_enters_the_loss_with_its_weight() {
     let _serial = serial();
-    let batch = fixed_batch();
-    let run = |weight: f64| {
-        let mut cfg = tiny(5);
-        cfg.contrast.mean_weight = weight;
-        let mut nets = Nets::new(&cfg, Device::Cpu);
-        let mut opts = nets.optimizers(&cfg).unwrap();
-        train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap()
-    };
+    let run = |w: f64| one_step(|c| c.contrast.mean_weight = w);
     let (off, on) = (run(0.0), run(7.0));
-    assert_eq!(off.contrast_mean, 0.0);
-    assert!(
-        on.contrast_mean > 0.0 && on.contrast_mean.is_finite(),
-        "{}",
-        on.contrast_mean
-    );
-    let gap = on.loss_g - off.loss_g;
-    assert!(
-        (gap - 7.0 * on.contrast_mean).abs() < 1e-4 * on.loss_g.abs(),
-        "{gap} vs {}",
-        7.0 * on.contrast_mean
-    );
+    let pick = |s: &train::step::StepStats| (s.contrast_mean, s.loss_g);
+    assert_weighted_term("contrast mean error", pick(&off), pick(&on), 7.0);
 }
 
 /// `[identity]`: the term is read back (positive, finite) and enters G+R's total with its
@@ -214,26 +216,8 @@ fn the_contrast_mean_term_enters_the_loss_with_its_weight() {
 #[test]
 fn the_identity_term_enters_the_loss_with_its_weight() {
     let _serial = serial();
-    let batch = fixed_batch();
-    let run = |weight: f64| {
-        let mut cfg = tiny(5);
-        cfg.identity.weight = weight;
-        let mut nets = Nets::new(&cfg, Device::Cpu);
-        let mut opts = nets.optimizers(&cfg).unwrap();
-        train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap()
-    };
+    let run = |w: f64| one_step(|c| c.identity.weight = w);
     let (off, on) = (run(0.0), run(5.0));
-    assert_eq!(off.identity, 0.0);
-    assert!(
-        on.identity > 0.0 && on.identity.is_finite(),
-        "{}",
-        on.identity
-    );
-    // same initial weights and batch: the totals differ by exactly the weighted term
-    let gap = on.loss_g - off.loss_g;
-    assert!(
-        (gap - 5.0 * on.identity).abs() < 1e-4 * on.loss_g.abs(),
-        "{gap} vs {}",
-        5.0 * on.identity
-    );
+    let pick = |s: &train::step::StepStats| (s.identity, s.loss_g);
+    assert_weighted_term("identity", pick(&off), pick(&on), 5.0);
 }

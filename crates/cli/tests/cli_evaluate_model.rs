@@ -1,6 +1,8 @@
 //! #15 item 4: `evaluate --model RUN --data PREPARED` gives exactly the numbers of `predict`
 //! followed by `evaluate`, writes a montage per case, and names what is missing.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -42,26 +44,9 @@ fn one_command_equals_predict_then_evaluate() {
     let data = dataset::fixtures::synthetic_dataset(&t("data"), 3).unwrap();
     let run = t("run");
     let s = |p: &Path| p.to_str().unwrap().to_owned();
-    ok(&[
-        "train",
-        "--data",
-        &s(&data),
-        "--run",
-        &s(&run),
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--steps",
-        "3",
-        "--batch-size",
-        "2",
-        "--crop-size",
-        "32",
-        "--threads",
-        "1",
-        "--no-progress",
-    ]);
+    let mut train = common::tiny_train(&data, &run, "3");
+    train.extend(["--batch-size", "2", "--crop-size", "32", "--threads", "1"]);
+    ok(&train);
     let one = t("one");
     let stdout = ok(&[
         "evaluate",

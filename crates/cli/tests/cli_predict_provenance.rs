@@ -2,6 +2,8 @@
 //! them (the tag-level checks against pydicom's reading of the reference are in
 //! `crates/volume/tests/io_dicom_provenance.rs`).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -49,25 +51,14 @@ fn dicom_and_nifti_outputs_name_the_model_and_say_synthetic() {
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
     let run = tmp.path().join("runs/provenance-test");
-    ok(bin()
-        .args(["train", "--data", data.to_str().unwrap()])
-        .args([
-            "--run",
-            run.to_str().unwrap(),
-            "--preset",
-            "tiny",
-            "--device",
-            "cpu",
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--crop-size",
-            "32",
-            "--threads",
-            "1",
-            "--no-progress",
-        ]));
+    ok(bin().args(common::tiny_train(&data, &run, "2")).args([
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "32",
+        "--threads",
+        "1",
+    ]));
     let ncct = Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume/tests/data/dicom/ct_series");
     let series = tmp.path().join("synthetic-series");
     predict(&run, &ncct, &series, &["--format", "dicom"]);

@@ -2,6 +2,8 @@
 //! it: two processes on 127.0.0.1 started with torchrun's environment (agent-store mode
 //! included), since the real `torchrun` needs the full PyTorch install.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -26,18 +28,8 @@ fn free_port() -> u16 {
 fn train_args(data: &Path, run: &Path, steps: u64, batch: usize) -> Vec<String> {
     let steps = steps.to_string();
     let batch = batch.to_string();
-    let args = [
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--run",
-        run.to_str().unwrap(),
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--steps",
-        &steps,
+    let mut args = common::tiny_train(data, run, &steps);
+    args.extend([
         "--batch-size",
         &batch,
         "--crop-size",
@@ -52,14 +44,13 @@ fn train_args(data: &Path, run: &Path, steps: u64, batch: usize) -> Vec<String> 
         "1",
         "--threads",
         "1",
-        "--no-progress",
         "--dist-timeout",
         "60",
         // the lung-weighted losses are ratios over the batch: with weight 1 the mean of the
         // ranks' losses is the global batch's loss
         "--set",
         "loss.lung_weight=1",
-    ];
+    ]);
     args.iter().map(|s| s.to_string()).collect()
 }
 

@@ -8,6 +8,8 @@
 //! valid volume: bad voxel values, broken headers, truncated and empty files, garbage, a
 //! header that claims terabytes, and DICOM folders holding garbage or nothing.
 
+mod common;
+
 use ndarray::Array3;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,24 +21,6 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run ncct2ctpa")
-}
-
-/// `train` of the tiny preset for 2 steps on the CPU, from `data` into `run`.
-fn tiny_train<'a>(data: &'a Path, run: &'a Path) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--run",
-        run.to_str().unwrap(),
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--steps",
-        "2",
-        "--no-progress",
-    ]
 }
 
 /// A small valid chest-like volume (`[z, y, x]` = `[6, 32, 40]`).
@@ -170,7 +154,7 @@ fn every_hostile_input_is_refused_by_every_command_clearly() {
     // a trained model for predict
     let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
     let model = tmp.path().join("model");
-    let mut args = tiny_train(&data, &model);
+    let mut args = common::tiny_train(&data, &model, "2");
     args.extend(["--batch-size", "2", "--crop-size", "32", "--threads", "1"]);
     let trained = run(&args);
     assert!(
@@ -272,7 +256,7 @@ fn impossible_training_settings_are_refused_before_anything_is_written() {
     ];
     for (i, (flags, key)) in cases.iter().enumerate() {
         let run_dir = tmp.path().join(format!("run{i}"));
-        let mut args = tiny_train(&data, &run_dir);
+        let mut args = common::tiny_train(&data, &run_dir, "2");
         args.extend_from_slice(flags);
         let o = run(&args);
         let stderr = String::from_utf8_lossy(&o.stderr);

@@ -25,3 +25,22 @@ pub fn text(o: &Output) -> (String, String) {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// `train` of the tiny preset on the CPU, `data` into `run`, for `steps` steps, without the
+/// progress bar: the arguments every test that trains starts from (add its own after).
+pub fn tiny_train<'a>(data: &'a Path, run: &'a Path, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        s(data),
+        "--run",
+        s(run),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        steps,
+        "--no-progress",
+    ]
+}

@@ -5,8 +5,6 @@
 #    5), prepared WITHOUT pre-alignment (`prepare --align none`): the networks see the pairs
 #    as they lie, so R must do all the registration. Split 60/20/20; the val and test cases
 #    are held out and scored (the final checkpoint is used, so validation selects nothing).
-#    `-a deformable` (or `rigid`) prepares the same phantom with that pre-alignment instead,
-#    to measure what a classical 3D registration before training is worth.
 # 2. Every ARM trains with SEEDS seeds at the same budget (configs/demo.toml: tiny preset,
 #    batch 4 x 96 px, lr 3e-3; STEPS steps).
 # 3. Scoring against the phantom's ALIGNED ground-truth CTPA in its own masks: body, lung and
@@ -18,32 +16,30 @@
 #    the per-seed means over the held-out cases; OUT/table.json the same numbers.
 #
 # usage: tools/quality/benchmark.sh [-s STEPS] [-n SEEDS] [-j JOBS] [-m MM] [-c CASES]
-#                                   [-a ALIGN] [-o OUT] [-b BIN] [-p PYTHON] ARM...
+#                                   [-o OUT] [-b BIN] [-p PYTHON] ARM...
 #   ARM   baseline (configs/demo.toml alone), NAME (+ configs/ablation/NAME.toml) or A+B
 #   -s    training steps of every run (default 1500, the demo's)
 #   -n    seeds per arm: 1, 2, ... (default 3)
 #   -j    runs at once, each with cores/JOBS libtorch threads (default 2)
 #   -m    largest motion between the scans, mm (default 10)
 #   -c    phantom cases (default 10: 6 train, 2 val, 2 test)
-#   -a    `prepare --align` of the phantom: none (default, the issue's setting), rigid or
-#         deformable
 #   -o    output folder (default runs/quality): data/, scored/, ARM/seed-N/, table.md
 #   -b    the ncct2ctpa binary (default target/release/ncct2ctpa: `cargo build --release -p cli`)
 #   -p    a Python with numpy and nibabel for the trunk/peripheral masks (default
 #         .venv-twin/bin/python: `make setup-twin`)
-# The phantom and its preparation are reused when OUT/data exists with the same -m, -c and -a,
+# The phantom and its preparation are reused when OUT/data exists with the same -m and -c,
 # and a run already scored on it with the same -s (OUT/ARM/seed-N/settings) is kept:
 # rerunning with more seeds or arms trains only what is missing. Run from anywhere: paths are
 # relative to the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: relative paths (-o, -b, -p) start there
-STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; ALIGN=none; OUT=runs/quality
+STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,37p' "$0"; exit 2; }
-while getopts "s:n:j:m:c:a:o:b:p:" opt; do
+usage() { sed -n '2,33p' "$0"; exit 2; }
+while getopts "s:n:j:m:c:o:b:p:" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;
-    c) CASES=$OPTARG ;; a) ALIGN=$OPTARG ;; o) OUT=$OPTARG ;; b) BIN=$OPTARG ;; p) PY=$OPTARG ;;
+    c) CASES=$OPTARG ;; o) OUT=$OPTARG ;; b) BIN=$OPTARG ;; p) PY=$OPTARG ;;
     *) usage ;;
   esac
 done
@@ -58,15 +54,13 @@ THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
 
 # 1. The phantom, prepared as it lies.
 RAW=$OUT/data/raw DATA=$OUT/data/prepared
-case $ALIGN in none|rigid|deformable) ;; *) echo "-a $ALIGN: none, rigid or deformable" >&2; exit 2 ;; esac
 stamp="misalignment $MM mm, $CASES cases"
-[ "$ALIGN" = none ] || stamp="$stamp, --align $ALIGN"
 if [ "$(cat "$OUT/data/settings" 2>/dev/null)" != "$stamp" ]; then
   rm -rf "$OUT/data"
   mkdir -p "$OUT/data"
-  echo "making the phantom ($stamp) and preparing it with --align $ALIGN"
+  echo "making the phantom ($stamp) and preparing it without pre-alignment"
   "$BIN" synth --out "$RAW" --cases "$CASES" --seed 16 --misalignment "$MM" -q
-  "$BIN" prepare "$RAW" --out "$DATA" --align "$ALIGN" --split 0.6,0.2,0.2 -q
+  "$BIN" prepare "$RAW" --out "$DATA" --align none --split 0.6,0.2,0.2 -q
   echo "$stamp" > "$OUT/data/settings"
 fi
 
@@ -113,9 +107,9 @@ for arm in "$@"; do for s in $(seq 1 "$SEEDS"); do echo "$arm:$s"; done; done \
   | xargs -P "$JOBS" -I{} bash -c 'set -euo pipefail; run_one "$@"' _ {}
 
 # 4. The table.
-python3 - "$OUT" "$STEPS" "$SEEDS" "$MM" "$ALIGN" "$@" <<'PYTABLE'
+python3 - "$OUT" "$STEPS" "$SEEDS" "$MM" "$@" <<'PYTABLE'
 import json, statistics, sys
-out, steps, seeds, mm, align, arms = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6:]
+out, steps, seeds, mm, arms = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 def summary(arm, seed):
     s = json.load(open(f"{out}/{arm}/seed-{seed}/eval/evaluation.json"))
     return {(r["region"], r["metric"]): r for r in s["summary"]}
@@ -137,8 +131,7 @@ for arm in arms:
 ncct = values(first, "baseline")
 truth = [None] * len(MAE) + [first[(r, "me")]["target_mean"]["mean"] for r in HU]
 head = ["body MAE", "lung MAE", "vessel MAE", "vessel mean HU", "trunk mean HU", "peripheral mean HU"]
-prep = "" if align == "none" else f", --align {align}"
-lines = [f"| arm ({seeds} seeds x {steps} steps, {mm} mm motion{prep}) | " + " | ".join(head) + " |",
+lines = [f"| arm ({seeds} seeds x {steps} steps, {mm} mm motion) | " + " | ".join(head) + " |",
          "|---" * (len(head) + 1) + "|"]
 for arm, cols in rows.items():
     lines.append(f"| {arm} | " + " | ".join(fmt(c) for c in cols) + " |")
@@ -147,6 +140,6 @@ lines.append("| truth (aligned CTPA) | " + " | ".join("" if v is None else f"{v:
 table = "\n".join(lines)
 print(table)
 open(f"{out}/table.md", "w").write(table + "\n")
-json.dump({"columns": head, "seeds": seeds, "steps": int(steps), "motion_mm": float(mm), "align": align,
+json.dump({"columns": head, "seeds": seeds, "steps": int(steps), "motion_mm": float(mm),
            "arms": rows, "ncct": ncct, "truth": truth}, open(f"{out}/table.json", "w"), indent=1)
 PYTABLE

@@ -104,18 +104,13 @@ pub enum SpacingMode {
     Fixed([f64; 3]),
 }
 
-/// Whether, and how, the CTPA is pre-aligned to the NCCT.
+/// Whether the CTPA is rigidly pre-aligned to the NCCT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlignMode {
     /// Multi-resolution rigid registration (see `volume::register`); RegGAN's registration
     /// network then only absorbs the small non-rigid residual (breathing, heart).
     Rigid,
-    /// The rigid registration, then a 3D deformable one on the common grid
-    /// (`volume::register::demons`, [`volume::register::demons::DemonsConfig::for_spacing`]):
-    /// the CTPA is stored warped onto the NCCT. A 2D registration network cannot undo
-    /// motion across slices (breathing moves the lung bases by a slice or two); this does.
-    Deformable,
     /// Use the volumes as they lie in patient space.
     None,
 }
@@ -198,19 +193,6 @@ pub struct AlignmentRecord {
     pub iterations: usize,
 }
 
-/// The deformable pre-alignment of a case (demons on the common grid).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeformableRecord {
-    /// The pyramid's shrink factors, coarsest first.
-    pub shrink_factors: Vec<usize>,
-    /// RMS difference (HU) of the two volumes clipped to the demons' HU range, before and
-    /// after (the contrast is clipped away, so what remains is mostly motion).
-    pub rms_before: f64,
-    pub rms_after: f64,
-    /// Longest displacement of the field, mm.
-    pub max_displacement_mm: f64,
-}
-
 /// Where a case's lung mask came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -244,9 +226,6 @@ pub struct CaseMeta {
     /// The grid of the stored arrays (all four share it).
     pub grid: GridRecord,
     pub alignment: Option<AlignmentRecord>,
-    /// The deformable registration after it (`align = "deformable"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deformable: Option<DeformableRecord>,
     pub masks: MaskRecord,
     /// HU range of the stored NCCT and CTPA (after resampling, before clipping to i16).
     pub ncct_hu_range: [f32; 2],

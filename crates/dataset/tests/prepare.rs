@@ -1,7 +1,6 @@
 //! `prepare` on small synthetic NIfTI pairs: idempotence and redo rules, splits (seeded,
 //! patient-level, split file), per-case failures; and end to end on the chest phantom
-//! (lung mask Dice against the phantom's truth, rigid alignment improving similarity, the
-//! deformable alignment coming closer to the unmoved CTPA than the rigid one).
+//! (lung mask Dice against the phantom's truth, rigid alignment improving similarity).
 
 use dataset::manifest::split::SplitError;
 use dataset::manifest::{
@@ -402,87 +401,6 @@ fn phantom_end_to_end_lung_dice_and_rigid_alignment() {
     );
     let s = ds.slice(case, meta.slices() / 2).unwrap();
     assert!(s.lung.iter().any(|&m| m == 1) && s.body.iter().any(|&m| m == 1));
-}
-
-/// `--align deformable` (#16): rigid, then 3D demons on the common grid. On a phantom moved by
-/// 10 mm of breathing and posture, the stored CTPA comes closer to the phantom's unmoved CTPA
-/// than the rigidly aligned one in the body (not in the arteries: printed), the record says
-/// what the registration did, and the NCCT, the network's input, is untouched.
-#[test]
-fn deformable_alignment_undoes_breathing_that_rigid_alignment_leaves() {
-    use dataset::phantom::{write_dataset, PhantomConfig, WriteOptions};
-    let t = tempfile::tempdir().unwrap();
-    let raw = t.path().join("raw");
-    let cfg = PhantomConfig {
-        misalignment_mm: 10.0,
-        seed: 3,
-        ..PhantomConfig::default()
-    };
-    let wo = WriteOptions {
-        cases: 1,
-        overwrite: false,
-        preview: false,
-    };
-    write_dataset(&raw, &cfg, &wo, &|_| {}).unwrap();
-    let d = discover(&raw).unwrap();
-    let prepared = |align: AlignMode| {
-        let mut o = opts();
-        o.settings.align = align;
-        let out = t.path().join(format!("{align:?}"));
-        let r = prepare(&d, &out, &o, &noop).unwrap();
-        let meta = r.cases[0].meta().expect("prepared").clone();
-        let v = PreparedDataset::open(&out)
-            .unwrap()
-            .volume(&meta.case)
-            .unwrap();
-        (meta, v)
-    };
-    let (rigid_meta, rigid) = prepared(AlignMode::Rigid);
-    let (meta, deformable) = prepared(AlignMode::Deformable);
-    assert!(rigid_meta.deformable.is_none());
-    assert!(meta.alignment.is_some(), "the rigid step runs first");
-    let rec = meta.deformable.as_ref().expect("deformable record");
-    assert!(
-        rec.rms_after < rec.rms_before && rec.max_displacement_mm > 1.0,
-        "{rec:?}"
-    );
-    assert_eq!(
-        deformable.ncct.data, rigid.ncct.data,
-        "the NCCT is not moved"
-    );
-
-    let case = &meta.case;
-    let truth =
-        volume::io::read_volume(&raw.join(format!("truth/ctpa_aligned/{case}.nii.gz"))).unwrap();
-    let mask = |what: &str| {
-        volume::io::read_mask(&raw.join(format!("truth/{what}/{case}.nii.gz"))).unwrap()
-    };
-    let mae = |x: &Volume, m: &volume::Mask| {
-        let (mut s, mut n) = (0.0f64, 0usize);
-        ndarray::Zip::from(&x.data)
-            .and(&truth.data)
-            .and(&m.data)
-            .for_each(|&p, &t, &m| {
-                if m != 0 {
-                    s += f64::from((p - t).abs());
-                    n += 1;
-                }
-            });
-        s / n as f64
-    };
-    let (body, vessels) = (mask("body"), mask("vessels"));
-    let (rb, db) = (mae(&rigid.ctpa, &body), mae(&deformable.ctpa, &body));
-    let (rv, dv) = (mae(&rigid.ctpa, &vessels), mae(&deformable.ctpa, &vessels));
-    eprintln!(
-        "MAE to the unmoved CTPA: body rigid {rb:.1} -> deformable {db:.1} HU, arteries {rv:.1} \
-         -> {dv:.1} HU; {rec:?}"
-    );
-    // measured (seed 3): body 63.3 -> 56.7 HU, arteries 147.0 -> 194.7 HU: the second
-    // interpolation on 5 mm slices spreads the small vessels (README, #16)
-    assert!(
-        db < rb,
-        "body {rb:.1} -> {db:.1}, arteries {rv:.1} -> {dv:.1}"
-    );
 }
 
 /// #13 item 6: rigid alignment reports its quality and a pair it cannot plausibly match (an

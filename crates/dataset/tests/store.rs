@@ -50,7 +50,6 @@ fn meta(case: &str) -> CaseMeta {
         ctpa_grid: grid,
         grid,
         alignment: None,
-        deformable: None,
         masks: MaskRecord {
             body_ml: 1.0,
             lung_ml: 0.5,

@@ -30,9 +30,7 @@ pub struct Args {
     #[arg(long, value_name = "MIN,MAX", default_value = "-1024,1500",
           value_parser = parse_window, allow_hyphen_values = true)]
     window: IntensityWindow,
-    /// Rigidly pre-align the CTPA to the NCCT (rigid); rigidly, then deformably with 3D demons
-    /// on the common grid (deformable: undoes breathing across slices, which a 2D
-    /// registration network cannot); or use them as they lie (none).
+    /// Rigidly pre-align the CTPA to the NCCT (rigid), or use them as they lie (none).
     #[arg(long, value_enum, default_value_t = AlignArg::Rigid)]
     align: AlignArg,
     /// Similarity the rigid alignment maximises: normalised cross-correlation (ncc), or Mattes
@@ -80,7 +78,6 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum AlignArg {
     Rigid,
-    Deformable,
     None,
 }
 
@@ -150,7 +147,7 @@ fn report_table(cases: &[CaseReport]) -> String {
         "spacing mm",
         "body mL",
         "lung mL",
-        "alignment: similarity before -> after",
+        "rigid: similarity before -> after",
         "s"
     );
     for c in cases {
@@ -177,13 +174,6 @@ fn report_table(cases: &[CaseReport]) -> String {
                 a.metric, a.before, a.after, a.rotation_deg, a.translation_mm
             ),
             None => "off".to_owned(),
-        };
-        let align = match &m.deformable {
-            Some(d) => format!(
-                "{align}; demons RMS {:.0} -> {:.0} HU",
-                d.rms_before, d.rms_after
-            ),
-            None => align,
         };
         let lung = format!(
             "{:.0}{}",
@@ -251,7 +241,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     opts.settings.spacing = args.spacing;
     opts.settings.align = match args.align {
         AlignArg::Rigid => AlignMode::Rigid,
-        AlignArg::Deformable => AlignMode::Deformable,
         AlignArg::None => AlignMode::None,
     };
     opts.settings.rigid.metric = match args.similarity {

@@ -3,8 +3,8 @@
 
 use super::checks::{check_pair, target_grid, PairGeometryError};
 use crate::manifest::{
-    AlignMode, AlignmentRecord, CaseMeta, CaseSettings, DeformableRecord, GridRecord, MaskRecord,
-    MaskSource, SourceRecord, TOOL_VERSION,
+    AlignMode, AlignmentRecord, CaseMeta, CaseSettings, GridRecord, MaskRecord, MaskSource,
+    SourceRecord, TOOL_VERSION,
 };
 use crate::raw::{CasePair, Source, SourceKind};
 use crate::store::{self, CaseArrays, StoreError};
@@ -15,7 +15,6 @@ use util::checksum::sha256_path;
 use volume::io::dicom::SeriesSelection;
 use volume::io::{read_ct_selected, read_mask};
 use volume::masks::{body_mask, lung_mask};
-use volume::register::demons::{register_demons, DemonsConfig};
 use volume::register::{align_rigid, RigidResult, Similarity};
 use volume::resample::{resample, resample_mask, Grid, Interpolation};
 use volume::{Mask, Volume, VolumeError};
@@ -204,7 +203,7 @@ pub fn prepare_case(
 
     // 2. rigid alignment, on the volumes as read (one interpolation of the CTPA in all)
     let rigid = match settings.align {
-        AlignMode::Rigid | AlignMode::Deformable => {
+        AlignMode::Rigid => {
             let clip = |v: &Volume| Volume {
                 data: v
                     .data
@@ -231,30 +230,7 @@ pub fn prepare_case(
         resample(&ncct, &grid, None, Interpolation::Linear, FILL_HU)?
     };
     let transform = rigid.as_ref().map(|r| &r.transform);
-    let mut ctpa_r = resample(&ctpa, &grid, transform, Interpolation::Linear, FILL_HU)?;
-
-    // 3b. the deformable registration on the common grid (one more interpolation)
-    let deformable = if settings.align == AlignMode::Deformable {
-        let cfg = DemonsConfig::for_spacing(grid.geometry.spacing);
-        let r = register_demons(&ncct_r, &ctpa_r, &cfg)?;
-        let record = DeformableRecord {
-            shrink_factors: cfg.shrink_factors,
-            rms_before: r.rms_before,
-            rms_after: r.rms_after,
-            max_displacement_mm: r.field.max_mm(grid.geometry.spacing),
-        };
-        info!(
-            case = %case,
-            "deformable alignment (demons, shrink {:?}): RMS difference {:.1} -> {:.1} HU, \
-             largest displacement {:.1} mm",
-            record.shrink_factors, record.rms_before, record.rms_after,
-            record.max_displacement_mm
-        );
-        ctpa_r = r.warped;
-        Some(record)
-    } else {
-        None
-    };
+    let ctpa_r = resample(&ctpa, &grid, transform, Interpolation::Linear, FILL_HU)?;
 
     // 4. masks, from the NCCT (the network's input; no contrast to confuse thresholds)
     let body = body_mask(&ncct_r, &settings.masks);
@@ -302,7 +278,6 @@ pub fn prepare_case(
         ctpa_grid: grid_record(&ctpa),
         grid: grid_record(&ncct_r),
         alignment,
-        deformable,
         masks: MaskRecord {
             body_ml: volume_ml(&body),
             lung_ml: volume_ml(&lung),

@@ -110,9 +110,10 @@ impl GeneratorConfig {
 
 /// The registration network R: a small UNet from (moving, fixed) to a displacement field.
 ///
-/// Input is always 2 channels (G's output and the real CTPA) and output 2 channels (dx, dy
-/// in pixels). `attention` adds a SAGAN self-attention block at the bottleneck (see
-/// [`crate::attention`]).
+/// Input is 2 channels (G's output and the real CTPA) and output 2 channels (dx, dy in
+/// pixels); with `through_plane`, 4 in (G's outputs for the slice and its two neighbours, and
+/// the CTPA) and 3 out (dx, dy, and dz in slices, bounded to [-1, 1]). `attention` adds a
+/// SAGAN self-attention block at the bottleneck (see [`crate::attention`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationConfig {
@@ -135,6 +136,14 @@ pub struct RegistrationConfig {
     /// ([`crate::warp::WarpMethod`]): `"grid_sample"` (libtorch's fused sampler, default) or
     /// `"exact"` (pixel-coordinate gathers, exact identity for a zero field, slower).
     pub warp: crate::warp::WarpMethod,
+    /// Registration across slices (#16): G also translates the NCCT slices above and below,
+    /// R sees the three outputs with the CTPA and adds a through-plane displacement `dz`
+    /// (slices, `tanh`-bounded to [-1, 1]), and the spatial transformer interpolates the
+    /// in-plane-warped outputs linearly along z
+    /// ([`crate::warp::warp_through_plane`]). Breathing moves anatomy across thick slices,
+    /// which an in-plane field cannot undo. Costs G three forward passes per step. Default:
+    /// false.
+    pub through_plane: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -150,6 +159,7 @@ impl Default for RegistrationConfig {
             head_init_std: 1e-5,
             attention: false,
             warp: crate::warp::WarpMethod::GridSample,
+            through_plane: false,
         }
     }
 }

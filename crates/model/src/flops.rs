@@ -30,7 +30,7 @@
 //!   [`crate::ssim`]) has a constant window: input gradients only.
 
 use crate::config::{DiscriminatorConfig, GeneratorConfig, ModelConfig, RegistrationConfig};
-use crate::registration::{REGISTRATION_IN_CHANNELS, REGISTRATION_OUT_CHANNELS};
+use crate::registration::registration_channels;
 use metrics::SsimParams;
 use serde::{Deserialize, Serialize};
 
@@ -128,14 +128,16 @@ pub fn generator_convs(cfg: &GeneratorConfig, batch: u64, h: u64, w: u64) -> Vec
     )
 }
 
-/// R's convs on a pair of `[batch, 1, h, w]` images, in forward order; with
+/// R's convs on a pair of `[batch, 1, h, w]` images (with `through_plane`, three moving
+/// slices and the fixed one), in forward order; with
 /// `cfg.attention`, the bottleneck self-attention's three 1x1 convs (`attn.query`, `attn.key`,
 /// `attn.value`) and two matrix products (`attn.scores`: q^T k, `attn.mix`: v attn^T) after the
 /// bottleneck stage.
 pub fn registration_convs(cfg: &RegistrationConfig, batch: u64, h: u64, w: u64) -> Vec<ConvCost> {
+    let (in_channels, out_channels) = registration_channels(cfg);
     let mut convs = unet_convs(
-        REGISTRATION_IN_CHANNELS as u64,
-        REGISTRATION_OUT_CHANNELS as u64,
+        in_channels as u64,
+        out_channels as u64,
         cfg.base_channels,
         cfg.max_channels,
         cfg.depth,

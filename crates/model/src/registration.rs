@@ -22,6 +22,18 @@ use crate::config::RegistrationConfig;
 pub const REGISTRATION_IN_CHANNELS: i64 = 2;
 /// R's output channels: dx (along width) and dy (along height), in pixels.
 pub const REGISTRATION_OUT_CHANNELS: i64 = 2;
+/// Moving slices R sees with `through_plane`: G's outputs for the slice below, the slice and
+/// the slice above, in that order.
+pub const THROUGH_PLANE_SLICES: i64 = 3;
+
+/// R's (input, output) channels for `cfg`.
+pub fn registration_channels(cfg: &RegistrationConfig) -> (i64, i64) {
+    if cfg.through_plane {
+        (THROUGH_PLANE_SLICES + 1, REGISTRATION_OUT_CHANNELS + 1)
+    } else {
+        (REGISTRATION_IN_CHANNELS, REGISTRATION_OUT_CHANNELS)
+    }
+}
 
 /// R: (moving, fixed) -> displacement field.
 #[derive(Debug)]
@@ -35,9 +47,10 @@ pub struct RegistrationNet {
 impl RegistrationNet {
     /// Builds R's variables under `path` (see [`crate::blocks`] for their names).
     pub fn new(path: &nn::Path, cfg: &RegistrationConfig) -> Self {
+        let (in_channels, out_channels) = registration_channels(cfg);
         let spec = UNetSpec {
-            in_channels: REGISTRATION_IN_CHANNELS,
-            out_channels: REGISTRATION_OUT_CHANNELS,
+            in_channels,
+            out_channels,
             base_channels: cfg.base_channels,
             depth: cfg.depth,
             max_channels: cfg.max_channels,
@@ -85,15 +98,26 @@ impl RegistrationNet {
     /// `moving`, `fixed`: [batch, 1, height, width] (multiples of `2^depth`) ->
     /// [batch, 2, height, width] in pixels, channel 0 = dx (along width), 1 = dy (along
     /// height); `warp(moving, flow)` samples `moving` at (x + dx, y + dy).
+    ///
+    /// With `through_plane`: `moving` is [batch, 3, height, width] (G's outputs for the slices
+    /// below, at and above), and the field gains channel 2 = dz in slices, `tanh`-bounded to
+    /// [-1, 1] ([`crate::warp::warp_through_plane`]).
     pub fn forward_t(&self, moving: &Tensor, fixed: &Tensor, train: bool) -> Tensor {
-        // [batch, 2, height, width]: moving first, as in RegGAN's Reg(fake_B, real_B)
+        // moving first, as in RegGAN's Reg(fake_B, real_B)
         let x = Tensor::cat(&[moving, fixed], 1);
-        match &self.attention {
+        let flow = match &self.attention {
             // bottleneck [batch, width(depth), height / 2^depth, width / 2^depth]
             Some(attn) => self
                 .unet
                 .forward_with_bottleneck(&x, train, |y| attn.forward(&y)),
             None => self.unet.forward_t(&x, train),
+        };
+        if self.cfg.through_plane {
+            let inplane = flow.narrow(1, 0, REGISTRATION_OUT_CHANNELS);
+            let dz = flow.narrow(1, REGISTRATION_OUT_CHANNELS, 1).tanh();
+            Tensor::cat(&[inplane, dz], 1)
+        } else {
+            flow
         }
     }
 

@@ -56,6 +56,35 @@ pub fn warp_with(method: WarpMethod, image: &Tensor, flow: &Tensor) -> Tensor {
     }
 }
 
+/// Warps a three-slice stack across slices (`model.registration.through_plane`, #16): the
+/// in-plane field `(dx, dy)` warps each slice with `method`, and `dz` (slices, in [-1, 1])
+/// interpolates them linearly along z: `(1 - |dz|) * centre + max(dz, 0) * above +
+/// max(-dz, 0) * below`. That is trilinear sampling of the stack at `(x + dx, y + dy, 1 +
+/// dz)` with the same in-plane field for the three slices; a zero `dz` gives the centre slice
+/// warped as [`warp_with`] warps it.
+///
+/// # Shapes
+/// `stack`: [batch, 3, height, width] (below, centre, above); `flow`: [batch, 3, height,
+/// width] (dx, dy in pixels, dz in slices) -> [batch, 1, height, width].
+///
+/// # Panics
+/// If the shapes do not match as above (a programming error).
+pub fn warp_through_plane(method: WarpMethod, stack: &Tensor, flow: &Tensor) -> Tensor {
+    let (ss, fs) = (stack.size(), flow.size());
+    assert!(
+        ss.len() == 4 && fs.len() == 4 && ss[1] == 3 && fs[1] == 3 && ss[0] == fs[0],
+        "warp_through_plane: stack {ss:?} and flow {fs:?} must be [B,3,H,W] each"
+    );
+    let warped = warp_with(method, stack, &flow.narrow(1, 0, 2));
+    let dz = flow.narrow(1, 2, 1).to_kind(warped.kind()).clamp(-1.0, 1.0);
+    let (below, centre, above) = (
+        warped.narrow(1, 0, 1),
+        warped.narrow(1, 1, 1),
+        warped.narrow(1, 2, 1),
+    );
+    centre * (1.0 - dz.abs()) + above * dz.clamp_min(0.0) + below * (-&dz).clamp_min(0.0)
+}
+
 /// The grid with non-finite coordinates replaced (NaN by the image centre, infinities by the
 /// border) and everything clamped to [-2, 2]: libtorch's sampler indexes memory by the
 /// coordinates, and its backward pass crashes the process on a NaN or an infinity (seen with

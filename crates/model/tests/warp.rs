@@ -1,7 +1,7 @@
 //! The spatial transformer: identity, integer shifts, border padding and gradients against
 //! finite differences.
 
-use model::warp::{sampling_grid, warp, warp_with, WarpMethod};
+use model::warp::{sampling_grid, warp, warp_through_plane, warp_with, WarpMethod};
 use tch::{Device, Kind, Tensor};
 
 fn max_abs(t: &Tensor) -> f64 {
@@ -205,4 +205,63 @@ fn non_finite_flows_neither_crash_nor_leak_into_the_image() {
         let corner = image.double_value(&[0, 0, 5, 6]);
         assert!(max_abs(&(out - corner)) < 1e-5, "{method:?}");
     }
+}
+
+/// `warp_through_plane` (#16): the same as libtorch's trilinear `grid_sampler_3d`
+/// (align_corners, border padding) on the three-slice volume at (x + dx, y + dy, 1 + dz), in
+/// values and in the gradients of the image and of all three field components; dz = 0 is the
+/// in-plane warp of the centre slice, dz = +-1 the slice above or below.
+#[test]
+fn through_plane_warp_is_trilinear_sampling_of_the_stack() {
+    tch::manual_seed(7);
+    let (b, h, w) = (2i64, 9i64, 11i64);
+    let opts = (Kind::Double, Device::Cpu);
+    let stack = (Tensor::rand([b, 3, h, w], opts) * 2.0 - 1.0).set_requires_grad(true);
+    // in-plane up to +-2 px, dz in (-1, 1)
+    let inplane = Tensor::rand([b, 2, h, w], opts) * 4.0 - 2.0;
+    let dz = Tensor::rand([b, 1, h, w], opts) * 1.98 - 0.99;
+    let flow = Tensor::cat(&[inplane, dz], 1).set_requires_grad(true);
+    for method in [WarpMethod::GridSample, WarpMethod::Exact] {
+        let ours = warp_through_plane(method, &stack, &flow);
+        assert_eq!(ours.size(), vec![b, 1, h, w]);
+        // the reference: [b, 1, 3, h, w] sampled at a [b, 1, h, w, 3] grid of (x, y, z)
+        let g2 = sampling_grid(&flow.narrow(1, 0, 2)); // [b, h, w, 2]
+        let gz = flow.narrow(1, 2, 1).permute([0, 2, 3, 1]); // [b, h, w, 1], z = 0 + dz
+        let grid = Tensor::cat(&[g2, gz], 3).unsqueeze(1);
+        let reference = stack
+            .unsqueeze(1)
+            .grid_sampler_3d(&grid, 0, 1, true)
+            .squeeze_dim(2);
+        let diff = max_abs(&(&ours - &reference));
+        assert!(diff < 1e-9, "{method:?}: values differ by {diff:e}");
+        let probe = Tensor::rand([b, 1, h, w], opts);
+        let grads = |out: &Tensor| {
+            Tensor::run_backward(
+                &[(out * &probe).sum(Kind::Double)],
+                &[&stack, &flow],
+                false,
+                false,
+            )
+        };
+        let (go, gr) = (grads(&ours), grads(&reference));
+        for (what, a, r) in [("image", &go[0], &gr[0]), ("field", &go[1], &gr[1])] {
+            let d = max_abs(&(a - r));
+            assert!(d < 1e-8, "{method:?}: {what} gradients differ by {d:e}");
+        }
+    }
+    // the special cases, with a zero in-plane field
+    let zeros = Tensor::zeros([b, 2, h, w], opts);
+    let with_dz = |v: f64| {
+        Tensor::cat(
+            &[zeros.shallow_clone(), Tensor::full([b, 1, h, w], v, opts)],
+            1,
+        )
+    };
+    let s = stack.detach();
+    let at = |v: f64| warp_through_plane(WarpMethod::Exact, &s, &with_dz(v));
+    assert!(max_abs(&(at(0.0) - s.narrow(1, 1, 1))) == 0.0);
+    assert!(max_abs(&(at(1.0) - s.narrow(1, 2, 1))) == 0.0);
+    assert!(max_abs(&(at(-1.0) - s.narrow(1, 0, 1))) == 0.0);
+    let half = (s.narrow(1, 0, 1) + s.narrow(1, 1, 1)) * 0.5;
+    assert!(max_abs(&(at(-0.5) - half)) < 1e-12);
 }

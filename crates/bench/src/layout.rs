@@ -59,6 +59,7 @@ pub fn batch_to_channels_last(b: &BatchTensors) -> BatchTensors {
     BatchTensors {
         x: channels_last(&b.x),
         stack: b.stack.as_ref().map(channels_last),
+        planes: b.planes.as_ref().map(channels_last),
         y: channels_last(&b.y),
         lung: channels_last(&b.lung),
         body: channels_last(&b.body),

@@ -28,6 +28,7 @@ pub fn synthetic_batch(batch: usize, size: usize, device: Device) -> anyhow::Res
     Ok(BatchTensors {
         x: array_to_tensor(&x, device)?,
         stack: None,
+        planes: None,
         y: array_to_tensor(&y, device)?,
         lung: array_to_tensor(&lung, device)?,
         body: array_to_tensor(&body, device)?,

@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
     let b = BatchTensors {
         x: Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
         stack: None,
+        planes: None,
         y: Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
         lung: Tensor::rand(shape, (Kind::Float, Device::Cpu))
             .gt(0.5)

@@ -53,8 +53,9 @@ use crate::nets::{Nets, Optimizers, GENERATOR, REGISTRATION};
 use crate::phases::Phase;
 use dataset::sampler::Batch;
 use infer::tensors::array_to_tensor;
+use model::config::ModelConfig;
 use model::losses::{discriminator_adversarial, generator_adversarial, smoothness};
-use model::warp::warp_with;
+use model::warp::{warp_through_plane, warp_with};
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
@@ -66,6 +67,10 @@ pub struct BatchTensors {
     /// With 2.5D input: G's input, `[batch, 2k + 1, height, width]` (the slice and `k`
     /// neighbours on each side); `None`: G sees `x`.
     pub stack: Option<Tensor>,
+    /// With registration across slices (`model.registration.through_plane`): G's inputs for
+    /// the slice below, the slice and the slice above, concatenated along the batch,
+    /// `[3 * batch, 2k + 1, height, width]`.
+    pub planes: Option<Tensor>,
     /// CTPA in [-1, 1].
     pub y: Tensor,
     /// Lung mask, 0/1.
@@ -75,18 +80,39 @@ pub struct BatchTensors {
 }
 
 impl BatchTensors {
-    /// Copies a loader batch to `device`.
-    pub fn from_batch(b: &Batch, device: Device) -> anyhow::Result<Self> {
+    /// Copies a loader batch to `device`, arranged for `model`'s G (its input channels) and R
+    /// (across slices or not): the loader serves `2k + 1` NCCT slices for G's `2k + 1` input
+    /// channels, one more on each side with `through_plane` ([`sampler_context`]).
+    pub fn from_batch(b: &Batch, device: Device, model: &ModelConfig) -> anyhow::Result<Self> {
         let t = |a| array_to_tensor(a, device);
         let ncct = t(&b.ncct)?;
         let channels = ncct.size()[1];
-        let (x, stack) = match channels {
-            1 => (ncct, None),
-            c => (ncct.narrow(1, c / 2, 1).contiguous(), Some(ncct)),
+        let g_channels = model.generator.in_channels.max(1);
+        let through = model.registration.through_plane;
+        let expected = g_channels + if through { 2 } else { 0 };
+        anyhow::ensure!(
+            channels == expected,
+            "the batch holds {channels} NCCT slices per sample where G's {g_channels} input \
+             channels{} need {expected}",
+            if through { " and R across slices" } else { "" }
+        );
+        let x = ncct.narrow(1, channels / 2, 1).contiguous();
+        let g_input_at = |first: i64| ncct.narrow(1, first, g_channels).contiguous();
+        let (stack, planes) = match (through, g_channels) {
+            (false, 1) => (None, None),
+            (false, _) => (Some(ncct.shallow_clone()), None),
+            (true, _) => (
+                (g_channels > 1).then(|| g_input_at(1)),
+                Some(Tensor::cat(
+                    &[g_input_at(0), g_input_at(1), g_input_at(2)],
+                    0,
+                )),
+            ),
         };
         Ok(Self {
             x,
             stack,
+            planes,
             y: t(&b.ctpa)?,
             lung: t(&b.lung)?,
             body: t(&b.body)?,
@@ -97,6 +123,12 @@ impl BatchTensors {
     pub fn g_input(&self) -> &Tensor {
         self.stack.as_ref().unwrap_or(&self.x)
     }
+}
+
+/// The NCCT neighbours on each side the loader serves for `model`: `k` for G's `2k + 1` input
+/// channels, one more with registration across slices.
+pub fn sampler_context(model: &ModelConfig) -> usize {
+    model.generator.in_channels.max(1) as usize / 2 + usize::from(model.registration.through_plane)
 }
 
 /// What one step measured (all host `f64`). Loss terms are unweighted unless named `loss_*`.
@@ -122,9 +154,11 @@ pub struct StepStats {
     /// Mean D logit on real and on fake images.
     pub d_real: f64,
     pub d_fake: f64,
-    /// Mean and max |flow| in pixels (0 without R).
+    /// Mean and max of the in-plane |flow| in pixels (0 without R).
     pub flow_mean: f64,
     pub flow_max: f64,
+    /// Mean |dz| in slices of R's through-plane component (0 without R across slices).
+    pub flow_z_mean: f64,
     /// Gradient L2 norms (only when requested; else 0).
     pub grad_g: f64,
     pub grad_r: f64,
@@ -446,12 +480,24 @@ fn generator_pass(
         nets.d_store.freeze();
         opts.gr.zero_grad();
     }
-    // [batch, 1, height, width]
-    let fake = {
+    // [batch, 1, height, width]; with R across slices also [batch, 3, height, width]: G's
+    // outputs for the slices below, at and above (one forward pass over the three)
+    let across = batch.planes.as_ref().filter(|_| registers(ctx, nets));
+    let (fake, planes) = {
         let _part = part!("g_forward");
-        ctx.amp.run(|| nets.g.forward_t(batch.g_input(), true))
+        match across {
+            Some(inputs) => {
+                let all = ctx.amp.run(|| nets.g.forward_t(inputs, true));
+                let parts = all.split(batch.x.size()[0], 0);
+                (parts[1].shallow_clone(), Some(Tensor::cat(&parts, 1)))
+            }
+            None => (
+                ctx.amp.run(|| nets.g.forward_t(batch.g_input(), true)),
+                None,
+            ),
+        }
     };
-    let (registered, smooth) = register(ctx, nets, batch, &fake, pending)?;
+    let (registered, smooth) = register(ctx, nets, batch, &fake, planes.as_ref(), pending)?;
     let (loss_g, lung_weight) =
         generator_loss(ctx, nets, batch, &fake, &registered, smooth, pending)?;
     let _part = part!("gr_backward");
@@ -475,34 +521,58 @@ fn generator_pass(
     })
 }
 
+/// Whether R runs this step (configured, and joined: crate::phases).
+fn registers(ctx: &StepCtx<'_>, nets: &Nets) -> bool {
+    nets.r.is_some() && ctx.phase.trains_registration()
+}
+
 /// R's flow on `fake` against the CTPA and the warped `fake`, with the flow's smoothness
-/// term; `fake` itself and no smoothness without R (or before R joins, crate::phases).
+/// term; `fake` itself and no smoothness without R (or before R joins, crate::phases). With
+/// `planes` (R across slices: G's outputs below, at and above), R sees the three and its
+/// through-plane component interpolates them ([`warp_through_plane`]); the smoothness is the
+/// in-plane field's plus dz's.
 fn register(
     ctx: &StepCtx<'_>,
     nets: &Nets,
     batch: &BatchTensors,
     fake: &Tensor,
+    planes: Option<&Tensor>,
     pending: &mut Pending,
 ) -> Result<(Tensor, Option<Tensor>), NonFinite> {
-    let Some(r) = nets.r.as_ref().filter(|_| ctx.phase.trains_registration()) else {
+    let Some(r) = nets.r.as_ref().filter(|_| registers(ctx, nets)) else {
         return Ok((fake.shallow_clone(), None));
     };
+    let method = ctx.cfg.model.registration.warp;
     let (flow, registered) = {
         let _part = part!("r_forward");
-        // [batch, 2, height, width], pixels
-        let flow = ctx.amp.run(|| r.forward_t(fake, &batch.y, true));
-        let registered = warp_with(ctx.cfg.model.registration.warp, fake, &flow);
+        // [batch, 2 (3 across slices), height, width], pixels (and slices)
+        let flow = ctx
+            .amp
+            .run(|| r.forward_t(planes.unwrap_or(fake), &batch.y, true));
+        let registered = match planes {
+            Some(p) => warp_through_plane(method, p, &flow),
+            None => warp_with(method, fake, &flow),
+        };
         (flow, registered)
     };
     let _part = part!("losses");
-    let mag = flow
+    let inplane = flow.narrow(1, 0, 2);
+    let mag = inplane
         .detach()
         .square()
         .sum_dim_intlist(1, false, Kind::Float)
         .sqrt();
     pending.stat(mag.mean(Kind::Float), |s, v| s.flow_mean = v);
     pending.stat(mag.max(), |s, v| s.flow_max = v);
-    let smooth = smoothness(&flow).map_err(|_| ctx.internal("smoothness (bad flow shape)"))?;
+    let bad = |_| ctx.internal("smoothness (bad flow shape)");
+    let mut smooth = smoothness(&inplane).map_err(bad)?;
+    if planes.is_some() {
+        let dz = flow.narrow(1, 2, 1);
+        pending.stat(dz.detach().abs().mean(Kind::Float), |s, v| {
+            s.flow_z_mean = v
+        });
+        smooth += smoothness(&dz).map_err(bad)?;
+    }
     Ok((registered, Some(smooth)))
 }
 

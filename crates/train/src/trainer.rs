@@ -369,7 +369,7 @@ impl Trainer {
 
     /// The RegGAN step on `batch`; a non-finite loss stops the run with a debug snapshot.
     fn step(&mut self, batch: &Batch, step: u64) -> anyhow::Result<StepStats> {
-        let tensors = BatchTensors::from_batch(batch, self.device)?;
+        let tensors = BatchTensors::from_batch(batch, self.device, &self.cfg.model)?;
         let (cfg, events, human) = (&self.cfg, &mut self.events, &mut self.human);
         self.pb.suspend(|| {
             crate::phases::log_switch(&cfg.progressive, step, self.total, events, human)
@@ -1024,7 +1024,7 @@ fn training_sampler(
         },
     )?
     .with_shard(shard)?
-    .with_context(cfg.model.generator.in_channels.max(1) as usize / 2);
+    .with_context(crate::step::sampler_context(&cfg.model));
     Ok(Arc::new(sampler))
 }
 
@@ -1081,6 +1081,7 @@ fn train_fields(
         ("d_fake", num(s.d_fake)),
         ("flow_mean", num(s.flow_mean)),
         ("flow_max", num(s.flow_max)),
+        ("flow_z_mean", num(s.flow_z_mean)),
         ("grad_g", num(s.grad_g)),
         ("grad_r", num(s.grad_r)),
         ("grad_d", num(s.grad_d)),

@@ -16,12 +16,12 @@ use infer::tensors::tensor_to_array;
 use infer::translate::{translate_slices, SliceFrame};
 use metrics::{score_regions, RegionScores, ScoreConfig, SsimMode};
 use model::generator::Generator;
-use model::warp::warp;
+use model::warp::{warp, warp_through_plane, WarpMethod};
 use ndarray::{s, Array2, Array3, ArrayView3};
 use serde::Serialize;
 use std::path::Path;
 use tch::nn::ModuleT;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 use util::canvas::{Canvas, BLACK, WHITE};
 use volume::register::demons::{register_demons, DemonsConfig};
 
@@ -243,13 +243,37 @@ impl Validator {
         let y = frame
             .single_channel()
             .input(case.ctpa.data.view(), &zs, device)?;
-        let fake = nets.inference_g().forward_t(&x, false);
+        let g = nets.inference_g();
+        let fake = g.forward_t(&x, false);
         let (registered, flow_mag) = match &nets.r {
             Some(r) => {
-                let flow = r.forward_t(&fake, &y, false);
-                let mag = flow.square().sum_dim_intlist(1, true, Kind::Float).sqrt();
+                let (flow, registered) = if r.config().through_plane {
+                    // G's outputs for the slices below and above too (clamped at the ends)
+                    let nz = case.ncct.data.dim().0;
+                    let at = |dz: isize| -> anyhow::Result<Tensor> {
+                        let zs: Vec<usize> = zs
+                            .iter()
+                            .map(|&z| (z as isize + dz).clamp(0, nz as isize - 1) as usize)
+                            .collect();
+                        Ok(g.forward_t(&frame.input(case.ncct.data.view(), &zs, device)?, false))
+                    };
+                    let planes = Tensor::cat(&[at(-1)?, fake.shallow_clone(), at(1)?], 1);
+                    let flow = r.forward_t(&planes, &y, false);
+                    let registered = warp_through_plane(WarpMethod::Exact, &planes, &flow);
+                    (flow, registered)
+                } else {
+                    let flow = r.forward_t(&fake, &y, false);
+                    let registered = warp(&fake, &flow);
+                    (flow, registered)
+                };
+                // the in-plane displacement's length
+                let mag = flow
+                    .narrow(1, 0, 2)
+                    .square()
+                    .sum_dim_intlist(1, true, Kind::Float)
+                    .sqrt();
                 (
-                    warp(&fake, &flow),
+                    registered,
                     Some(tensor_to_array(&frame.crop(&mag, ny, nx))?),
                 )
             }

@@ -6,6 +6,7 @@ mod common;
 
 use common::{fixed_batch, serial, tiny};
 use std::collections::HashMap;
+use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 use train::nets::{Nets, GENERATOR, REGISTRATION};
 use train::step::train_step;
@@ -220,4 +221,62 @@ fn the_identity_term_enters_the_loss_with_its_weight() {
     let (off, on) = (run(0.0), run(5.0));
     let pick = |s: &train::step::StepStats| (s.identity, s.loss_g);
     assert_weighted_term("identity", pick(&off), pick(&on), 5.0);
+}
+
+/// R across slices (`model.registration.through_plane`, #16): the batch carries G's inputs for
+/// the slices below, at and above (the centre ones are `x`), R gets a gradient, and when the
+/// CTPA is the slice above (a pure through-plane shift, which no in-plane field can undo) R
+/// learns a positive dz and the reconstruction falls. (The fixture is the same on every
+/// slice, so the test draws its own neighbours: `x` mirrored, left-right above and
+/// top-bottom below.)
+#[test]
+fn registration_across_slices_learns_a_through_plane_shift() {
+    let _serial = serial();
+    let mut cfg = tiny(40);
+    cfg.model.registration.through_plane = true;
+    cfg.model.generator.residual = true; // G starts as the identity
+    cfg.loss.adversarial_weight = 0.0;
+    let mut batch = common::fixed_batch_for(&cfg.model);
+    let served = batch.planes.as_ref().expect("planes").shallow_clone();
+    let b = batch.x.size()[0];
+    assert_eq!(served.size(), vec![3 * b, 1, 32, 32]);
+    for k in 0..3 {
+        // the fixture's slices are all alike, so each plane is x
+        assert!(served.narrow(0, k * b, b).equal(&batch.x), "plane {k}");
+    }
+    let (below, above) = (batch.x.flip([2]), batch.x.flip([3]));
+    assert!(!above.equal(&batch.x) && !below.equal(&batch.x));
+    let planes = Tensor::cat(&[&below, &batch.x, &above], 0);
+    batch.planes = Some(planes.shallow_clone());
+    // the CTPA: the slice above, as it lies
+    batch.y = above.copy();
+    let mut nets = Nets::new(&cfg, Device::Cpu);
+    let mut opts = nets.optimizers(&cfg).unwrap();
+    let dz = |nets: &Nets| {
+        let _g = tch::no_grad_guard();
+        let fakes = nets.g.forward_t(&planes, false).split(b, 0);
+        let flow = nets
+            .r
+            .as_ref()
+            .unwrap()
+            .forward_t(&Tensor::cat(&fakes, 1), &batch.y, false);
+        assert_eq!(flow.size()[1], 3);
+        flow.narrow(1, 2, 1).mean(Kind::Float).double_value(&[])
+    };
+    let dz0 = dz(&nets);
+    let mut l1 = Vec::new();
+    for step in 1..=40 {
+        let s = train_step(&mut nets, &mut opts, &batch, &cfg, step, 1.0, step == 1).unwrap();
+        if step == 1 {
+            assert!(s.grad_r > 0.0 && s.grad_g > 0.0, "{s:?}");
+        }
+        l1.push(s.l1);
+    }
+    let dz1 = dz(&nets);
+    let last = train_step(&mut nets, &mut opts, &batch, &cfg, 41, 1.0, false).unwrap();
+    assert!(last.flow_z_mean > 0.2, "flow_z_mean {}", last.flow_z_mean);
+    eprintln!("dz {dz0:.4} -> {dz1:.4}; l1 {:.4} -> {:.4}", l1[0], l1[39]);
+    assert!(dz0.abs() < 0.01, "R starts near the identity: dz {dz0}");
+    assert!(dz1 > 0.2, "dz {dz0} -> {dz1}");
+    assert!(l1[39] < 0.5 * l1[0], "l1 {} -> {}", l1[0], l1[39]);
 }

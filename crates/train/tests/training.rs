@@ -235,3 +235,37 @@ fn a_two_and_a_half_d_generator_trains_and_predicts() {
     let e = format!("{:#}", even.validate().unwrap_err());
     assert!(e.contains("in_channels"), "{e}");
 }
+
+/// R across slices (#16) with a 2.5D G: the loader serves one more NCCT slice on each side
+/// (5 for G's 3 channels), training, validation, the sample grid (which needs G's outputs
+/// for the neighbouring slices too) and checkpoints work, and the checkpoint's G is the plain
+/// 3-channel G that `predict` loads.
+#[test]
+fn registration_across_slices_trains_with_a_two_and_a_half_d_generator() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut cfg = tiny(4);
+    cfg.model.generator.in_channels = 3;
+    cfg.model.registration.through_plane = true;
+    let batch = common::fixed_batch_for(&cfg.model);
+    let (b, planes) = (batch.x.size()[0], batch.planes.as_ref().unwrap());
+    assert_eq!(planes.size()[..2], [3 * b, 3]);
+    assert!(planes.narrow(0, b, b).equal(batch.stack.as_ref().unwrap()));
+    let out = train(&new_run(cfg, &data, &run)).unwrap();
+    assert_eq!(out.steps, 4);
+    let l = losses(&run);
+    assert_eq!(l.len(), 4);
+    assert!(
+        l.iter().all(|l| l.1.is_finite() && l.3.is_finite()),
+        "{l:?}"
+    );
+    let samples: Vec<_> = std::fs::read_dir(run.join("samples")).unwrap().collect();
+    assert!(!samples.is_empty(), "the sample grid was drawn");
+    let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(text.contains("through_plane = true"), "{text}");
+    let g = infer::checkpoint::load_generator(&run.join("checkpoints/final"), tch::Device::Cpu)
+        .unwrap();
+    assert_eq!(g.generator.config().in_channels, 3);
+}

@@ -52,6 +52,11 @@ pub fn tiny(steps: u64) -> TrainConfig {
 
 /// The same two 32 px crops of the training split every time, without augmentation.
 pub fn fixed_batch() -> BatchTensors {
+    fixed_batch_for(&model::config::ModelConfig::default())
+}
+
+/// [`fixed_batch`] arranged for `model` (its 2.5D input, R across slices).
+pub fn fixed_batch_for(model: &model::config::ModelConfig) -> BatchTensors {
     let ds = std::sync::Arc::new(dataset::store::PreparedDataset::open(&dataset()).unwrap());
     let keys = dataset::sampler::split_keys(&ds, dataset::manifest::Split::Train, 0.0).unwrap();
     let sampler = dataset::sampler::Sampler::new(
@@ -65,8 +70,9 @@ pub fn fixed_batch() -> BatchTensors {
             augment: AugmentConfig::none(),
         },
     )
-    .unwrap();
-    BatchTensors::from_batch(&sampler.batch(0).unwrap(), tch::Device::Cpu).unwrap()
+    .unwrap()
+    .with_context(train::step::sampler_context(model));
+    BatchTensors::from_batch(&sampler.batch(0).unwrap(), tch::Device::Cpu, model).unwrap()
 }
 
 /// A new run of `cfg` on `data` into `run`.

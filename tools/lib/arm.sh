@@ -51,6 +51,17 @@ phantom_raw() {
   echo "$raw"
 }
 
+# arm_config_sum ARM: a checksum of the files ARM's configuration is made of (configs/demo.toml
+# and its fragments), so a run kept from before either changed is recognised as stale.
+arm_config_sum() {
+  local files=(configs/demo.toml) part parts
+  if [ "$1" != baseline ]; then
+    IFS=+ read -ra parts <<< "$1"
+    for part in "${parts[@]}"; do files+=("configs/ablation/$part.toml"); done
+  fi
+  cat "${files[@]}" | sha256sum | cut -c1-16
+}
+
 # train_and_score DIR ARM [SEED]: trains ARM into DIR/run, predicts the scored cases with the
 # final checkpoint into DIR/pred, scores them into DIR/eval; DIR/train_seconds.
 train_and_score() {

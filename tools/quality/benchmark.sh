@@ -28,14 +28,15 @@
 #   -p    a Python with numpy and nibabel for the trunk/peripheral masks (default
 #         .venv-twin/bin/python: `make setup-twin`)
 # The phantom and its preparation are reused when OUT/data exists with the same -m and -c,
-# and a run already scored on it with the same -s (OUT/ARM/seed-N/settings) is kept:
+# and a run already scored on it with the same -s and the same configuration files
+# (configs/demo.toml and the arm's fragments; OUT/ARM/seed-N/settings) is kept:
 # rerunning with more seeds or arms trains only what is missing. Run from anywhere: paths are
 # relative to the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: relative paths (-o, -b, -p) start there
 STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,33p' "$0"; exit 2; }
+usage() { sed -n '2,34p' "$0"; exit 2; }
 while getopts "s:n:j:m:c:o:b:p:" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;
@@ -86,20 +87,22 @@ PYMASKS
 echo "scoring held-out cases $cases; $# arms x $SEEDS seeds x $STEPS steps, $JOBS at once x $THREADS threads"
 
 # 2-3. Every arm and seed.
-# A run is kept when it was scored on this phantom with this many steps (its RUN_STAMP).
+# A run is kept when it was scored on this phantom with this many steps and the same
+# configuration files (its RUN_STAMP and the arm's arm_config_sum).
 RUN_STAMP="$stamp, $STEPS steps"
 run_one() {
   local arm=${1%:*} seed=${1#*:}
-  local dir="$OUT/$arm/seed-$seed"
-  if [ -f "$dir/eval/evaluation.json" ] && [ "$(cat "$dir/settings" 2>/dev/null)" = "$RUN_STAMP" ]; then
+  local dir="$OUT/$arm/seed-$seed" want
+  want="$RUN_STAMP, config $(arm_config_sum "$arm")"
+  if [ -f "$dir/eval/evaluation.json" ] && [ "$(cat "$dir/settings" 2>/dev/null)" = "$want" ]; then
     echo "  $arm seed $seed: kept (scored already; delete $dir to redo it)"
     return
   fi
   train_and_score "$dir" "$arm" "$seed"
-  echo "$RUN_STAMP" > "$dir/settings"
+  echo "$want" > "$dir/settings"
   echo "  $arm seed $seed done in $(cat "$dir/train_seconds") s of training"
 }
-export -f run_one train_and_score
+export -f run_one train_and_score arm_config_sum
 export BIN DATA OUT STEPS THREADS SCORED EXTRA_MASKS RUN_STAMP
 # each run in its own shell with errexit: a failed train, predict or evaluate fails the run,
 # and xargs then the script, before the table

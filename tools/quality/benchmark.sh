@@ -30,13 +30,15 @@
 # The phantom and its preparation are reused when OUT/data exists with the same -m and -c,
 # and a run already scored on it with the same -s and the same configuration files
 # (configs/demo.toml and the arm's fragments; OUT/ARM/seed-N/settings) is kept:
-# rerunning with more seeds or arms trains only what is missing. Run from anywhere: paths are
+# rerunning with more seeds or arms trains only what is missing, and a run made with other
+# settings (or by this script before it recorded the configuration) is trained again, its
+# folder replaced. Run from anywhere: paths are
 # relative to the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: relative paths (-o, -b, -p) start there
 STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,34p' "$0"; exit 2; }
+usage() { sed -n '2,36p' "$0"; exit 2; }
 while getopts "s:n:j:m:c:o:b:p:" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;

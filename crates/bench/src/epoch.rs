@@ -173,7 +173,7 @@ pub fn run_ours(spec: &EpochSpec, device: Device, init: &Path) -> anyhow::Result
         if k == 0 {
             first_batch_s = t0.elapsed().as_secs_f64();
         }
-        let tensors = BatchTensors::from_batch(&batch, device, &cfg.model)?;
+        let tensors = BatchTensors::from_batch(&batch, device, &cfg)?;
         let stats = train_step(
             &mut nets,
             &mut optims,

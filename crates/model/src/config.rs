@@ -141,8 +141,10 @@ pub struct RegistrationConfig {
     /// (slices, `tanh`-bounded to [-1, 1]), and the spatial transformer interpolates the
     /// in-plane-warped outputs linearly along z
     /// ([`crate::warp::warp_through_plane`]). Breathing moves anatomy across thick slices,
-    /// which an in-plane field cannot undo. Costs G three forward passes per step. Default:
-    /// false.
+    /// which an in-plane field cannot undo. Costs G three forward passes per step (one pass
+    /// over three times the batch: with `norm = "batch"` the neighbours share G's batch
+    /// statistics). The smoothness term becomes the in-plane field's (pixels, mean over dx and
+    /// dy) plus dz's (slices). Ignored with `registration = false`. Default: false.
     pub through_plane: bool,
 }
 

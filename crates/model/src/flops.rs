@@ -245,7 +245,9 @@ pub struct StepFlops {
 
 /// FLOPs of one training step (`train::step::train_step`) of `model` on `[batch, 1, h, w]`
 /// crops: G+R forward, reconstruction, D on the fake, their backward; then D on real and
-/// fake and its backward. `registration = false` drops R (and the loss sees G's output).
+/// fake and its backward. `registration = false` drops R (and the loss sees G's output); R
+/// across slices (`through_plane`) runs G on three slices per sample (`g_forward` counts all
+/// three) and R on four input channels.
 pub fn step_flops(
     model: &ModelConfig,
     registration: bool,
@@ -254,8 +256,13 @@ pub fn step_flops(
     w: u64,
 ) -> StepFlops {
     let g = generator_convs(&model.generator, batch, h, w);
-    let g_forward = forward_flops(&g);
-    let g_first = 2 * g.first().map_or(0, |c| c.macs);
+    let g_passes = if registration && model.registration.through_plane {
+        3
+    } else {
+        1
+    };
+    let g_forward = g_passes * forward_flops(&g);
+    let g_first = g_passes * 2 * g.first().map_or(0, |c| c.macs);
     let r_forward = if registration {
         forward_flops(&registration_convs(&model.registration, batch, h, w))
     } else {

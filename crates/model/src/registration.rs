@@ -18,9 +18,11 @@ use crate::attention::SelfAttention;
 use crate::blocks::{check_size_multiple, Act, StageSpec, UNet, UNetSpec};
 use crate::config::RegistrationConfig;
 
-/// R's input channels: moving (G's output) and fixed (the real CTPA).
+/// R's input channels: moving (G's output) and fixed (the real CTPA); across slices see
+/// [`registration_channels`].
 pub const REGISTRATION_IN_CHANNELS: i64 = 2;
-/// R's output channels: dx (along width) and dy (along height), in pixels.
+/// R's output channels: dx (along width) and dy (along height), in pixels; across slices dz
+/// is added.
 pub const REGISTRATION_OUT_CHANNELS: i64 = 2;
 /// Moving slices R sees with `through_plane`: G's outputs for the slice below, the slice and
 /// the slice above, in that order.

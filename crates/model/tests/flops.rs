@@ -95,3 +95,31 @@ fn step_flops_match_flop_counter() {
         assert_eq!(f.total, case.step, "{} step: ours {f:?}", case.preset);
     }
 }
+
+/// R across slices: the step counts G's forward three times (one pass over the slices below,
+/// at and above) and R with four input and three output channels; without R the key changes
+/// nothing.
+#[test]
+fn across_slices_g_runs_three_times_and_r_sees_four_channels() {
+    let plain = ModelConfig::preset("tiny").unwrap();
+    let mut across = plain.clone();
+    across.registration.through_plane = true;
+    let (p, a) = (
+        step_flops(&plain, true, 2, 64, 64),
+        step_flops(&across, true, 2, 64, 64),
+    );
+    assert_eq!(a.g_forward, 3 * p.g_forward);
+    assert!(
+        a.r_forward > p.r_forward,
+        "{} vs {}",
+        a.r_forward,
+        p.r_forward
+    );
+    // R's first conv sees 4 channels instead of 2
+    let first = |m: &ModelConfig| registration_convs(&m.registration, 2, 64, 64)[0].macs;
+    assert_eq!(first(&across), 2 * first(&plain));
+    assert_eq!(
+        step_flops(&across, false, 2, 64, 64),
+        step_flops(&plain, false, 2, 64, 64)
+    );
+}

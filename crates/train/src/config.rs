@@ -442,6 +442,12 @@ impl Layer {
 }
 
 impl TrainConfig {
+    /// Whether R registers across slices: `model.registration.through_plane` with R on (with
+    /// `registration = false` the key is ignored and G sees one slice per sample).
+    pub fn registers_across_slices(&self) -> bool {
+        self.registration && self.model.registration.through_plane
+    }
+
     /// The defaults with the `model` tables of `preset`.
     pub fn with_preset(preset: &str) -> anyhow::Result<Self> {
         Ok(Self {

@@ -5,6 +5,10 @@
 //!    `fake = G(x)`, `flow = R(fake, y)`, `reg = warp(fake, flow)`;
 //!    `loss = recon(reg, y; lung weights) + adv_w * adv_G(D(fake)) + smooth_w * smooth(flow)`.
 //!    Without registration (`registration = false`): `recon(fake, y)` and no smoothness.
+//!    With R across slices (`model.registration.through_plane`): G also translates the slices
+//!    below and above (one forward pass over the three), `flow = R(fakes, y)` has a third
+//!    component dz (slices), `reg = warp_through_plane(fakes, flow)`, and the smoothness is the
+//!    in-plane field's plus dz's; D, the identity and the contrast terms see the centre slice.
 //! 2. **D**, on real vs the detached fake of step 1:
 //!    `loss_D = adv_w * adv_D(D(y), D(fake.detach()))`, real and fake in one forward pass. (RegGAN re-runs the updated G under
 //!    `no_grad` for this; reusing step 1's output saves a forward pass and is the
@@ -53,7 +57,6 @@ use crate::nets::{Nets, Optimizers, GENERATOR, REGISTRATION};
 use crate::phases::Phase;
 use dataset::sampler::Batch;
 use infer::tensors::array_to_tensor;
-use model::config::ModelConfig;
 use model::losses::{discriminator_adversarial, generator_adversarial, smoothness};
 use model::warp::{warp_through_plane, warp_with};
 use tch::nn::ModuleT;
@@ -80,15 +83,15 @@ pub struct BatchTensors {
 }
 
 impl BatchTensors {
-    /// Copies a loader batch to `device`, arranged for `model`'s G (its input channels) and R
+    /// Copies a loader batch to `device`, arranged for `cfg`'s G (its input channels) and R
     /// (across slices or not): the loader serves `2k + 1` NCCT slices for G's `2k + 1` input
-    /// channels, one more on each side with `through_plane` ([`sampler_context`]).
-    pub fn from_batch(b: &Batch, device: Device, model: &ModelConfig) -> anyhow::Result<Self> {
+    /// channels, one more on each side with R across slices ([`sampler_context`]).
+    pub fn from_batch(b: &Batch, device: Device, cfg: &TrainConfig) -> anyhow::Result<Self> {
         let t = |a| array_to_tensor(a, device);
         let ncct = t(&b.ncct)?;
         let channels = ncct.size()[1];
-        let g_channels = model.generator.in_channels.max(1);
-        let through = model.registration.through_plane;
+        let g_channels = cfg.model.generator.in_channels.max(1);
+        let through = cfg.registers_across_slices();
         let expected = g_channels + if through { 2 } else { 0 };
         anyhow::ensure!(
             channels == expected,
@@ -125,10 +128,11 @@ impl BatchTensors {
     }
 }
 
-/// The NCCT neighbours on each side the loader serves for `model`: `k` for G's `2k + 1` input
-/// channels, one more with registration across slices.
-pub fn sampler_context(model: &ModelConfig) -> usize {
-    model.generator.in_channels.max(1) as usize / 2 + usize::from(model.registration.through_plane)
+/// The NCCT neighbours on each side the loader serves for `cfg`: `k` for G's `2k + 1` input
+/// channels, one more with registration across slices
+/// ([`TrainConfig::registers_across_slices`]).
+pub fn sampler_context(cfg: &TrainConfig) -> usize {
+    cfg.model.generator.in_channels.max(1) as usize / 2 + usize::from(cfg.registers_across_slices())
 }
 
 /// What one step measured (all host `f64`). Loss terms are unweighted unless named `loss_*`.
@@ -542,6 +546,21 @@ fn register(
     let Some(r) = nets.r.as_ref().filter(|_| registers(ctx, nets)) else {
         return Ok((fake.shallow_clone(), None));
     };
+    if r.config().through_plane != planes.is_some() {
+        // a hand-built batch without the neighbouring slices (or with them for a plain R)
+        tracing::error!(
+            "step {}: R {} across slices but the batch {} G's outputs for the neighbouring \
+             slices",
+            ctx.step,
+            if r.config().through_plane {
+                "registers"
+            } else {
+                "does not register"
+            },
+            if planes.is_some() { "holds" } else { "lacks" }
+        );
+        return Err(ctx.internal("registration across slices (batch without neighbours)"));
+    }
     let method = ctx.cfg.model.registration.warp;
     let (flow, registered) = {
         let _part = part!("r_forward");

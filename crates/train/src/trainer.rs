@@ -369,7 +369,7 @@ impl Trainer {
 
     /// The RegGAN step on `batch`; a non-finite loss stops the run with a debug snapshot.
     fn step(&mut self, batch: &Batch, step: u64) -> anyhow::Result<StepStats> {
-        let tensors = BatchTensors::from_batch(batch, self.device, &self.cfg.model)?;
+        let tensors = BatchTensors::from_batch(batch, self.device, &self.cfg)?;
         let (cfg, events, human) = (&self.cfg, &mut self.events, &mut self.human);
         self.pb.suspend(|| {
             crate::phases::log_switch(&cfg.progressive, step, self.total, events, human)
@@ -1024,7 +1024,7 @@ fn training_sampler(
         },
     )?
     .with_shard(shard)?
-    .with_context(crate::step::sampler_context(&cfg.model));
+    .with_context(crate::step::sampler_context(cfg));
     Ok(Arc::new(sampler))
 }
 
@@ -1153,12 +1153,16 @@ fn stop_non_finite(
         util::atomic::write_dir_atomic(&dir, |d| -> anyhow::Result<()> {
             {
                 let cpu = |t: &Tensor| t.to_device(tch::Device::Cpu).contiguous();
-                let named = [
+                let mut named = vec![
                     ("ncct", cpu(batch.g_input())),
                     ("ctpa", cpu(&batch.y)),
                     ("lung", cpu(&batch.lung)),
                     ("body", cpu(&batch.body)),
                 ];
+                // R across slices: G's inputs below, at and above, along the batch
+                if let Some(p) = &batch.planes {
+                    named.push(("planes", cpu(p)));
+                }
                 Tensor::write_safetensors(&named, d.join("batch.safetensors"))?;
                 nets.save(d)?;
                 let reason = serde_json::json!({

@@ -236,7 +236,7 @@ fn registration_across_slices_learns_a_through_plane_shift() {
     cfg.model.registration.through_plane = true;
     cfg.model.generator.residual = true; // G starts as the identity
     cfg.loss.adversarial_weight = 0.0;
-    let mut batch = common::fixed_batch_for(&cfg.model);
+    let mut batch = common::fixed_batch_for(&cfg);
     let served = batch.planes.as_ref().expect("planes").shallow_clone();
     let b = batch.x.size()[0];
     assert_eq!(served.size(), vec![3 * b, 1, 32, 32]);
@@ -279,4 +279,66 @@ fn registration_across_slices_learns_a_through_plane_shift() {
     assert!(dz0.abs() < 0.01, "R starts near the identity: dz {dz0}");
     assert!(dz1 > 0.2, "dz {dz0} -> {dz1}");
     assert!(l1[39] < 0.5 * l1[0], "l1 {} -> {}", l1[0], l1[39]);
+}
+
+/// The planes of R across slices are the loader's slices in z order: G's inputs for the slice
+/// below, at and above (each a `2k + 1` window for a 2.5D G), along the batch; the centre one
+/// is G's input of the plain step, and `x` the middle slice. Without R (`registration = false`)
+/// the key is ignored and the loader serves no extra slice.
+#[test]
+fn across_slices_the_planes_are_the_windows_below_at_and_above() {
+    use ndarray::Array4;
+    for g_channels in [1i64, 3] {
+        let mut cfg = tiny(1);
+        cfg.model.generator.in_channels = g_channels;
+        cfg.model.registration.through_plane = true;
+        let k = train::step::sampler_context(&cfg);
+        assert_eq!(k as i64, g_channels / 2 + 1);
+        let (b, n, side) = (2usize, 2 * k + 1, 4usize);
+        // NCCT channel c (the slice z - k + c) holds c, plus 100 per batch element
+        let ncct = Array4::from_shape_fn((b, n, side, side), |(i, c, _, _)| (c + 100 * i) as f32);
+        let one = Array4::<f32>::zeros((b, 1, side, side));
+        let batch = dataset::sampler::Batch {
+            step: 1,
+            keys: Vec::new(),
+            ncct,
+            ctpa: one.clone(),
+            lung: one.clone(),
+            body: one,
+        };
+        let t = train::step::BatchTensors::from_batch(&batch, Device::Cpu, &cfg).unwrap();
+        let planes = t.planes.as_ref().unwrap();
+        assert_eq!(
+            planes.size(),
+            vec![3 * b as i64, g_channels, side as i64, side as i64]
+        );
+        for (p, first) in [(0, 0i64), (1, 1), (2, 2)] {
+            for i in 0..b as i64 {
+                for c in 0..g_channels {
+                    let v = planes.double_value(&[p * b as i64 + i, c, 0, 0]);
+                    assert_eq!(
+                        v,
+                        (first + c + 100 * i) as f64,
+                        "plane {p}, element {i}, channel {c}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            t.x.double_value(&[1, 0, 0, 0]),
+            (k + 100) as f64,
+            "x is the middle slice"
+        );
+        assert!(t.g_input().equal(&planes.narrow(0, b as i64, b as i64)));
+        // a batch with the wrong number of slices is refused, naming what it needs
+        cfg.model.registration.through_plane = false;
+        let e = format!(
+            "{:#}",
+            train::step::BatchTensors::from_batch(&batch, Device::Cpu, &cfg).unwrap_err()
+        );
+        assert!(e.contains(&format!("need {g_channels}")), "{e}");
+        cfg.model.registration.through_plane = true;
+        cfg.registration = false;
+        assert_eq!(train::step::sampler_context(&cfg) as i64, g_channels / 2);
+    }
 }

@@ -249,7 +249,7 @@ fn registration_across_slices_trains_with_a_two_and_a_half_d_generator() {
     let mut cfg = tiny(4);
     cfg.model.generator.in_channels = 3;
     cfg.model.registration.through_plane = true;
-    let batch = common::fixed_batch_for(&cfg.model);
+    let batch = common::fixed_batch_for(&cfg);
     let (b, planes) = (batch.x.size()[0], batch.planes.as_ref().unwrap());
     assert_eq!(planes.size()[..2], [3 * b, 3]);
     assert!(planes.narrow(0, b, b).equal(batch.stack.as_ref().unwrap()));
@@ -265,6 +265,16 @@ fn registration_across_slices_trains_with_a_two_and_a_half_d_generator() {
     assert!(!samples.is_empty(), "the sample grid was drawn");
     let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(text.contains("through_plane = true"), "{text}");
+    // R was built for three moving slices and the CTPA, and logged its dz
+    let r = tch::Tensor::read_safetensors(run.join("checkpoints/final/registration.safetensors"))
+        .unwrap();
+    let first = r.iter().find(|(n, _)| n == "down.0.0.conv.weight").unwrap();
+    assert_eq!(first.1.size()[1], 4, "R's first conv sees 4 channels");
+    let dz: Vec<f64> = common::events(&run, "train")
+        .iter()
+        .map(|e| e["flow_z_mean"].as_f64().unwrap())
+        .collect();
+    assert!(dz.iter().all(|v| v.is_finite() && *v > 0.0), "{dz:?}");
     let g = infer::checkpoint::load_generator(&run.join("checkpoints/final"), tch::Device::Cpu)
         .unwrap();
     assert_eq!(g.generator.config().in_channels, 3);

@@ -52,11 +52,11 @@ pub fn tiny(steps: u64) -> TrainConfig {
 
 /// The same two 32 px crops of the training split every time, without augmentation.
 pub fn fixed_batch() -> BatchTensors {
-    fixed_batch_for(&model::config::ModelConfig::default())
+    fixed_batch_for(&TrainConfig::default())
 }
 
-/// [`fixed_batch`] arranged for `model` (its 2.5D input, R across slices).
-pub fn fixed_batch_for(model: &model::config::ModelConfig) -> BatchTensors {
+/// [`fixed_batch`] arranged for `cfg` (its 2.5D input, R across slices).
+pub fn fixed_batch_for(cfg: &TrainConfig) -> BatchTensors {
     let ds = std::sync::Arc::new(dataset::store::PreparedDataset::open(&dataset()).unwrap());
     let keys = dataset::sampler::split_keys(&ds, dataset::manifest::Split::Train, 0.0).unwrap();
     let sampler = dataset::sampler::Sampler::new(
@@ -71,8 +71,8 @@ pub fn fixed_batch_for(model: &model::config::ModelConfig) -> BatchTensors {
         },
     )
     .unwrap()
-    .with_context(train::step::sampler_context(model));
-    BatchTensors::from_batch(&sampler.batch(0).unwrap(), tch::Device::Cpu, model).unwrap()
+    .with_context(train::step::sampler_context(cfg));
+    BatchTensors::from_batch(&sampler.batch(0).unwrap(), tch::Device::Cpu, cfg).unwrap()
 }
 
 /// A new run of `cfg` on `data` into `run`.

@@ -222,7 +222,9 @@ impl Validator {
     /// Draws the sample grid for `slices` (indices into the first validation case's z) to
     /// `path`: one row per slice, columns NCCT | G(x) | warp(G(x)) | CTPA | |G(x) - CTPA| |
     /// |flow|. Images use a soft-tissue-and-contrast display window [-200, 600] HU, the error
-    /// [0, 300] HU, the flow [0, max] pixels with the max printed.
+    /// [0, 300] HU, the in-plane flow [0, max] pixels with the max printed (with R across
+    /// slices also the sample's mean |dz| in slices; warp(G(x)) is then the through-plane
+    /// warp of G's outputs for the slice and its neighbours).
     pub fn sample_grid(
         &self,
         nets: &Nets,
@@ -245,7 +247,7 @@ impl Validator {
             .input(case.ctpa.data.view(), &zs, device)?;
         let g = nets.inference_g();
         let fake = g.forward_t(&x, false);
-        let (registered, flow_mag) = match &nets.r {
+        let (registered, flow_mag, dz) = match &nets.r {
             Some(r) => {
                 let (flow, registered) = if r.config().through_plane {
                     // G's outputs for the slices below and above too (clamped at the ends)
@@ -266,18 +268,27 @@ impl Validator {
                     let registered = warp(&fake, &flow);
                     (flow, registered)
                 };
-                // the in-plane displacement's length
+                // the in-plane displacement's length, and across slices each sample's mean |dz|
                 let mag = flow
                     .narrow(1, 0, 2)
                     .square()
                     .sum_dim_intlist(1, true, Kind::Float)
                     .sqrt();
+                let dz = match r.config().through_plane {
+                    true => Some(tensor_to_array(&frame.crop(
+                        &flow.narrow(1, 2, 1).abs(),
+                        ny,
+                        nx,
+                    ))?),
+                    false => None,
+                };
                 (
                     registered,
                     Some(tensor_to_array(&frame.crop(&mag, ny, nx))?),
+                    dz,
                 )
             }
-            None => (fake.shallow_clone(), None),
+            None => (fake.shallow_clone(), None, None),
         };
         // [samples, height, width] in HU
         let fake_hu = frame.output_hu(&fake, ny, nx)?;
@@ -330,8 +341,12 @@ impl Validator {
                 None => canvas.text(x5 + 4, y0 + label_h as i64 + 4, "NO R", BLACK, 1),
             }
             for (col, t) in titles.iter().enumerate() {
+                let dz_mean = dz.as_ref().and_then(|d| d.slice(s![row, 0, .., ..]).mean());
                 let label = if col == 5 && flow.is_some() {
-                    format!("|FLOW| MAX {fmax:.1}PX")
+                    match dz_mean {
+                        Some(m) => format!("|FLOW| {fmax:.1}PX DZ {m:.2}"),
+                        None => format!("|FLOW| MAX {fmax:.1}PX"),
+                    }
                 } else if col == 0 {
                     format!("{t} Z={z}")
                 } else {

@@ -201,16 +201,9 @@ fn deterministic_mode_is_switched_on_and_changes_nothing_on_the_cpu() {
 fn a_two_and_a_half_d_generator_trains_and_predicts() {
     let _serial = serial();
     let data = dataset();
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("run");
     let mut cfg = tiny(4);
     cfg.model.generator.in_channels = 3;
-    let out = train(&new_run(cfg, &data, &run)).unwrap();
-    assert_eq!(out.steps, 4);
-    assert!(!losses(&run).is_empty());
-    assert!(losses(&run)
-        .iter()
-        .all(|l| l.1.is_finite() && l.3.is_finite()));
+    let (_tmp, run) = trains_four_finite_steps(cfg);
     let g = infer::checkpoint::load_generator(&run.join("checkpoints/final"), tch::Device::Cpu)
         .unwrap();
     assert_eq!(g.generator.config().in_channels, 3);
@@ -243,9 +236,6 @@ fn a_two_and_a_half_d_generator_trains_and_predicts() {
 #[test]
 fn registration_across_slices_trains_with_a_two_and_a_half_d_generator() {
     let _serial = serial();
-    let data = dataset();
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("run");
     let mut cfg = tiny(4);
     cfg.model.generator.in_channels = 3;
     cfg.model.registration.through_plane = true;
@@ -253,14 +243,7 @@ fn registration_across_slices_trains_with_a_two_and_a_half_d_generator() {
     let (b, planes) = (batch.x.size()[0], batch.planes.as_ref().unwrap());
     assert_eq!(planes.size()[..2], [3 * b, 3]);
     assert!(planes.narrow(0, b, b).equal(batch.stack.as_ref().unwrap()));
-    let out = train(&new_run(cfg, &data, &run)).unwrap();
-    assert_eq!(out.steps, 4);
-    let l = losses(&run);
-    assert_eq!(l.len(), 4);
-    assert!(
-        l.iter().all(|l| l.1.is_finite() && l.3.is_finite()),
-        "{l:?}"
-    );
+    let (_tmp, run) = trains_four_finite_steps(cfg);
     let samples: Vec<_> = std::fs::read_dir(run.join("samples")).unwrap().collect();
     assert!(!samples.is_empty(), "the sample grid was drawn");
     let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
@@ -278,4 +261,20 @@ fn registration_across_slices_trains_with_a_two_and_a_half_d_generator() {
     let g = infer::checkpoint::load_generator(&run.join("checkpoints/final"), tch::Device::Cpu)
         .unwrap();
     assert_eq!(g.generator.config().in_channels, 3);
+}
+
+/// Trains `cfg` (4 steps) on the test dataset into a fresh folder; asserts that every step
+/// logged finite G and L1 losses. Returns the folder (kept alive) and the run.
+fn trains_four_finite_steps(cfg: TrainConfig) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = train(&new_run(cfg, &dataset(), &run)).unwrap();
+    assert_eq!(out.steps, 4);
+    let l = losses(&run);
+    assert_eq!(l.len(), 4);
+    assert!(
+        l.iter().all(|l| l.1.is_finite() && l.3.is_finite()),
+        "{l:?}"
+    );
+    (tmp, run)
 }

@@ -22,15 +22,33 @@ fn scores(img: &Array3<f32>, truth: &Array3<f32>, mask: &Array3<u8>) -> (f64, f6
     (err / n.max(1) as f64, sum / n.max(1) as f64)
 }
 
-fn main() {
+/// The argument at `i` parsed as a `T`, or `default` when absent.
+fn arg<T: std::str::FromStr>(
+    args: &[String],
+    i: usize,
+    what: &str,
+    default: T,
+) -> Result<T, String> {
+    args.get(i).map_or(Ok(default), |a| {
+        a.parse()
+            .map_err(|_| format!("{what}: expected a number, got {a:?}"))
+    })
+}
+
+fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let cases: usize = args.first().map_or(3, |a| a.parse().expect("CASES"));
-    let mm: f64 = args.get(1).map_or(10.0, |a| a.parse().expect("MM"));
+    let cases: usize = arg(&args, 0, "CASES", 3)?;
+    let mm: f64 = arg(&args, 1, "MM", 10.0)?;
     let highs: Vec<f32> = if args.len() > 2 {
-        args[2..].iter().map(|a| a.parse().expect("HIGH")).collect()
+        (2..args.len())
+            .map(|i| arg(&args, i, "HIGH", 0.0))
+            .collect::<Result<_, _>>()?
     } else {
         vec![100.0, 40.0, 0.0]
     };
+    if cases == 0 {
+        return Err("CASES: at least 1".into());
+    }
     let cfg = PhantomConfig {
         seed: 16,
         misalignment_mm: mm,
@@ -39,7 +57,7 @@ fn main() {
     println!("clip high | body MAE | lung MAE | artery MAE | artery mean HU (truth) | s");
     let mut rows: Vec<(String, [f64; 5], f64)> = Vec::new();
     for i in 0..cases {
-        let case = generate_case(&cfg, i).expect("phantom case");
+        let case = generate_case(&cfg, i).map_err(|e| format!("phantom case {i}: {e}"))?;
         let truth = &case.ctpa_aligned.data;
         let row = |img: &Array3<f32>| {
             let (b, _) = scores(img, truth, &case.body.data);
@@ -63,7 +81,8 @@ fn main() {
             let mut dc = DemonsConfig::for_spacing(case.ncct.geometry.spacing);
             dc.clip_hu = [-1024.0, h];
             let t = std::time::Instant::now();
-            let r = register_demons(&case.ncct, &case.ctpa, &dc).expect("demons");
+            let r = register_demons(&case.ncct, &case.ctpa, &dc)
+                .map_err(|e| format!("case {i}, clip high {h}: {e}"))?;
             add(
                 format!("{h}"),
                 row(&r.warped.data),
@@ -77,4 +96,5 @@ fn main() {
             v[0], v[1], v[2], v[3], v[4]
         );
     }
+    Ok(())
 }

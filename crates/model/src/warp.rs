@@ -71,8 +71,9 @@ pub fn warp_with(method: WarpMethod, image: &Tensor, flow: &Tensor) -> Tensor {
 /// If the shapes do not match as above (a programming error).
 pub fn warp_through_plane(method: WarpMethod, stack: &Tensor, flow: &Tensor) -> Tensor {
     let (ss, fs) = (stack.size(), flow.size());
+    let n = crate::registration::THROUGH_PLANE_SLICES;
     assert!(
-        ss.len() == 4 && fs.len() == 4 && ss[1] == 3 && fs[1] == 3 && ss[0] == fs[0],
+        ss.len() == 4 && fs.len() == 4 && ss[1] == n && fs[1] == 3 && ss[0] == fs[0],
         "warp_through_plane: stack {ss:?} and flow {fs:?} must be [B,3,H,W] each"
     );
     let warped = warp_with(method, stack, &flow.narrow(1, 0, 2));

@@ -163,6 +163,15 @@ fn layered_files_merge_in_order_and_errors_name_the_file() {
         err.contains("arm.toml") && err.contains("batch_sise"),
         "{err}"
     );
+    std::fs::write(&arm, "[model.registration]\nthrough_plane = \"yes\"\n").unwrap();
+    let err = format!(
+        "{:#}",
+        TrainConfig::load_layered(&[&base, &arm], "default").unwrap_err()
+    );
+    assert!(
+        err.contains("arm.toml") && err.contains("through_plane"),
+        "{err}"
+    );
     std::fs::write(&arm, "seed = \n").unwrap();
     let err = format!(
         "{:#}",

@@ -342,3 +342,25 @@ fn across_slices_the_planes_are_the_windows_below_at_and_above() {
         assert_eq!(train::step::sampler_context(&cfg) as i64, g_channels / 2);
     }
 }
+
+/// A batch without the neighbouring slices for an R that registers across slices (a
+/// hand-built batch, as the benchmark's synthetic one) is a named step failure, not a libtorch
+/// panic, and no weight moves.
+#[test]
+fn an_across_slices_r_without_neighbours_is_a_named_failure() {
+    let _serial = serial();
+    let mut cfg = tiny(1);
+    cfg.model.registration.through_plane = true;
+    let batch = fixed_batch(); // one slice per sample, no planes
+    assert!(batch.planes.is_none());
+    let mut nets = Nets::new(&cfg, Device::Cpu);
+    let mut opts = nets.optimizers(&cfg).unwrap();
+    let before = weights(&nets);
+    let err = train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap_err();
+    assert!(err.term.contains("across slices"), "{err}");
+    let after = weights(&nets);
+    assert!(
+        before.iter().all(|(k, v)| after[k].equal(v)),
+        "a weight moved"
+    );
+}

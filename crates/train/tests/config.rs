@@ -154,33 +154,22 @@ fn layered_files_merge_in_order_and_errors_name_the_file() {
         model::config::ModelConfig::preset("tiny").unwrap()
     );
 
-    std::fs::write(&arm, "[data]\nbatch_sise = 2\n").unwrap();
-    let err = format!(
-        "{:#}",
-        TrainConfig::load_layered(&[&base, &arm], "default").unwrap_err()
-    );
-    assert!(
-        err.contains("arm.toml") && err.contains("batch_sise"),
-        "{err}"
-    );
-    std::fs::write(&arm, "[model.registration]\nthrough_plane = \"yes\"\n").unwrap();
-    let err = format!(
-        "{:#}",
-        TrainConfig::load_layered(&[&base, &arm], "default").unwrap_err()
-    );
-    assert!(
-        err.contains("arm.toml") && err.contains("through_plane"),
-        "{err}"
-    );
-    std::fs::write(&arm, "seed = \n").unwrap();
-    let err = format!(
-        "{:#}",
-        TrainConfig::load_layered(&[&base, &arm], "default").unwrap_err()
-    );
-    assert!(
-        err.contains("arm.toml") && err.contains("invalid TOML"),
-        "{err}"
-    );
+    // a bad arm is refused naming the file and what is wrong with it
+    for (text, what) in [
+        ("[data]\nbatch_sise = 2\n", "batch_sise"),
+        (
+            "[model.registration]\nthrough_plane = \"yes\"\n",
+            "through_plane",
+        ),
+        ("seed = \n", "invalid TOML"),
+    ] {
+        std::fs::write(&arm, text).unwrap();
+        let err = format!(
+            "{:#}",
+            TrainConfig::load_layered(&[&base, &arm], "default").unwrap_err()
+        );
+        assert!(err.contains("arm.toml") && err.contains(what), "{err}");
+    }
 }
 
 /// #13 item 2: settings that libtorch would abort or panic on, or that ask for terabytes, are

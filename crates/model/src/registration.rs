@@ -103,7 +103,8 @@ impl RegistrationNet {
     ///
     /// With `through_plane`: `moving` is [batch, 3, height, width] (G's outputs for the slices
     /// below, at and above), and the field gains channel 2 = dz in slices, `tanh`-bounded to
-    /// [-1, 1] ([`crate::warp::warp_through_plane`]).
+    /// [-1, 1] ([`crate::warp::warp_through_plane`]). With `max_displacement_px` = m > 0,
+    /// dx and dy are `m * tanh(raw / m)`.
     pub fn forward_t(&self, moving: &Tensor, fixed: &Tensor, train: bool) -> Tensor {
         // moving first, as in RegGAN's Reg(fake_B, real_B)
         let x = Tensor::cat(&[moving, fixed], 1);
@@ -114,17 +115,30 @@ impl RegistrationNet {
                 .forward_with_bottleneck(&x, train, |y| attn.forward(&y)),
             None => self.unet.forward_t(&x, train),
         };
+        let inplane = bound(
+            &flow.narrow(1, 0, REGISTRATION_OUT_CHANNELS),
+            self.cfg.max_displacement_px,
+        );
         if self.cfg.through_plane {
-            let inplane = flow.narrow(1, 0, REGISTRATION_OUT_CHANNELS);
             let dz = flow.narrow(1, REGISTRATION_OUT_CHANNELS, 1).tanh();
             Tensor::cat(&[inplane, dz], 1)
         } else {
-            flow
+            inplane
         }
     }
 
     /// The bottleneck self-attention block, when configured.
     pub fn attention(&self) -> Option<&SelfAttention> {
         self.attention.as_ref()
+    }
+}
+
+/// `m * tanh(raw / m)` (the raw field where it is small, never beyond `m`); `raw` itself
+/// for `m = 0`.
+pub fn bound(raw: &Tensor, m: f64) -> Tensor {
+    if m > 0.0 {
+        (raw / m).tanh() * m
+    } else {
+        raw.shallow_clone()
     }
 }

@@ -171,6 +171,70 @@ fn registration_output_shape_and_near_identity_at_init() {
     assert!(vars["head.weight"].std(true).double_value(&[]) < 1e-4);
 }
 
+/// `max_displacement_px`: the in-plane field is `m * tanh(raw / m)` of the unbounded R's
+/// field (same weights), so never beyond `m`, and nearly the raw field where it is small;
+/// dz (across slices) keeps its own [-1, 1] bound.
+#[test]
+fn registration_field_is_bounded_by_max_displacement() {
+    for through_plane in [false, true] {
+        let raw_cfg = RegistrationConfig {
+            head_init_std: 3.0, // a large field from the start
+            through_plane,
+            ..ModelConfig::preset("tiny").unwrap().registration
+        };
+        let bounded_cfg = RegistrationConfig {
+            max_displacement_px: 2.0,
+            ..raw_cfg.clone()
+        };
+        let mut vs_raw = VarStore::new(Device::Cpu);
+        let raw = RegistrationNet::new(&vs_raw.root(), &raw_cfg);
+        let vs_bounded = VarStore::new(Device::Cpu);
+        let bounded = RegistrationNet::new(&vs_bounded.root(), &bounded_cfg);
+        vs_raw.copy(&vs_bounded).unwrap();
+        let channels = if through_plane { 3 } else { 1 };
+        let moving = Tensor::rand([2, channels, 16, 16], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let fixed = Tensor::rand([2, 1, 16, 16], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let (r, b) = tch::no_grad(|| {
+            (
+                raw.forward_t(&moving, &fixed, false),
+                bounded.forward_t(&moving, &fixed, false),
+            )
+        });
+        let (r_xy, b_xy) = (r.narrow(1, 0, 2), b.narrow(1, 0, 2));
+        let raw_max = r_xy.abs().max().double_value(&[]);
+        assert!(
+            raw_max > 4.0,
+            "the test needs a large raw field, got {raw_max}"
+        );
+        let b_max = b_xy.abs().max().double_value(&[]);
+        assert!(b_max <= 2.0, "bounded field reaches {b_max} px");
+        // independently: 2 tanh(raw / 2), element by element
+        let expected = Vec::<f32>::try_from(r_xy.reshape([-1])).unwrap();
+        let got = Vec::<f32>::try_from(b_xy.reshape([-1])).unwrap();
+        for (e, g) in expected.iter().zip(&got) {
+            let want = 2.0 * (e / 2.0).tanh();
+            assert!((want - g).abs() < 1e-5, "raw {e}: {g} != {want}");
+            if e.abs() < 0.1 {
+                assert!(
+                    (g - e).abs() < 1e-3 * e.abs().max(1e-3) * 10.0,
+                    "small {e} -> {g}"
+                );
+            }
+        }
+        if through_plane {
+            // dz is the same tanh-bounded slice shift in both
+            let dz = (r.narrow(1, 2, 1) - b.narrow(1, 2, 1)).abs().max();
+            assert_eq!(dz.double_value(&[]), 0.0);
+        }
+    }
+    // 0 = no bound: the raw field itself
+    let raw = Tensor::from_slice(&[-50.0f32, 0.5, 7.0]);
+    assert_eq!(
+        Vec::<f32>::try_from(model::registration::bound(&raw, 0.0)).unwrap(),
+        vec![-50.0, 0.5, 7.0]
+    );
+}
+
 #[test]
 fn discriminator_patch_shapes_unconditional_and_conditional() {
     for conditional in [false, true] {

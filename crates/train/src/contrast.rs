@@ -41,6 +41,15 @@ pub struct ContrastConfig {
     /// image, in G+R's loss (0 = off; the L1 weight's scale): the enhancement on average,
     /// which a per-pixel L1 under residual misalignment trades for blur. Default: 0.
     pub mean_weight: f64,
+    /// Weight of the peak error (0 = off; the L1 weight's scale) over the region and the
+    /// lungs ([`peak_error`]): every bright pixel of `warp(G(x))` needs one as bright in the
+    /// CTPA within `peak_px`, and the other way round. A small vessel that R leaves a pixel
+    /// beside the CTPA's costs nothing, so its enhancement is learnt where a per-pixel L1
+    /// settles on the dark median; a dim vessel, or one wider than the CTPA's by more than
+    /// `peak_px`, still costs. Default: 0.
+    pub peak_weight: f64,
+    /// The peak error's tolerance, pixels in-plane (a `2 * peak_px + 1` square). Default: 1.
+    pub peak_px: usize,
 }
 
 impl Default for ContrastConfig {
@@ -50,6 +59,8 @@ impl Default for ContrastConfig {
             threshold_hu: 100.0,
             motion_px: 4,
             mean_weight: 0.0,
+            peak_weight: 0.0,
+            peak_px: 1,
         }
     }
 }
@@ -63,6 +74,16 @@ impl ContrastConfig {
     /// Whether the region's mean error is a loss term.
     pub fn mean_term(&self) -> bool {
         self.mean_weight > 0.0
+    }
+
+    /// Whether the peak error is a loss term.
+    pub fn peak_term(&self) -> bool {
+        self.peak_weight > 0.0
+    }
+
+    /// Whether any of this block's terms needs the region.
+    pub fn uses_region(&self) -> bool {
+        self.weighted() || self.mean_term() || self.peak_term()
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -80,6 +101,16 @@ impl ContrastConfig {
             self.mean_weight.is_finite() && self.mean_weight >= 0.0,
             "contrast.mean_weight must be finite and >= 0, got {}",
             self.mean_weight
+        );
+        anyhow::ensure!(
+            self.peak_weight.is_finite() && self.peak_weight >= 0.0,
+            "contrast.peak_weight must be finite and >= 0, got {}",
+            self.peak_weight
+        );
+        anyhow::ensure!(
+            (1..=16).contains(&self.peak_px),
+            "contrast.peak_px must be 1 to 16, got {}",
+            self.peak_px
         );
         anyhow::ensure!(
             self.motion_px <= 64,
@@ -168,6 +199,26 @@ pub fn region_mean_error(pred: &Tensor, target: &Tensor, region: &Tensor) -> Ten
     (diff / n).abs().mean(Kind::Float)
 }
 
+/// The peak error, a brightness distance that forgives `px` pixels of misplacement: the mean
+/// over `mask` of `relu(pred - maxpool(target)) + relu(target - maxpool(pred))` (square
+/// max-pools of side `2 * px + 1`, stride 1, same size). The first part: a bright `pred`
+/// pixel needs a target as bright within `px`; the second: a bright target pixel needs a
+/// `pred` as bright within `px`. A vessel shifted by up to `px` costs nothing, a dim one
+/// costs its missing brightness, one grown wider than `px` beyond the target's costs its
+/// overhang. 0 when `mask` is empty.
+///
+/// # Shapes
+/// All `[batch, 1, height, width]` -> a scalar.
+pub fn peak_error(pred: &Tensor, target: &Tensor, mask: &Tensor, px: usize) -> Tensor {
+    let (k, p) = (2 * px as i64 + 1, px as i64);
+    let pool = |t: &Tensor| t.max_pool2d([k, k], [1, 1], [p, p], [1, 1], false);
+    let target_pool = tch::no_grad(|| pool(target));
+    let unsupported = (pred - target_pool).relu();
+    let unmet = (target - pool(pred)).relu();
+    let n = mask.sum(Kind::Float).clamp_min(1.0);
+    ((unsupported + unmet) * mask).sum(Kind::Float) / n
+}
+
 /// The reconstruction's weight floor: `weight` inside `region`, 0 elsewhere (the lung
 /// weighting, at least 1 everywhere, wins there).
 pub fn weight_floor(region: &Tensor, weight: f64) -> Tensor {
@@ -213,6 +264,41 @@ mod tests {
         let g = Vec::<f32>::try_from(p.grad().reshape([-1])).unwrap();
         assert!(g[0] < 0.0 && g[1] < 0.0 && g[0] == g[1], "{g:?}");
         assert!(g[2..].iter().all(|&v| v == 0.0), "{g:?}");
+    }
+
+    #[test]
+    fn the_peak_error_forgives_a_pixel_of_shift_but_not_a_dim_or_wider_vessel() {
+        let row = |v: &[f32]| Tensor::from_slice(v).reshape([1, 1, 1, v.len() as i64]);
+        let mask = row(&[1.0; 7]);
+        let target = row(&[0.0, 0.0, 0.0, 0.8, 0.0, 0.0, 0.0]);
+        let e = |pred: &Tensor, px| peak_error(pred, &target, &mask, px).double_value(&[]);
+        // the vessel one pixel off: no error within 1 px (L1 would count 1.6 / 7)
+        let shifted = row(&[0.0, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0]);
+        assert!(e(&shifted, 1).abs() < 1e-7, "{}", e(&shifted, 1));
+        // two pixels off: unsupported at 1, unmet at 3 -> 2 x 0.8 / 7; nothing within 2 px
+        let far = row(&[0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert!((e(&far, 1) - 1.6 / 7.0).abs() < 1e-6, "{}", e(&far, 1));
+        assert!(e(&far, 2).abs() < 1e-7, "{}", e(&far, 2));
+        // dim by 0.4 where it lies: the target's peak misses 0.4 -> 0.4 / 7
+        let dim = row(&[0.0, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0]);
+        assert!((e(&dim, 1) - 0.4 / 7.0).abs() < 1e-6, "{}", e(&dim, 1));
+        // two pixels wider on each side: the outer pixels have no target within 1 px
+        let wide = row(&[0.0, 0.8, 0.8, 0.8, 0.8, 0.8, 0.0]);
+        assert!((e(&wide, 1) - 1.6 / 7.0).abs() < 1e-6, "{}", e(&wide, 1));
+        // the dim vessel's gradient reaches its brightest pixel only, upwards
+        let p = dim.detach().set_requires_grad(true);
+        peak_error(&p, &target, &mask, 1).backward();
+        let g = Vec::<f32>::try_from(p.grad().reshape([-1])).unwrap();
+        assert!(g[3] < 0.0, "{g:?}");
+        assert!(
+            g.iter().enumerate().all(|(i, &v)| i == 3 || v == 0.0),
+            "{g:?}"
+        );
+        // only the mask counts; an empty mask gives 0, not NaN
+        let left = row(&[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert!((peak_error(&far, &target, &left, 1).double_value(&[]) - 0.8 / 3.0).abs() < 1e-6);
+        let none = row(&[0.0; 7]);
+        assert_eq!(peak_error(&dim, &target, &none, 1).double_value(&[]), 0.0);
     }
 
     #[test]

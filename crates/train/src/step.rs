@@ -173,6 +173,8 @@ pub struct StepStats {
     pub identity: f64,
     /// The contrast region's mean error, before its weight (0 when off).
     pub contrast_mean: f64,
+    /// The peak error over the contrast region and the lungs, before its weight (0 when off).
+    pub contrast_peak: f64,
     /// The lung weight of this step (the curriculum's, else `loss.lung_weight`).
     pub lung_weight: f64,
     /// Data parallel: the sum of the ranks' stop votes (each the signal number that asked it
@@ -610,7 +612,7 @@ fn generator_loss(
     let (cfg, step) = (ctx.cfg, ctx.step);
     // [batch, 1, height, width], 0/1: where the CTPA is brighter (crate::contrast)
     let c = &cfg.contrast;
-    let region = (cfg.identity.enabled() || c.weighted() || c.mean_term()).then(|| {
+    let region = (cfg.identity.enabled() || c.uses_region()).then(|| {
         let w = cfg.window();
         let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
         crate::contrast::contrast_region(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
@@ -662,6 +664,13 @@ fn generator_loss(
         let m = crate::contrast::region_mean_error(registered, &batch.y, region);
         loss_g += &m * c.mean_weight;
         pending.term("contrast mean error", &m, |s, v| s.contrast_mean = v);
+    }
+    if let (true, Some(region)) = (c.peak_term(), &region) {
+        // where the vessels are: the contrast region and the lungs
+        let mask = tch::no_grad(|| region.maximum(&batch.lung));
+        let p = crate::contrast::peak_error(registered, &batch.y, &mask, c.peak_px);
+        loss_g += &p * c.peak_weight;
+        pending.term("contrast peak error", &p, |s, v| s.contrast_peak = v);
     }
     if cfg.hooks.inject_nan_at_step == Some(step) {
         loss_g *= f64::NAN;

@@ -117,6 +117,8 @@ pub struct Trainer {
     /// Steps that waited for their batch longer than `log.starve_warn_ms`.
     starved: u64,
     lung_log: crate::curriculum::LungWeightLog,
+    /// Whether R's field was already reported as run away (warned once per process).
+    runaway_warned: bool,
     pb: ProgressBar,
     t0: Instant,
     stop: StopFlag,
@@ -245,6 +247,7 @@ impl Trainer {
             last: Scores::default(),
             starved: 0,
             lung_log: Default::default(),
+            runaway_warned: false,
             t0,
             stop: spec.stop.clone(),
             stopped_by: None,
@@ -437,6 +440,7 @@ impl Trainer {
             stats.loss_g, stats.loss_d, stats.l1
         ));
         let log_now = is_due(step, every.every, total);
+        self.warn_runaway_field(step, stats.flow_max);
         if log_now {
             let fields = train_fields(stats, epoch, self.opts.gr.lr(), keys);
             self.events.write(step, "train", &fields)?;
@@ -529,6 +533,27 @@ impl Trainer {
             return Ok(ControlFlow::Break(()));
         }
         Ok(ControlFlow::Continue(()))
+    }
+
+    /// Warns once when R's in-plane field reaches further than a whole training image: it
+    /// samples G's output beyond the image, where border padding gives no gradient to bring
+    /// it back, so R has run away (the cure: `model.registration.max_displacement_px`).
+    fn warn_runaway_field(&mut self, step: u64, flow_max: f64) {
+        let crop = self.cfg.data.crop_size as f64;
+        if self.runaway_warned || flow_max.is_nan() || flow_max <= crop {
+            return;
+        }
+        self.runaway_warned = true;
+        let bound = self.cfg.model.registration.max_displacement_px;
+        let line = format!(
+            "step {step}: R's displacement field reaches {flow_max:.0} px, more than the {crop:.0} \
+             px training image: it has run away (beyond the image no gradient brings it back) \
+             and the reconstruction no longer trains G; bound it with \
+             model.registration.max_displacement_px (now {bound}; 0 = no bound), e.g. a few \
+             times the largest motion left after the rigid pre-alignment"
+        );
+        self.human.line(&line);
+        self.pb.suspend(|| tracing::warn!("{line}"));
     }
 
     /// A signal asked to stop: `latest` is written (unless this step just wrote it) and the
@@ -1089,6 +1114,7 @@ fn train_fields(
         ("perceptual", num(s.perceptual)),
         ("identity", num(s.identity)),
         ("contrast_mean", num(s.contrast_mean)),
+        ("contrast_peak", num(s.contrast_peak)),
         ("lung_weight", num(s.lung_weight)),
         (
             "batch_slices",

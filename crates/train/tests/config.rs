@@ -226,11 +226,25 @@ fn ema_and_identity_settings_are_checked() {
     bad(&|c| c.contrast.weight = 0.5, "contrast.weight");
     bad(&|c| c.contrast.weight = f64::INFINITY, "contrast.weight");
     bad(&|c| c.contrast.mean_weight = -1.0, "contrast.mean_weight");
+    bad(&|c| c.contrast.peak_weight = -1.0, "contrast.peak_weight");
+    bad(&|c| c.contrast.peak_px = 0, "contrast.peak_px");
+    bad(&|c| c.contrast.peak_px = 17, "contrast.peak_px");
+    bad(
+        &|c| c.model.registration.max_displacement_px = -1.0,
+        "model.registration.max_displacement_px",
+    );
+    bad(
+        &|c| c.model.registration.max_displacement_px = f64::NAN,
+        "model.registration.max_displacement_px",
+    );
     let mut ok = TrainConfig::with_preset("tiny").unwrap();
     ok.data.crop_size = 32;
     ok.ema.decay = 0.999;
     ok.identity.weight = 10.0;
     ok.contrast.weight = 10.0;
+    ok.contrast.peak_weight = 10.0;
+    ok.contrast.peak_px = 16;
+    ok.model.registration.max_displacement_px = 8.0;
     ok.validate().unwrap();
 }
 

@@ -212,6 +212,17 @@ fn the_contrast_mean_term_enters_the_loss_with_its_weight() {
     assert_weighted_term("contrast mean error", pick(&off), pick(&on), 7.0);
 }
 
+/// `[contrast] peak_weight`: the peak error is read back and enters G+R's total with its
+/// weight; off, it is 0 and the total unchanged.
+#[test]
+fn the_contrast_peak_term_enters_the_loss_with_its_weight() {
+    let _serial = serial();
+    let run = |w: f64| one_step(|c| c.contrast.peak_weight = w);
+    let (off, on) = (run(0.0), run(6.0));
+    let pick = |s: &train::step::StepStats| (s.contrast_peak, s.loss_g);
+    assert_weighted_term("contrast peak error", pick(&off), pick(&on), 6.0);
+}
+
 /// `[identity]`: the term is read back (positive, finite) and enters G+R's total with its
 /// weight; off, it is 0 and the total is unchanged.
 #[test]

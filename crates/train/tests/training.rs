@@ -263,6 +263,42 @@ fn registration_across_slices_trains_with_a_two_and_a_half_d_generator() {
     assert_eq!(g.generator.config().in_channels, 3);
 }
 
+/// A run-away R (a field reaching beyond the training image) is reported once in train.log,
+/// naming the key that bounds it; with `max_displacement_px` the same R stays within the
+/// bound and nothing is reported.
+#[test]
+fn a_run_away_registration_field_is_reported_and_the_bound_holds_it() {
+    let _serial = serial();
+    let mut cfg = tiny(4);
+    cfg.model.registration.head_init_std = 100.0; // fields of hundreds of pixels at step 1
+    let crop = cfg.data.crop_size as f64;
+    let flow_max = |run: &std::path::Path| -> Vec<f64> {
+        common::events(run, "train")
+            .iter()
+            .map(|e| e["flow_max"].as_f64().unwrap())
+            .collect()
+    };
+    let warning = "model.registration.max_displacement_px";
+    let (_tmp, run) = trains_four_finite_steps(cfg.clone());
+    let max = flow_max(&run);
+    assert!(
+        max.iter().any(|&m| m > crop),
+        "the test needs a run-away field: {max:?}"
+    );
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert_eq!(log.matches("it has run away").count(), 1, "{log}");
+    assert!(log.contains(warning), "{log}");
+    cfg.model.registration.max_displacement_px = 5.0;
+    let (_tmp, run) = trains_four_finite_steps(cfg);
+    let max = flow_max(&run);
+    assert!(
+        max.iter().all(|&m| m <= 5.0 * 2f64.sqrt() + 1e-4),
+        "{max:?}"
+    );
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(!log.contains("run away"), "{log}");
+}
+
 /// Trains `cfg` (4 steps) on the test dataset into a fresh folder; asserts that every step
 /// logged finite G and L1 losses. Returns the folder (kept alive) and the run.
 fn trains_four_finite_steps(cfg: TrainConfig) -> (tempfile::TempDir, std::path::PathBuf) {

@@ -50,7 +50,7 @@ run_arm() {
   train_and_score "$OUT/$1" "$1" "$SEED"
   echo "  $1 done in $(cat "$OUT/$1/train_seconds") s of training"
 }
-export -f run_arm train_and_score
+export -f run_arm train_and_score predict_and_score
 export BIN DATA OUT STEPS THREADS SEED SCORED EXTRA_MASKS
 printf '%s\n' "$@" | xargs -P "$JOBS" -I{} bash -c 'set -euo pipefail; run_arm "$@"' _ {}
 

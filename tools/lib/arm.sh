@@ -65,7 +65,7 @@ arm_config_sum() {
 # train_and_score DIR ARM [SEED]: trains ARM into DIR/run, predicts the scored cases with the
 # final checkpoint into DIR/pred, scores them into DIR/eval; DIR/train_seconds.
 train_and_score() {
-  local dir=$1 arm=$2 seed=${3:-} extra=() masks=() part parts m
+  local dir=$1 arm=$2 seed=${3:-} extra=() part parts
   if [ "$arm" != baseline ]; then
     IFS=+ read -ra parts <<< "$arm"
     for part in "${parts[@]}"; do extra+=(--config "configs/ablation/$part.toml"); done
@@ -77,8 +77,15 @@ train_and_score() {
     --steps "$STEPS" --threads "$THREADS" --val-every "$STEPS" --sample-every "$STEPS" \
     --checkpoint-every "$STEPS" --no-progress -q
   echo $((SECONDS - t0)) > "$dir/train_seconds"
-  "$BIN" predict --model "$dir/run/checkpoints/final" --input "$SCORED/ncct" \
-    --output "$dir/pred" --device cpu -q
+  predict_and_score "$dir" --model "$dir/run/checkpoints/final"
+}
+
+# predict_and_score DIR --model CKPT [--model CKPT ...]: predicts the scored cases with the
+# model (several: the mean of their predictions) into DIR/pred and scores them into DIR/eval.
+predict_and_score() {
+  local dir=$1 masks=() m
+  shift
+  "$BIN" predict "$@" --input "$SCORED/ncct" --output "$dir/pred" --device cpu -q
   for m in ${EXTRA_MASKS:-}; do masks+=(--mask "$SCORED/$m"); done
   [ ${#masks[@]} -eq 0 ] || masks=(--mask body --mask lung --mask vessel "${masks[@]}")
   "$BIN" evaluate --pred "$dir/pred" --target "$SCORED/target" --ncct "$SCORED/ncct" \

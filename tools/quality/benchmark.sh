@@ -13,7 +13,9 @@
 #    arteries) and in the peripheral arteries (the arteries inside the lungs), each beside the
 #    NCCT's and the truth's.
 # 4. OUT/table.md: per arm the mean and, after ±, the standard deviation over the seeds of
-#    the per-seed means over the held-out cases; OUT/table.json the same numbers.
+#    the per-seed means over the held-out cases, and (with several seeds) a row for the
+#    arm's ensemble: the mean of its seeds' predictions (`predict --model` once per seed),
+#    scored alike; OUT/table.json the same numbers.
 #
 # usage: tools/quality/benchmark.sh [-s STEPS] [-n SEEDS] [-j JOBS] [-m MM] [-c CASES]
 #                                   [-o OUT] [-b BIN] [-p PYTHON] ARM...
@@ -38,7 +40,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: relative paths (-o, -b, -p) start there
 STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,36p' "$0"; exit 2; }
+usage() { sed -n '2,38p' "$0"; exit 2; }
 while getopts "s:n:j:m:c:o:b:p:" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;
@@ -104,19 +106,32 @@ run_one() {
   echo "$want" > "$dir/settings"
   echo "  $arm seed $seed done in $(cat "$dir/train_seconds") s of training"
 }
-export -f run_one train_and_score arm_config_sum
+export -f run_one train_and_score predict_and_score arm_config_sum
 export BIN DATA OUT STEPS THREADS SCORED EXTRA_MASKS RUN_STAMP
 # each run in its own shell with errexit: a failed train, predict or evaluate fails the run,
 # and xargs then the script, before the table
 for arm in "$@"; do for s in $(seq 1 "$SEEDS"); do echo "$arm:$s"; done; done \
   | xargs -P "$JOBS" -I{} bash -c 'set -euo pipefail; run_one "$@"' _ {}
 
+# 3b. With several seeds, each arm's ensemble: the mean of its seeds' predictions (`predict`
+# with every seed's final checkpoint, as nnU-Net averages its folds), scored alike into
+# OUT/ARM/ensemble (redone every time: a few seconds).
+if [ "$SEEDS" -gt 1 ]; then
+  for arm in "$@"; do
+    models=()
+    for s in $(seq 1 "$SEEDS"); do models+=(--model "$OUT/$arm/seed-$s/run/checkpoints/final"); done
+    rm -rf "$OUT/$arm/ensemble"
+    predict_and_score "$OUT/$arm/ensemble" "${models[@]}"
+  done
+fi
+
 # 4. The table.
 python3 - "$OUT" "$STEPS" "$SEEDS" "$MM" "$@" <<'PYTABLE'
 import json, statistics, sys
 out, steps, seeds, mm, arms = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 def summary(arm, seed):
-    s = json.load(open(f"{out}/{arm}/seed-{seed}/eval/evaluation.json"))
+    run = f"seed-{seed}" if seed else "ensemble"
+    s = json.load(open(f"{out}/{arm}/{run}/eval/evaluation.json"))
     return {(r["region"], r["metric"]): r for r in s["summary"]}
 MAE = [("body", "mae"), ("lung", "mae"), ("vessel", "mae")]
 HU = ["vessel", "trunk", "peripheral"]
@@ -133,6 +148,8 @@ for arm in arms:
     per_seed = [values(summary(arm, s), "model") for s in range(1, seeds + 1)]
     first = first or summary(arm, 1)
     rows[arm] = [list(col) for col in zip(*per_seed)]
+    if seeds > 1:
+        rows[f"{arm}, mean of the {seeds} seeds' predictions"] = [[v] for v in values(summary(arm, 0), "model")]
 ncct = values(first, "baseline")
 truth = [None] * len(MAE) + [first[(r, "me")]["target_mean"]["mean"] for r in HU]
 head = ["body MAE", "lung MAE", "vessel MAE", "vessel mean HU", "trunk mean HU", "peripheral mean HU"]

@@ -94,3 +94,82 @@ fn dicom_and_nifti_outputs_name_the_model_and_say_synthetic() {
         header.descrip
     );
 }
+
+/// `predict` with `--model` twice: the output is the voxel-wise mean of the two models'
+/// predictions (which differ), and says it is the mean of both; a model that cannot be loaded
+/// stops it naming the path, before anything is written.
+#[test]
+fn two_models_predict_the_mean_of_their_predictions_and_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
+    let runs: Vec<_> = ["seed-a", "seed-b"]
+        .iter()
+        .zip(["1", "2"])
+        .map(|(name, seed)| {
+            let run = tmp.path().join("runs").join(name);
+            ok(bin().args(common::tiny_train(&data, &run, "2")).args([
+                "--batch-size",
+                "2",
+                "--crop-size",
+                "32",
+                "--threads",
+                "1",
+                "--seed",
+                seed,
+            ]));
+            run
+        })
+        .collect();
+    let ncct = Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume/tests/data/dicom/ct_series");
+    let read = |p: &Path| volume::io::nifti::read_nifti_file(p).unwrap();
+    let (a, b, mean) = (
+        tmp.path().join("a.nii.gz"),
+        tmp.path().join("b.nii.gz"),
+        tmp.path().join("mean.nii.gz"),
+    );
+    predict(&runs[0], &ncct, &a, &[]);
+    predict(&runs[1], &ncct, &b, &[]);
+    predict(
+        &runs[0],
+        &ncct,
+        &mean,
+        &["--model", runs[1].to_str().unwrap()],
+    );
+    let (va, vb, vm) = (read(&a), read(&b), read(&mean));
+    let (da, db, dm) = (
+        va.volume.data.mapv(f64::from),
+        vb.volume.data.mapv(f64::from),
+        vm.volume.data.mapv(f64::from),
+    );
+    let apart = (&da - &db).mapv(f64::abs).fold(0.0f64, |m, v| m.max(*v));
+    assert!(
+        apart > 1.0,
+        "the two models must differ for this test: {apart} HU"
+    );
+    let off = (&dm - (&da + &db) / 2.0)
+        .mapv(f64::abs)
+        .fold(0.0f64, |m, v| m.max(*v));
+    assert!(
+        off < 1e-3,
+        "the ensemble is {off} HU from the mean of its members"
+    );
+    assert_eq!(vm.volume.geometry, va.volume.geometry);
+    let d = &vm.header.descrip;
+    assert!(
+        d.contains("mean of 2: run seed-a best@2, run seed-b best@2"),
+        "{d}"
+    );
+    // a second model that is not there: named, nothing written
+    let none = tmp.path().join("runs/missing");
+    let out = tmp.path().join("never.nii.gz");
+    let o = bin()
+        .args(["predict", "--model", runs[0].to_str().unwrap(), "--model"])
+        .args([none.to_str().unwrap(), "--input", ncct.to_str().unwrap()])
+        .args(["--output", out.to_str().unwrap(), "--device", "cpu"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains(none.to_str().unwrap()), "{stderr}");
+    assert!(!out.exists());
+}

@@ -218,6 +218,33 @@ impl Translator<'_> {
         }
     }
 
+    /// The mean of several generators' predictions of one volume: an ensemble (several
+    /// seeds, or folds, as nnU-Net averages its five), each member run by
+    /// [`Self::translate_volume`] with the same `opts`, their HU averaged voxel by voxel (so
+    /// members may differ in HU window, input slices or size). `on_slices` counts every
+    /// member's slices. One member is [`Self::translate_volume`] itself.
+    pub fn translate_mean(
+        members: &[Translator<'_>],
+        ncct: &Volume,
+        opts: &PredictOptions,
+        mut on_slices: impl FnMut(usize),
+    ) -> Result<Volume> {
+        let Some((first, rest)) = members.split_first() else {
+            bail!("an ensemble needs at least one model");
+        };
+        let mut sum = first.translate_volume(ncct, opts, &mut on_slices)?;
+        for (i, member) in rest.iter().enumerate() {
+            let out = member
+                .translate_volume(ncct, opts, &mut on_slices)
+                .with_context(|| format!("model {} of the ensemble", i + 2))?;
+            sum.data += &out.data;
+        }
+        if !rest.is_empty() {
+            sum.data /= members.len() as f32;
+        }
+        Ok(sum)
+    }
+
     /// Translates every axial slice of `hu` (`[z, y, x]`, HU) and returns HU, through
     /// [`crate::translate`] (the code training's validation runs), with this translator's
     /// precision and test-time augmentation as the forward pass.

@@ -3,6 +3,8 @@
 //!
 //! The model is rebuilt from the configuration stored with the checkpoint
 //! (`infer::checkpoint::load_generator`): a run folder or a checkpoint folder is all it needs.
+//! Several `--model`s make an ensemble: the output is the mean of their predictions
+//! (`infer::predict::Translator::translate_mean`), and its provenance names every member.
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,8 +25,10 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A run folder (its best, else final, else latest checkpoint) or a checkpoint folder.
-    #[arg(long, value_name = "RUN_DIR_OR_CHECKPOINT")]
-    model: PathBuf,
+    /// Repeat it to predict with an ensemble: the mean of the models' predictions (several
+    /// seeds or folds, as nnU-Net averages its five; costs one pass per model).
+    #[arg(long, value_name = "RUN_DIR_OR_CHECKPOINT", required = true)]
+    model: Vec<PathBuf>,
     /// An NCCT volume (.nii/.nii.gz or a DICOM series folder), or a folder of them.
     #[arg(long, value_name = "PATH")]
     input: PathBuf,
@@ -87,13 +91,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let device = model::device::select(&args.device)?;
-    let loaded = infer::checkpoint::load_generator(&args.model, device)
-        .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let mut loaded = Vec::with_capacity(args.model.len());
+    for path in &args.model {
+        let m = infer::checkpoint::load_generator(path, device)
+            .with_context(|| format!("loading the model from {}", path.display()))?;
+        tracing::info!(
+            checkpoint = %m.checkpoint.display(), step = m.step, ema = m.ema,
+            window = ?m.window, "loaded"
+        );
+        loaded.push(m);
+    }
     tracing::info!(
-        checkpoint = %loaded.checkpoint.display(), step = loaded.step,
-        window = ?loaded.window, cases = jobs.len(), "predicting"
+        models = loaded.len(),
+        cases = jobs.len(),
+        "predicting{}",
+        if loaded.len() > 1 {
+            " (the mean of the models' predictions)"
+        } else {
+            ""
+        }
     );
-    let translator = loaded.translator();
+    let translators: Vec<_> = loaded.iter().map(|m| m.translator()).collect();
+    // the output says it is synthetic and which model(s) made it (infer::provenance)
+    let provenance = infer::provenance::Provenance::of_all(&loaded);
     let opts = PredictOptions {
         batch_size: args.batch_size,
         model_spacing_xy: args.model_spacing,
@@ -105,7 +125,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for job in &jobs {
         let ncct = volume::io::read_ct(&job.input, args.series.as_deref())?;
         let nz = ncct.shape_zyx()[0];
-        let bar = ProgressBar::new(nz as u64).with_style(
+        let bar = ProgressBar::new((nz * translators.len()) as u64).with_style(
             ProgressStyle::with_template(
                 "{msg:>12} [{bar:30}] {pos}/{len} slices ({per_sec}, eta {eta})",
             )
@@ -115,12 +135,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let start = std::time::Instant::now();
         let out =
             model::guard::catch_torch(&format!("translating {}", job.input.display()), || {
-                translator.translate_volume(&ncct, &opts, |n| bar.inc(n as u64))
+                infer::predict::Translator::translate_mean(&translators, &ncct, &opts, |n| {
+                    bar.inc(n as u64)
+                })
             })
             .with_context(|| format!("translating {}", job.input.display()))?;
         bar.finish_and_clear();
-        // the output says it is synthetic and which model made it (infer::provenance)
-        let provenance = infer::provenance::Provenance::of(&loaded);
         match args.format {
             Format::Nifti => {
                 nifti::write_nifti_described(&job.output, &out, &provenance.nifti_descrip())?

@@ -35,6 +35,21 @@ fn predict(run: &Path, input: &Path, output: &Path, extra: &[&str]) {
         .args(extra));
 }
 
+/// Trains the tiny preset for 2 steps (batch 2, 32 px crops, 1 thread, the given seed) into
+/// `run`, which must succeed.
+fn train_two_steps(data: &Path, run: &Path, seed: &str) {
+    ok(bin().args(common::tiny_train(data, run, "2")).args([
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "32",
+        "--threads",
+        "1",
+        "--seed",
+        seed,
+    ]));
+}
+
 /// The header of the first file of a written series.
 fn first_header(series: &Path) -> volume::io::dicom::scan::SliceHeader {
     let first = std::fs::read_dir(series)
@@ -51,14 +66,7 @@ fn dicom_and_nifti_outputs_name_the_model_and_say_synthetic() {
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
     let run = tmp.path().join("runs/provenance-test");
-    ok(bin().args(common::tiny_train(&data, &run, "2")).args([
-        "--batch-size",
-        "2",
-        "--crop-size",
-        "32",
-        "--threads",
-        "1",
-    ]));
+    train_two_steps(&data, &run, "1");
     let ncct = Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume/tests/data/dicom/ct_series");
     let series = tmp.path().join("synthetic-series");
     predict(&run, &ncct, &series, &["--format", "dicom"]);
@@ -107,16 +115,7 @@ fn two_models_predict_the_mean_of_their_predictions_and_say_so() {
         .zip(["1", "2"])
         .map(|(name, seed)| {
             let run = tmp.path().join("runs").join(name);
-            ok(bin().args(common::tiny_train(&data, &run, "2")).args([
-                "--batch-size",
-                "2",
-                "--crop-size",
-                "32",
-                "--threads",
-                "1",
-                "--seed",
-                seed,
-            ]));
+            train_two_steps(&data, &run, seed);
             run
         })
         .collect();

@@ -122,11 +122,19 @@ impl ContrastConfig {
 }
 
 /// The identity-preserving term's settings (the region is `[contrast]`'s).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
     /// Weight of the term in G+R's loss (0 = off; the L1 weight's scale, e.g. 10). Default: 0.
     pub weight: f64,
+    /// Inside the lungs, NCCT pixels brighter than this many HU (the vessels and airway walls
+    /// an NCCT shows without contrast), grown by `spare_px`, are left out of the term: a small
+    /// artery that the contrast region misses (moved across slices, partial volume) is free
+    /// to brighten instead of being held at its unenhanced value ([`lung_structures`]).
+    /// Default: none (the term covers all the body outside the region).
+    pub spare_lung_above_hu: Option<f64>,
+    /// How far (pixels, in-plane) the spared lung structures grow. Default: 1.
+    pub spare_px: usize,
     /// Runs started before the region moved to `[contrast]` (2026-12-05) recorded its
     /// settings here: accepted and ignored, so those runs still resume (with the new region).
     #[serde(default, skip_serializing, rename = "contrast_threshold_hu")]
@@ -135,6 +143,18 @@ pub struct IdentityConfig {
     #[serde(default, skip_serializing, rename = "dilation_px")]
     #[doc(hidden)]
     pub legacy_dilation_px: Option<serde::de::IgnoredAny>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            weight: 0.0,
+            spare_lung_above_hu: None,
+            spare_px: 1,
+            legacy_threshold_hu: None,
+            legacy_dilation_px: None,
+        }
+    }
 }
 
 impl IdentityConfig {
@@ -148,8 +168,34 @@ impl IdentityConfig {
             "identity.weight must be finite and >= 0, got {}",
             self.weight
         );
+        if let Some(hu) = self.spare_lung_above_hu {
+            anyhow::ensure!(
+                hu.is_finite(),
+                "identity.spare_lung_above_hu must be finite, got {hu}"
+            );
+        }
+        anyhow::ensure!(
+            self.spare_px <= 16,
+            "identity.spare_px must be at most 16, got {}",
+            self.spare_px
+        );
         Ok(())
     }
+}
+
+/// The lung structures the NCCT already shows, 0/1 (no gradient): `lung` pixels of `ncct`
+/// above `threshold` (normalised like `ncct`), grown by `grow_px` in-plane.
+///
+/// # Shapes
+/// `ncct`, `lung`: `[batch, 1, height, width]` -> the same.
+pub fn lung_structures(ncct: &Tensor, lung: &Tensor, threshold: f64, grow_px: usize) -> Tensor {
+    tch::no_grad(|| {
+        let seen = ncct.gt(threshold).to_kind(Kind::Float) * lung;
+        match grow_px as i64 {
+            0 => seen,
+            d => seen.max_pool2d([2 * d + 1, 2 * d + 1], [1, 1], [d, d], [1, 1], false),
+        }
+    })
 }
 
 /// The contrast region, 0/1 (no gradient): body pixels where `ctpa` exceeds the brightest
@@ -299,6 +345,21 @@ mod tests {
         assert!((peak_error(&far, &target, &left, 1).double_value(&[]) - 0.8 / 3.0).abs() < 1e-6);
         let none = row(&[0.0; 7]);
         assert_eq!(peak_error(&dim, &target, &none, 1).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn the_spared_lung_structures_are_the_ncct_bright_lung_pixels_grown() {
+        // pixel 2: a vessel in the lung; pixel 6: as bright but outside the lung (mediastinum)
+        let ncct = t(&[-0.9, -0.9, 0.1, -0.9, -0.9, -0.9, 0.1, -0.9]);
+        let lung = t(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
+        let v = |r: Tensor| Vec::<f32>::try_from(r.reshape([-1])).unwrap();
+        let s = lung_structures(&ncct, &lung, -0.5, 0);
+        assert_eq!(v(s), vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let s = lung_structures(&ncct, &lung, -0.5, 1);
+        assert_eq!(v(s), vec![0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        // above every pixel: nothing is spared
+        let s = lung_structures(&ncct, &lung, 0.5, 1);
+        assert_eq!(v(s), vec![0.0; 8]);
     }
 
     #[test]

@@ -221,6 +221,11 @@ fn ema_and_identity_settings_are_checked() {
     bad(&|c| c.ema.decay = -0.5, "ema.decay");
     bad(&|c| c.ema.decay = f64::NAN, "ema.decay");
     bad(&|c| c.identity.weight = -1.0, "identity.weight");
+    bad(
+        &|c| c.identity.spare_lung_above_hu = Some(f64::NAN),
+        "identity.spare_lung_above_hu",
+    );
+    bad(&|c| c.identity.spare_px = 17, "identity.spare_px");
     bad(&|c| c.contrast.threshold_hu = 0.0, "contrast.threshold_hu");
     bad(&|c| c.contrast.motion_px = 1000, "contrast.motion_px");
     bad(&|c| c.contrast.weight = 0.5, "contrast.weight");
@@ -241,6 +246,8 @@ fn ema_and_identity_settings_are_checked() {
     ok.data.crop_size = 32;
     ok.ema.decay = 0.999;
     ok.identity.weight = 10.0;
+    ok.identity.spare_lung_above_hu = Some(-500.0);
+    ok.identity.spare_px = 16;
     ok.contrast.weight = 10.0;
     ok.contrast.peak_weight = 10.0;
     ok.contrast.peak_px = 16;

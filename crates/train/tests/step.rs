@@ -234,6 +234,28 @@ fn the_identity_term_enters_the_loss_with_its_weight() {
     assert_weighted_term("identity", pick(&off), pick(&on), 5.0);
 }
 
+/// `[identity] spare_lung_above_hu`: lung pixels the NCCT shows bright leave the identity
+/// term; a threshold above every pixel spares nothing (the term as without the key), one
+/// below the lung's darkest spares the lungs and changes it.
+#[test]
+fn sparing_lung_structures_changes_the_identity_term_only_when_pixels_are_spared() {
+    let _serial = serial();
+    let run = |spare: Option<f64>| {
+        one_step(|c| {
+            c.identity.weight = 5.0;
+            c.identity.spare_lung_above_hu = spare;
+        })
+        .identity
+    };
+    let (plain, nothing, lungs) = (run(None), run(Some(1e6)), run(Some(-1e6)));
+    assert!(plain > 0.0 && plain.is_finite(), "{plain}");
+    assert_eq!(nothing, plain);
+    assert!(
+        lungs.is_finite() && (lungs - plain).abs() > 1e-6 * plain,
+        "sparing the lungs left the identity term at {lungs} (plain {plain})"
+    );
+}
+
 /// R across slices (`model.registration.through_plane`, #16): the batch carries G's inputs for
 /// the slices below, at and above (the centre ones are `x`), R gets a gradient, and when the
 /// CTPA is the slice above (a pure through-plane shift, which no in-plane field can undo) R

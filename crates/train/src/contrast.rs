@@ -15,6 +15,8 @@
 //!   outside the lungs, count as much as the lungs.
 //! - `[identity] weight`: the mean `|G(x) - x|` over the body pixels *outside* the region:
 //!   tissue that needs no change stays the NCCT's, instead of taking GAN noise and texture.
+//!   `[identity] spare_lung_above_hu` also leaves out the lung structures the NCCT shows
+//!   (vessels, airway walls: [`lung_structures`]), where a small artery the region misses lies.
 //!
 //! Both see the NCCT as G does, after the sampler's intensity augmentation (`data.augment`:
 //! contrast, brightness, noise): the identity term asks G to keep its input's own intensities,

@@ -188,6 +188,9 @@ pub enum BestMetric {
     SsimBodyReg,
     /// PSNR (dB) inside the body against the registered CTPA, higher is better.
     PsnrBodyReg,
+    /// MAE (HU) inside the contrast region against the CTPA as it lies, lower is better
+    /// (see [`crate::validate::Scores`]).
+    MaeContrast,
 }
 
 impl BestMetric {
@@ -197,7 +200,8 @@ impl BestMetric {
             BestMetric::MaeBody
             | BestMetric::MaeLung
             | BestMetric::MaeBodyReg
-            | BestMetric::MaeLungReg => new < old,
+            | BestMetric::MaeLungReg
+            | BestMetric::MaeContrast => new < old,
             BestMetric::SsimBody
             | BestMetric::PsnrBody
             | BestMetric::SsimBodyReg
@@ -216,6 +220,7 @@ impl BestMetric {
             BestMetric::MaeLungReg => "mae_lung_reg",
             BestMetric::SsimBodyReg => "ssim_body_reg",
             BestMetric::PsnrBodyReg => "psnr_body_reg",
+            BestMetric::MaeContrast => "mae_contrast",
         }
     }
 

@@ -23,6 +23,7 @@
 //! and the region's threshold moves with the augmentation by a few tens of HU (the max-pool
 //! picks up noise peaks). Computing them on the unaugmented NCCT is a possible refinement.
 
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -223,6 +224,59 @@ pub fn contrast_region(
     })
 }
 
+/// [`contrast_region`] on whole `[z, y, x]` HU volumes, slice by slice (in-plane, as training
+/// computes it; `threshold_hu` in HU): validation's contrast region, where `mae_contrast`
+/// scores a prediction against the CTPA as it lies (crate::validate).
+pub fn contrast_region_volume(
+    ncct: ArrayView3<'_, f32>,
+    ctpa: ArrayView3<'_, f32>,
+    body: ArrayView3<'_, u8>,
+    threshold_hu: f32,
+    motion_px: usize,
+) -> Array3<u8> {
+    let mut region = Array3::<u8>::zeros(ncct.raw_dim());
+    for z in 0..ncct.dim().0 {
+        let (n, c, b) = (
+            ncct.index_axis(Axis(0), z),
+            ctpa.index_axis(Axis(0), z),
+            body.index_axis(Axis(0), z),
+        );
+        let brightest = max_filter(n, motion_px);
+        let mut seen = Array2::<f32>::zeros(n.raw_dim());
+        Zip::from(&mut seen)
+            .and(&c)
+            .and(&brightest)
+            .and(&b)
+            .for_each(|s, &c, &m, &b| *s = f32::from(u8::from(b != 0 && c - m > threshold_hu)));
+        let grown = max_filter(seen.view(), motion_px);
+        Zip::from(region.index_axis_mut(Axis(0), z))
+            .and(&grown)
+            .and(&b)
+            .for_each(|r, &g, &b| *r = u8::from(b != 0 && g > 0.0));
+    }
+    region
+}
+
+/// The largest value within `r` pixels along each axis (a `2 r + 1` square clipped at the
+/// image's edges, as `max_pool2d` with its padding), separably: rows, then columns.
+fn max_filter(a: ArrayView2<'_, f32>, r: usize) -> Array2<f32> {
+    let along = |a: ArrayView2<'_, f32>, axis: usize| {
+        let n = a.len_of(Axis(axis));
+        let mut out = a.to_owned();
+        for (i, mut lane) in out.axis_iter_mut(Axis(axis)).enumerate() {
+            let (lo, hi) = (i.saturating_sub(r), (i + r).min(n - 1));
+            for j in lo..=hi {
+                Zip::from(&mut lane)
+                    .and(a.index_axis(Axis(axis), j))
+                    .for_each(|o, &v| *o = o.max(v));
+            }
+        }
+        out
+    };
+    let rows = along(a, 0);
+    along(rows.view(), 1)
+}
+
 /// The mean `|fake - ncct|` over `body` pixels outside `region`; 0 when no pixel is left.
 ///
 /// # Shapes
@@ -347,6 +401,49 @@ mod tests {
         assert!((peak_error(&far, &target, &left, 1).double_value(&[]) - 0.8 / 3.0).abs() < 1e-6);
         let none = row(&[0.0; 7]);
         assert_eq!(peak_error(&dim, &target, &none, 1).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn the_volume_region_is_the_training_region_slice_by_slice() {
+        // random HU volumes with bright spots: the ndarray region of validation must equal
+        // the tensor region of training (libtorch's max_pool2d) on every slice
+        let (nz, ny, nx) = (3, 17, 13);
+        let ncct = Tensor::randn([nz, ny, nx], (Kind::Float, tch::Device::Cpu)) * 200.0;
+        let ctpa =
+            &ncct + Tensor::rand([nz, ny, nx], (Kind::Float, tch::Device::Cpu)).gt(0.9) * 400.0;
+        let body = Tensor::rand([nz, ny, nx], (Kind::Float, tch::Device::Cpu))
+            .gt(0.1)
+            .to_kind(Kind::Float);
+        let arr = |t: &Tensor| {
+            let v = Vec::<f32>::try_from(t.reshape([-1])).unwrap();
+            Array3::from_shape_vec((nz as usize, ny as usize, nx as usize), v).unwrap()
+        };
+        let body_u8 = arr(&body).mapv(|v| v as u8);
+        for motion in [0, 1, 3] {
+            let got = contrast_region_volume(
+                arr(&ncct).view(),
+                arr(&ctpa).view(),
+                body_u8.view(),
+                100.0,
+                motion,
+            );
+            let want = contrast_region(
+                &ncct.unsqueeze(1),
+                &ctpa.unsqueeze(1),
+                &body.unsqueeze(1),
+                100.0,
+                motion,
+            );
+            assert_eq!(
+                got.mapv(f32::from),
+                arr(&want.squeeze_dim(1)),
+                "motion {motion}"
+            );
+            assert!(
+                got.iter().any(|&v| v == 1),
+                "motion {motion}: an empty region tests nothing"
+            );
+        }
     }
 
     #[test]

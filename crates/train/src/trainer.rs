@@ -193,6 +193,7 @@ impl Trainer {
                 cfg.size_multiple(),
                 cfg.log.val_max_cases,
                 cfg.log.registered_validation,
+                &cfg.contrast,
             )?),
             false => None,
         };
@@ -1054,7 +1055,7 @@ fn training_sampler(
 }
 
 /// The NCCT baseline's keys in `val` events, in [`Scores::fields`] order.
-const BASELINE_KEYS: [&str; 12] = [
+const BASELINE_KEYS: [&str; 13] = [
     "baseline_mae_body",
     "baseline_mae_lung",
     "baseline_psnr_body",
@@ -1067,6 +1068,7 @@ const BASELINE_KEYS: [&str; 12] = [
     "baseline_psnr_lung_reg",
     "baseline_ssim_body_reg",
     "baseline_ssim_lung_reg",
+    "baseline_mae_contrast",
 ];
 
 /// Whether a periodic event with interval `every` falls on `step` (the last step always).
@@ -1149,6 +1151,13 @@ pub fn scores_line(s: &Scores, base: &Scores) -> String {
         f(s.ssim_lung, 4),
         f(base.ssim_lung, 4),
     );
+    if s.mae_contrast.is_some() {
+        line.push_str(&format!(
+            "; contrast region MAE {} HU (NCCT {})",
+            f(s.mae_contrast, 1),
+            f(base.mae_contrast, 1),
+        ));
+    }
     if s.mae_body_reg.is_some() {
         line.push_str(&format!(
             "; against the registered CTPA: MAE body {} HU (NCCT {}), lung {} HU (NCCT {})",

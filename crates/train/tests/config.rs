@@ -285,4 +285,12 @@ fn a_registered_best_metric_needs_registered_validation() {
     );
     cfg.log.best_metric = train::config::BestMetric::MaeBody;
     cfg.validate().unwrap();
+    // the contrast region's MAE scores against the CTPA as it lies: no registration needed
+    let t: toml::Table = toml::from_str("[log]\nbest_metric = \"mae_contrast\"\n").unwrap();
+    let mut cfg = TrainConfig::from_layers(vec![t], "tiny").unwrap();
+    assert_eq!(cfg.log.best_metric, train::config::BestMetric::MaeContrast);
+    assert!(cfg.log.best_metric.improves(90.0, 120.0));
+    cfg.data.crop_size = 32;
+    cfg.log.registered_validation = false;
+    cfg.validate().unwrap();
 }

@@ -208,7 +208,8 @@ fn a_two_and_a_half_d_generator_trains_and_predicts() {
         .unwrap();
     assert_eq!(g.generator.config().in_channels, 3);
     let ds = dataset::store::PreparedDataset::open(&data).unwrap();
-    let v = train::validate::Validator::load(&ds, g.window, 16, 1, false).unwrap();
+    let v =
+        train::validate::Validator::load(&ds, g.window, 16, 1, false, &Default::default()).unwrap();
     let case = &v.cases[0];
     let from_validation = v
         .translate(&g.generator, &case.ncct.data, tch::Device::Cpu)

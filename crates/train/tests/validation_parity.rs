@@ -24,7 +24,7 @@ fn validation_prediction_equals_translator_bit_for_bit() {
         .unwrap();
     // Not the default window, so both sides must take it from where they are told.
     let window = IntensityWindow::new(-1000.0, 1000.0).unwrap();
-    let mut validator = Validator::load(&ds, window, 32, 0, true).unwrap();
+    let mut validator = Validator::load(&ds, window, 32, 0, true, &Default::default()).unwrap();
     validator.batch_slices = 4;
 
     tch::manual_seed(7);

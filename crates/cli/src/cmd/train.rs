@@ -297,6 +297,7 @@ fn summary_table(model: &Scores, base: &Scores) -> String {
         ("SSIM lung", model.ssim_lung, base.ssim_lung, true),
         ("MAE body reg", model.mae_body_reg, base.mae_body_reg, false),
         ("MAE lung reg", model.mae_lung_reg, base.mae_lung_reg, false),
+        ("MAE contrast", model.mae_contrast, base.mae_contrast, false),
         (
             "SSIM body reg",
             model.ssim_body_reg,

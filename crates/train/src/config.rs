@@ -189,7 +189,9 @@ pub enum BestMetric {
     /// PSNR (dB) inside the body against the registered CTPA, higher is better.
     PsnrBodyReg,
     /// MAE (HU) inside the contrast region against the CTPA as it lies, lower is better
-    /// (see [`crate::validate::Scores`]).
+    /// (see [`crate::validate::Scores`]). It ranks finished runs, but as a checkpoint selector
+    /// it preferred early, fainter checkpoints on the #16 benchmark (README "Honest
+    /// validation").
     MaeContrast,
 }
 

@@ -23,7 +23,8 @@
 //! and the region's threshold moves with the augmentation by a few tens of HU (the max-pool
 //! picks up noise peaks). Computing them on the unaugmented NCCT is a possible refinement.
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
+use anyhow::Context;
+use ndarray::{s, Array3, ArrayView3};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -224,6 +225,10 @@ pub fn contrast_region(
     })
 }
 
+/// Slices per [`contrast_region`] call in [`contrast_region_volume`] (bounds the temporary
+/// tensors on large volumes).
+const REGION_CHUNK: usize = 32;
+
 /// [`contrast_region`] on whole `[z, y, x]` HU volumes, slice by slice (in-plane, as training
 /// computes it; `threshold_hu` in HU): validation's contrast region, where `mae_contrast`
 /// scores a prediction against the CTPA as it lies (crate::validate).
@@ -233,48 +238,30 @@ pub fn contrast_region_volume(
     body: ArrayView3<'_, u8>,
     threshold_hu: f32,
     motion_px: usize,
-) -> Array3<u8> {
-    let mut region = Array3::<u8>::zeros(ncct.raw_dim());
-    for z in 0..ncct.dim().0 {
-        let (n, c, b) = (
-            ncct.index_axis(Axis(0), z),
-            ctpa.index_axis(Axis(0), z),
-            body.index_axis(Axis(0), z),
-        );
-        let brightest = max_filter(n, motion_px);
-        let mut seen = Array2::<f32>::zeros(n.raw_dim());
-        Zip::from(&mut seen)
-            .and(&c)
-            .and(&brightest)
-            .and(&b)
-            .for_each(|s, &c, &m, &b| *s = f32::from(u8::from(b != 0 && c - m > threshold_hu)));
-        let grown = max_filter(seen.view(), motion_px);
-        Zip::from(region.index_axis_mut(Axis(0), z))
-            .and(&grown)
-            .and(&b)
-            .for_each(|r, &g, &b| *r = u8::from(b != 0 && g > 0.0));
-    }
-    region
-}
-
-/// The largest value within `r` pixels along each axis (a `2 r + 1` square clipped at the
-/// image's edges, as `max_pool2d` with its padding), separably: rows, then columns.
-fn max_filter(a: ArrayView2<'_, f32>, r: usize) -> Array2<f32> {
-    let along = |a: ArrayView2<'_, f32>, axis: usize| {
-        let n = a.len_of(Axis(axis));
-        let mut out = a.to_owned();
-        for (i, mut lane) in out.axis_iter_mut(Axis(axis)).enumerate() {
-            let (lo, hi) = (i.saturating_sub(r), (i + r).min(n - 1));
-            for j in lo..=hi {
-                Zip::from(&mut lane)
-                    .and(a.index_axis(Axis(axis), j))
-                    .for_each(|o, &v| *o = o.max(v));
-            }
-        }
-        out
+) -> anyhow::Result<Array3<u8>> {
+    let (nz, ny, nx) = ncct.dim();
+    // [slices, 1, height, width]
+    let tensor = |a: ArrayView3<'_, f32>| {
+        let a = a.as_standard_layout();
+        let data = a
+            .as_slice()
+            .context("a standard-layout array has a slice")?;
+        Ok::<_, anyhow::Error>(Tensor::from_slice(data).reshape([-1, 1, ny as i64, nx as i64]))
     };
-    let rows = along(a, 0);
-    along(rows.view(), 1)
+    let mut out = Vec::with_capacity(nz * ny * nx);
+    for z0 in (0..nz).step_by(REGION_CHUNK) {
+        let zs = s![z0..(z0 + REGION_CHUNK).min(nz), .., ..];
+        let region = contrast_region(
+            &tensor(ncct.slice(zs))?,
+            &tensor(ctpa.slice(zs))?,
+            &tensor(body.slice(zs).mapv(f32::from).view())?,
+            f64::from(threshold_hu),
+            motion_px,
+        );
+        let v = Vec::<f32>::try_from(region.reshape([-1])).context("reading the region")?;
+        out.extend(v.into_iter().map(|r| u8::from(r > 0.0)));
+    }
+    Ok(Array3::from_shape_vec((nz, ny, nx), out)?)
 }
 
 /// The mean `|fake - ncct|` over `body` pixels outside `region`; 0 when no pixel is left.
@@ -405,9 +392,10 @@ mod tests {
 
     #[test]
     fn the_volume_region_is_the_training_region_slice_by_slice() {
-        // random HU volumes with bright spots: the ndarray region of validation must equal
-        // the tensor region of training (libtorch's max_pool2d) on every slice
-        let (nz, ny, nx) = (3, 17, 13);
+        // random HU volumes with bright spots: validation's region of a whole [z, y, x]
+        // volume must be training's region of its slices as one batch
+        // more slices than one chunk, so the chunks must join up
+        let (nz, ny, nx) = (REGION_CHUNK as i64 + 7, 17, 13);
         let ncct = Tensor::randn([nz, ny, nx], (Kind::Float, tch::Device::Cpu)) * 200.0;
         let ctpa =
             &ncct + Tensor::rand([nz, ny, nx], (Kind::Float, tch::Device::Cpu)).gt(0.9) * 400.0;
@@ -426,7 +414,8 @@ mod tests {
                 body_u8.view(),
                 100.0,
                 motion,
-            );
+            )
+            .unwrap();
             let want = contrast_region(
                 &ncct.unsqueeze(1),
                 &ctpa.unsqueeze(1),

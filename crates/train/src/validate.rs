@@ -186,7 +186,7 @@ impl Validator {
             .iter()
             .map(|c| register.then(|| register_target(c)).transpose())
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let regions: Vec<Array3<u8>> = cases
+        let regions = cases
             .iter()
             .map(|c| {
                 let r = contrast_region_volume(
@@ -195,17 +195,18 @@ impl Validator {
                     c.body.data.view(),
                     contrast.threshold_hu as f32,
                     contrast.motion_px,
-                );
+                )
+                .with_context(|| format!("validation case {}'s contrast region", c.name))?;
+                let count = |m: &Array3<u8>| m.iter().filter(|&&v| v != 0).count();
+                let voxels = count(&r);
                 tracing::info!(
-                    "validation case {}: contrast region {} voxels ({:.2} % of the body)",
+                    "validation case {}: contrast region {voxels} voxels ({:.2} % of the body)",
                     c.name,
-                    r.iter().filter(|&&v| v != 0).count(),
-                    100.0 * r.iter().filter(|&&v| v != 0).count() as f64
-                        / c.body.data.iter().filter(|&&v| v != 0).count().max(1) as f64
+                    100.0 * voxels as f64 / count(&c.body.data).max(1) as f64
                 );
-                r
+                Ok(r)
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let per_case: Vec<CaseScores> = cases
             .iter()
             .zip(&registered)

@@ -24,6 +24,7 @@
 //! picks up noise peaks). Computing them on the unaugmented NCCT is a possible refinement.
 
 use anyhow::Context;
+use dataset::manifest::IntensityWindow;
 use ndarray::{s, Array3, ArrayView3};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -164,6 +165,27 @@ impl Default for IdentityConfig {
 impl IdentityConfig {
     pub fn enabled(&self) -> bool {
         self.weight > 0.0
+    }
+
+    /// Where the term does not apply: the contrast `region` and, with `spare_lung_above_hu`,
+    /// the [`lung_structures`] of `ncct` (normalised with `window`).
+    ///
+    /// # Shapes
+    /// `region`, `ncct`, `lung`: `[batch, 1, height, width]` -> the same.
+    pub fn exempt(
+        &self,
+        region: &Tensor,
+        ncct: &Tensor,
+        lung: &Tensor,
+        window: &IntensityWindow,
+    ) -> Tensor {
+        match self.spare_lung_above_hu {
+            Some(hu) => {
+                let threshold = f64::from(window.normalize(hu as f32));
+                region.maximum(&lung_structures(ncct, lung, threshold, self.spare_px))
+            }
+            None => region.shallow_clone(),
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {

@@ -656,20 +656,9 @@ fn generator_loss(
         loss_g += s * cfg.loss.smoothness_weight;
     }
     if let (true, Some(region)) = (cfg.identity.enabled(), &region) {
-        let free = match cfg.identity.spare_lung_above_hu {
-            Some(hu) => {
-                let w = cfg.window();
-                let threshold = f64::from(w.normalize(hu as f32));
-                let spared = crate::contrast::lung_structures(
-                    &batch.x,
-                    &batch.lung,
-                    threshold,
-                    cfg.identity.spare_px,
-                );
-                region.maximum(&spared)
-            }
-            None => region.shallow_clone(),
-        };
+        let free = cfg
+            .identity
+            .exempt(region, &batch.x, &batch.lung, &cfg.window());
         let id = crate::contrast::identity_loss(fake, &batch.x, &free, &batch.body);
         loss_g += &id * cfg.identity.weight;
         pending.term("identity", &id, |s, v| s.identity = v);

@@ -214,6 +214,19 @@ pub fn lung_weights(lung_mask: &Tensor, lung_weight: f64) -> Tensor {
     lung_mask.to_kind(Kind::Float) * (lung_weight - 1.0) + 1.0
 }
 
+/// The reconstruction L1's per-pixel weights: [`lung_weights`], raised to `floor` where it is
+/// higher (the contrast region's weight, `train::contrast`).
+///
+/// # Shapes
+/// `lung_mask`, `floor`: `[batch, 1, height, width]` -> the same (float32).
+pub fn pixel_weights(lung_mask: &Tensor, lung_weight: f64, floor: Option<&Tensor>) -> Tensor {
+    let w = lung_weights(lung_mask, lung_weight);
+    match floor {
+        Some(f) => w.maximum(&f.to_kind(Kind::Float)),
+        None => w,
+    }
+}
+
 /// Halves the resolution: 2x2 average pooling, stride 2 (odd trailing rows/columns dropped).
 ///
 /// # Shapes
@@ -346,11 +359,7 @@ fn reconstruction_level(
 ) -> Result<(Tensor, Tensor), LossError> {
     let kind = pred.kind();
     // [batch, 1, height, width]
-    let w = lung_weights(lung_mask, cfg.lung_weight).to_kind(kind);
-    let w = match floor {
-        Some(f) => w.maximum(&f.to_kind(kind)),
-        None => w,
-    };
+    let w = pixel_weights(lung_mask, cfg.lung_weight, floor).to_kind(kind);
     // [batch, channels, height, width]
     let w_full = w.expand_as(pred);
     let l1 = (&w_full * (pred - target).abs()).sum(kind) / w_full.sum(kind);

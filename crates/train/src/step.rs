@@ -175,6 +175,9 @@ pub struct StepStats {
     pub contrast_mean: f64,
     /// The peak error over the contrast region and the lungs, before its weight (0 when off).
     pub contrast_peak: f64,
+    /// The contrast region's quantile shift ([`crate::contrast::quantile_shift`]), before its
+    /// factor (0 when off).
+    pub contrast_quantile: f64,
     /// The lung weight of this step (the curriculum's, else `loss.lung_weight`).
     pub lung_weight: f64,
     /// Data parallel: the sum of the ranks' stop votes (each the signal number that asked it
@@ -674,6 +677,14 @@ fn generator_loss(
         let p = crate::contrast::peak_error(registered, &batch.y, &mask, c.peak_px);
         loss_g += &p * c.peak_weight;
         pending.term("contrast peak error", &p, |s, v| s.contrast_peak = v);
+    }
+    if let (true, Some(region)) = (c.quantile_term(), &region) {
+        // the full-resolution L1's own pixel weights, so the sum is its pinball loss
+        let w = model::losses::pixel_weights(&batch.lung, image.lung_weight, floor.as_ref());
+        let q = crate::contrast::quantile_shift(registered, &batch.y, region, &w);
+        let factor = (2.0 * c.quantile - 1.0) * cfg.loss.l1_weight * cfg.loss.scale_weights[0];
+        loss_g += &q * factor;
+        pending.term("contrast quantile shift", &q, |s, v| s.contrast_quantile = v);
     }
     if cfg.hooks.inject_nan_at_step == Some(step) {
         loss_g *= f64::NAN;

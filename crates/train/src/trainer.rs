@@ -1117,6 +1117,7 @@ fn train_fields(
         ("identity", num(s.identity)),
         ("contrast_mean", num(s.contrast_mean)),
         ("contrast_peak", num(s.contrast_peak)),
+        ("contrast_quantile", num(s.contrast_quantile)),
         ("lung_weight", num(s.lung_weight)),
         (
             "batch_slices",

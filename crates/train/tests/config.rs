@@ -234,6 +234,9 @@ fn ema_and_identity_settings_are_checked() {
     bad(&|c| c.contrast.peak_weight = -1.0, "contrast.peak_weight");
     bad(&|c| c.contrast.peak_px = 0, "contrast.peak_px");
     bad(&|c| c.contrast.peak_px = 17, "contrast.peak_px");
+    bad(&|c| c.contrast.quantile = 1.0, "contrast.quantile");
+    bad(&|c| c.contrast.quantile = 0.0, "contrast.quantile");
+    bad(&|c| c.contrast.quantile = f64::NAN, "contrast.quantile");
     bad(
         &|c| c.model.registration.max_displacement_px = -1.0,
         "model.registration.max_displacement_px",
@@ -251,6 +254,7 @@ fn ema_and_identity_settings_are_checked() {
     ok.contrast.weight = 10.0;
     ok.contrast.peak_weight = 10.0;
     ok.contrast.peak_px = 16;
+    ok.contrast.quantile = 0.75;
     ok.model.registration.max_displacement_px = 8.0;
     ok.validate().unwrap();
 }

@@ -223,6 +223,25 @@ fn the_contrast_peak_term_enters_the_loss_with_its_weight() {
     assert_weighted_term("contrast peak error", pick(&off), pick(&on), 6.0);
 }
 
+/// `[contrast] quantile`: the region's quantile shift is read back (positive: the residual
+/// G starts as the identity, and the region is where the CTPA is brighter than the NCCT) and enters G+R's total with `(2q - 1)` times
+/// the L1's weight; at 0.5 it is 0 and the total unchanged.
+#[test]
+fn the_contrast_quantile_enters_the_loss_as_the_pinball_shift() {
+    let _serial = serial();
+    let run = |q: f64| {
+        one_step(|c| {
+            c.model.generator.residual = true;
+            c.contrast.quantile = q;
+        })
+    };
+    let (off, on) = (run(0.5), run(0.8));
+    let l1_weight = tiny(5).loss.l1_weight;
+    let pick = |s: &train::step::StepStats| (s.contrast_quantile, s.loss_g);
+    let factor = (2.0 * 0.8 - 1.0) * l1_weight;
+    assert_weighted_term("contrast quantile shift", pick(&off), pick(&on), factor);
+}
+
 /// `[identity]`: the term is read back (positive, finite) and enters G+R's total with its
 /// weight; off, it is 0 and the total is unchanged.
 #[test]

@@ -21,25 +21,13 @@ import json
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
-THRESHOLD_HU, MOTION_PX = 100.0, 4
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qlib import contrast_scores, split, validation_regions  # noqa: E402
 
-
-def load(path: Path) -> np.ndarray:
-    if not path.is_file():
-        sys.exit(f"contrast_rank: {path}: no such file")
-    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-
-
-def contrast_region(ncct: np.ndarray, ctpa: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """[contrast]'s region in 3D, in-plane (axes 0 and 1) like the 2D training term."""
-    square = np.ones((2 * MOTION_PX + 1, 2 * MOTION_PX + 1, 1), bool)
-    seen = (ctpa - ndi.maximum_filter(ncct, footprint=square) > THRESHOLD_HU) & body
-    return ndi.binary_dilation(seen, structure=square) & body
+TOOL = "contrast_rank"
 
 
 def main() -> None:
@@ -47,18 +35,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/quality", type=Path,
                     help="the benchmark's output folder (default runs/quality)")
     a = ap.parse_args()
-    split_file = a.out / "data" / "prepared" / "split.json"
-    if not split_file.is_file():
-        sys.exit(f"contrast_rank: {split_file}: no such file (run benchmark.sh first)")
-    split = json.loads(split_file.read_text())
-    val = sorted(c for c, s in split.items() if s == "val")
-    test = sorted(c for c, s in split.items() if s == "test")
-    raw = a.out / "data" / "raw"
-    regions = {}
-    for c in val:
-        ncct, ctpa = load(raw / "ncct" / f"{c}.nii.gz"), load(raw / "ctpa" / f"{c}.nii.gz")
-        body = load(a.out / "scored" / "body" / f"{c}.nii.gz") > 0
-        regions[c] = (ctpa, contrast_region(ncct, ctpa, body))
+    val, test = split(a.out, TOOL)
+    regions = validation_regions(a.out, val, TOOL)
     rows = []
     for ev in sorted(a.out.glob("*/seed-*/eval/evaluation.csv")):
         run = ev.parent.parent
@@ -69,13 +47,9 @@ def main() -> None:
                 if '"event":"val"' in line]
         if not artery or not vals:
             continue
-        mae, me = [], []
-        for c, (ctpa, region) in regions.items():
-            diff = (load(run / "pred" / f"{c}.nii.gz") - ctpa)[region]
-            mae.append(float(np.abs(diff).mean()))
-            me.append(float(diff.mean()))
+        mae, me = contrast_scores(run / "pred", regions, TOOL)
         rows.append((str(run.relative_to(a.out)), vals[-1].get("mae_body_reg"),
-                     vals[-1].get("mae_lung_reg"), np.mean(mae), np.mean(me),
+                     vals[-1].get("mae_lung_reg"), mae, me,
                      float(np.mean(artery))))
     if len(rows) < 3:
         sys.exit(f"contrast_rank: {len(rows)} scored runs in {a.out}: too few to rank")

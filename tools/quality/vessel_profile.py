@@ -17,14 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qlib import load as qload  # noqa: E402
 
 
 def load(path: Path) -> np.ndarray:
-    if not path.is_file():
-        sys.exit(f"vessel_profile: {path}: no such file")
-    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    return qload(path, "vessel_profile")
 
 
 def ring(mask: np.ndarray) -> np.ndarray:

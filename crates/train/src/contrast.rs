@@ -62,6 +62,11 @@ pub struct ContrastConfig {
     /// pixel is the unenhanced lung; at 0.75 it brightens where the vessel lies in more than
     /// a quarter of them. 0.5 = the plain L1 (off). Default: 0.5.
     pub quantile: f64,
+    /// The pinball loss only where the region meets the lungs, where the small vessels are;
+    /// outside them (the trunk, the aorta, the heart: large against the motion, their median
+    /// already right) the region keeps the plain L1, whose pinball would only brighten their
+    /// rims. Default: false.
+    pub quantile_lungs_only: bool,
 }
 
 impl Default for ContrastConfig {
@@ -74,6 +79,7 @@ impl Default for ContrastConfig {
             peak_weight: 0.0,
             peak_px: 1,
             quantile: 0.5,
+            quantile_lungs_only: false,
         }
     }
 }

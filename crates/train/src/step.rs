@@ -681,7 +681,11 @@ fn generator_loss(
     if let (true, Some(region)) = (c.quantile_term(), &region) {
         // the full-resolution L1's own pixel weights, so the sum is its pinball loss
         let w = model::losses::pixel_weights(&batch.lung, image.lung_weight, floor.as_ref());
-        let q = crate::contrast::quantile_shift(registered, &batch.y, region, &w);
+        let within = match c.quantile_lungs_only {
+            true => region * &batch.lung,
+            false => region.shallow_clone(),
+        };
+        let q = crate::contrast::quantile_shift(registered, &batch.y, &within, &w);
         let factor = (2.0 * c.quantile - 1.0) * cfg.loss.l1_weight * cfg.loss.scale_weights[0];
         loss_g += &q * factor;
         pending.term("contrast quantile shift", &q, |s, v| s.contrast_quantile = v);

@@ -240,6 +240,18 @@ fn the_contrast_quantile_enters_the_loss_as_the_pinball_shift() {
     let pick = |s: &train::step::StepStats| (s.contrast_quantile, s.loss_g);
     let factor = (2.0 * 0.8 - 1.0) * l1_weight;
     assert_weighted_term("contrast quantile shift", pick(&off), pick(&on), factor);
+    // only where the region meets the lungs: a part of the same sum, still positive
+    let lungs = one_step(|c| {
+        c.model.generator.residual = true;
+        c.contrast.quantile = 0.8;
+        c.contrast.quantile_lungs_only = true;
+    });
+    assert!(
+        lungs.contrast_quantile > 0.0 && lungs.contrast_quantile < on.contrast_quantile,
+        "lungs only {} against the whole region {}",
+        lungs.contrast_quantile,
+        on.contrast_quantile
+    );
 }
 
 /// `[identity]`: the term is read back (positive, finite) and enters G+R's total with its

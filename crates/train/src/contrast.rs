@@ -67,6 +67,10 @@ pub struct ContrastConfig {
     /// already right) the region keeps the plain L1, whose pinball would only brighten their
     /// rims. Default: false.
     pub quantile_lungs_only: bool,
+    /// The quantile returns linearly to 0.5 (the plain L1) over the first this many steps,
+    /// the way a warm-up ends: the pinball's push where G starts (out of the identity), the
+    /// median's crisp edges where it ends. 0 = the quantile throughout. Default: 0.
+    pub quantile_decay_steps: u64,
 }
 
 impl Default for ContrastConfig {
@@ -80,6 +84,7 @@ impl Default for ContrastConfig {
             peak_px: 1,
             quantile: 0.5,
             quantile_lungs_only: false,
+            quantile_decay_steps: 0,
         }
     }
 }
@@ -103,6 +108,18 @@ impl ContrastConfig {
     /// Whether the region's L1 is a pinball loss (a quantile other than the median).
     pub fn quantile_term(&self) -> bool {
         self.quantile != 0.5
+    }
+
+    /// The quantile at `step` (1-based): `quantile` at step 1, back to 0.5 from step
+    /// `quantile_decay_steps + 1` on (with a decay).
+    pub fn quantile_at(&self, step: u64) -> f64 {
+        match self.quantile_decay_steps {
+            0 => self.quantile,
+            n => {
+                let done = (step.saturating_sub(1) as f64 / n as f64).min(1.0);
+                self.quantile + (0.5 - self.quantile) * done
+            }
+        }
     }
 
     /// Whether any of this block's terms needs the region.
@@ -419,6 +436,23 @@ mod tests {
     /// One pixel trained against four pairs, a vessel under it in one (target 0.8, else 0):
     /// the plain L1 settles on the dark median; `L1 + (2q - 1) * shift` inside the region
     /// settles on the q-quantile (bright from q > 3/4), and outside the region stays the L1.
+    #[test]
+    fn the_quantile_decays_linearly_to_the_median() {
+        let c = ContrastConfig {
+            quantile: 0.9,
+            quantile_decay_steps: 4,
+            ..Default::default()
+        };
+        let at: Vec<f64> = (1..=6).map(|s| c.quantile_at(s)).collect();
+        let want = [0.9, 0.8, 0.7, 0.6, 0.5, 0.5];
+        assert!(at.iter().zip(want).all(|(a, w)| (a - w).abs() < 1e-12), "{at:?}");
+        let constant = ContrastConfig {
+            quantile: 0.9,
+            ..Default::default()
+        };
+        assert_eq!(constant.quantile_at(1_000_000), 0.9);
+    }
+
     #[test]
     fn the_quantile_shift_turns_the_regions_l1_into_the_pinball_loss() {
         let targets = Tensor::from_slice(&[0.8f32, 0.0, 0.0, 0.0]).reshape([4, 1, 1, 1]);

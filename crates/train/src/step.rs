@@ -678,7 +678,8 @@ fn generator_loss(
         loss_g += &p * c.peak_weight;
         pending.term("contrast peak error", &p, |s, v| s.contrast_peak = v);
     }
-    if let (true, Some(region)) = (c.quantile_term(), &region) {
+    let quantile = c.quantile_at(step);
+    if let (true, Some(region)) = (quantile != 0.5, &region) {
         // the full-resolution L1's own pixel weights, so the sum is its pinball loss
         let w = model::losses::pixel_weights(&batch.lung, image.lung_weight, floor.as_ref());
         let within = match c.quantile_lungs_only {
@@ -686,7 +687,7 @@ fn generator_loss(
             false => region.shallow_clone(),
         };
         let q = crate::contrast::quantile_shift(registered, &batch.y, &within, &w);
-        let factor = (2.0 * c.quantile - 1.0) * cfg.loss.l1_weight * cfg.loss.scale_weights[0];
+        let factor = (2.0 * quantile - 1.0) * cfg.loss.l1_weight * cfg.loss.scale_weights[0];
         loss_g += &q * factor;
         pending.term("contrast quantile shift", &q, |s, v| s.contrast_quantile = v);
     }

@@ -162,12 +162,20 @@ fn a_diverged_registration_net_stops_the_step_without_a_crash() {
 /// One step of the tiny model on the fixed batch, from the same initial weights, with `edit`
 /// applied to the config.
 fn one_step(edit: impl Fn(&mut train::config::TrainConfig)) -> train::step::StepStats {
+    one_step_at(1, edit)
+}
+
+/// [`one_step`] as step `step` (fresh networks, so only the step's schedules differ).
+fn one_step_at(
+    step: u64,
+    edit: impl Fn(&mut train::config::TrainConfig),
+) -> train::step::StepStats {
     let batch = fixed_batch();
     let mut cfg = tiny(5);
     edit(&mut cfg);
     let mut nets = Nets::new(&cfg, Device::Cpu);
     let mut opts = nets.optimizers(&cfg).unwrap();
-    train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap()
+    train_step(&mut nets, &mut opts, &batch, &cfg, step, 1.0, false).unwrap()
 }
 
 /// A loss term read back as `term` of `on` (weighted `weight`) and 0 in `off`: positive,
@@ -240,6 +248,18 @@ fn the_contrast_quantile_enters_the_loss_as_the_pinball_shift() {
     let pick = |s: &train::step::StepStats| (s.contrast_quantile, s.loss_g);
     let factor = (2.0 * 0.8 - 1.0) * l1_weight;
     assert_weighted_term("contrast quantile shift", pick(&off), pick(&on), factor);
+    // with a decay over 2 steps: half the shift's factor at step 2, none from step 3 on
+    let decayed = |step: u64, q: f64| {
+        one_step_at(step, |c| {
+            c.model.generator.residual = true;
+            c.contrast.quantile = q;
+            c.contrast.quantile_decay_steps = if q == 0.5 { 0 } else { 2 };
+        })
+    };
+    let (off2, half) = (decayed(2, 0.5), decayed(2, 0.8));
+    assert_weighted_term("decaying quantile", pick(&off2), pick(&half), factor / 2.0);
+    let (off3, done) = (decayed(3, 0.5), decayed(3, 0.8));
+    assert_eq!((done.contrast_quantile, done.loss_g), (0.0, off3.loss_g));
     // only where the region meets the lungs: a part of the same sum, still positive
     let lungs = one_step(|c| {
         c.model.generator.residual = true;

@@ -445,7 +445,10 @@ mod tests {
         };
         let at: Vec<f64> = (1..=6).map(|s| c.quantile_at(s)).collect();
         let want = [0.9, 0.8, 0.7, 0.6, 0.5, 0.5];
-        assert!(at.iter().zip(want).all(|(a, w)| (a - w).abs() < 1e-12), "{at:?}");
+        assert!(
+            at.iter().zip(want).all(|(a, w)| (a - w).abs() < 1e-12),
+            "{at:?}"
+        );
         let constant = ContrastConfig {
             quantile: 0.9,
             ..Default::default()
@@ -458,15 +461,20 @@ mod tests {
         let targets = Tensor::from_slice(&[0.8f32, 0.0, 0.0, 0.0]).reshape([4, 1, 1, 1]);
         let ones = Tensor::ones([4, 1, 1, 1], (Kind::Float, tch::Device::Cpu));
         let loss = |pred: f32, q: f64, region: &Tensor| {
-            let p = Tensor::full([4, 1, 1, 1], f64::from(pred), (Kind::Float, tch::Device::Cpu));
+            let p = Tensor::full(
+                [4, 1, 1, 1],
+                f64::from(pred),
+                (Kind::Float, tch::Device::Cpu),
+            );
             let l1 = (&p - &targets).abs().mean(Kind::Float);
             (l1 + quantile_shift(&p, &targets, region, &ones) * (2.0 * q - 1.0)).double_value(&[])
         };
         let argmin = |q: f64, region: &Tensor| {
             let grid: Vec<f32> = (0..=80).map(|i| i as f32 / 100.0).collect();
-            let best = grid.iter().copied().min_by(|&a, &b| {
-                loss(a, q, region).partial_cmp(&loss(b, q, region)).unwrap()
-            });
+            let best = grid
+                .iter()
+                .copied()
+                .min_by(|&a, &b| loss(a, q, region).partial_cmp(&loss(b, q, region)).unwrap());
             best.unwrap()
         };
         let zeros = ones.zeros_like();

@@ -689,7 +689,9 @@ fn generator_loss(
         let q = crate::contrast::quantile_shift(registered, &batch.y, &within, &w);
         let factor = (2.0 * quantile - 1.0) * cfg.loss.l1_weight * cfg.loss.scale_weights[0];
         loss_g += &q * factor;
-        pending.term("contrast quantile shift", &q, |s, v| s.contrast_quantile = v);
+        pending.term("contrast quantile shift", &q, |s, v| {
+            s.contrast_quantile = v
+        });
     }
     if cfg.hooks.inject_nan_at_step == Some(step) {
         loss_g *= f64::NAN;

@@ -18,18 +18,19 @@
 #    scored alike; OUT/table.json the same numbers.
 #
 # usage: tools/quality/benchmark.sh [-s STEPS] [-n SEEDS] [-j JOBS] [-m MM] [-c CASES]
-#                                   [-o OUT] [-b BIN] [-p PYTHON] ARM...
+#                                   [-B] [-o OUT] [-b BIN] [-p PYTHON] ARM...
 #   ARM   baseline (configs/demo.toml alone), NAME (+ configs/ablation/NAME.toml) or A+B
 #   -s    training steps of every run (default 1500, the demo's)
 #   -n    seeds per arm: 1, 2, ... (default 3)
 #   -j    runs at once, each with cores/JOBS libtorch threads (default 2)
 #   -m    largest motion between the scans, mm (default 10)
 #   -c    phantom cases (default 10: 6 train, 2 val, 2 test)
+#   -B    the phantom with bronchi beside its arteries (`synth --bronchi`)
 #   -o    output folder (default runs/quality): data/, scored/, ARM/seed-N/, table.md
 #   -b    the ncct2ctpa binary (default target/release/ncct2ctpa: `cargo build --release -p cli`)
 #   -p    a Python with numpy and nibabel for the trunk/peripheral masks (default
 #         .venv-twin/bin/python: `make setup-twin`)
-# The phantom and its preparation are reused when OUT/data exists with the same -m and -c,
+# The phantom and its preparation are reused when OUT/data exists with the same -m, -c, -B,
 # and a run already scored on it with the same -s and the same configuration files
 # (configs/demo.toml and the arm's fragments; OUT/ARM/seed-N/settings) is kept:
 # rerunning with more seeds or arms trains only what is missing, and a run made with other
@@ -40,11 +41,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: relative paths (-o, -b, -p) start there
 STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,38p' "$0"; exit 2; }
-while getopts "s:n:j:m:c:o:b:p:" opt; do
+usage() { sed -n '2,39p' "$0"; exit 2; }
+BRONCHI=
+while getopts "s:n:j:m:c:o:b:p:B" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;
     c) CASES=$OPTARG ;; o) OUT=$OPTARG ;; b) BIN=$OPTARG ;; p) PY=$OPTARG ;;
+    B) BRONCHI=--bronchi ;;
     *) usage ;;
   esac
 done
@@ -59,12 +62,12 @@ THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
 
 # 1. The phantom, prepared as it lies.
 RAW=$OUT/data/raw DATA=$OUT/data/prepared
-stamp="misalignment $MM mm, $CASES cases"
+stamp="misalignment $MM mm, $CASES cases${BRONCHI:+, bronchi}"
 if [ "$(cat "$OUT/data/settings" 2>/dev/null)" != "$stamp" ]; then
   rm -rf "$OUT/data"
   mkdir -p "$OUT/data"
   echo "making the phantom ($stamp) and preparing it without pre-alignment"
-  "$BIN" synth --out "$RAW" --cases "$CASES" --seed 16 --misalignment "$MM" -q
+  "$BIN" synth --out "$RAW" --cases "$CASES" --seed 16 --misalignment "$MM" $BRONCHI -q
   "$BIN" prepare "$RAW" --out "$DATA" --align none --split 0.6,0.2,0.2 -q
   echo "$stamp" > "$OUT/data/settings"
 fi

@@ -359,3 +359,77 @@ fn bad_configuration_is_a_typed_error() {
         );
     }
 }
+
+/// `bronchi`: airways beside the arteries, in the lungs, in both scans alike: the masks stay
+/// the same, the NCCT changes in the lungs, mostly next to the arteries, darker (the air
+/// lumen) and brighter (the wall), and the contrast
+/// (CTPA − NCCT on an aligned pair) does not change.
+#[test]
+fn bronchi_run_beside_the_arteries_in_both_scans_alike() {
+    let plain_cfg = PhantomConfig {
+        seed: 11,
+        misalignment_mm: 0.0,
+        ..Default::default()
+    };
+    let with_cfg = PhantomConfig {
+        bronchi: true,
+        ..plain_cfg.clone()
+    };
+    let (plain, with) = (
+        generate_case(&plain_cfg, 0).unwrap(),
+        generate_case(&with_cfg, 0).unwrap(),
+    );
+    for (name, a, b) in [
+        ("body", &plain.body, &with.body),
+        ("lung", &plain.lung, &with.lung),
+        ("arteries", &plain.arteries, &with.arteries),
+        ("veins", &plain.veins, &with.veins),
+    ] {
+        assert_eq!(a.data, b.data, "{name} mask");
+    }
+    let changed = Zip::from(&plain.ncct.data)
+        .and(&with.ncct.data)
+        .map_collect(|&a, &b| u8::from((a - b).abs() > 1.0));
+    let n = changed.iter().filter(|&&v| v != 0).count();
+    assert!(n > 500, "only {n} voxels changed");
+    let share = |mask: &Array3<u8>| {
+        let inside = Zip::from(&changed)
+            .and(mask)
+            .fold(0usize, |s, &c, &m| s + usize::from(c != 0 && m != 0));
+        inside as f64 / n as f64
+    };
+    let lung = share(&plain.lung.data);
+    assert!(lung > 0.99, "{lung:.3} of the changed voxels in the lungs");
+    // near the arteries (the mask misses the arteries thinner than half a voxel, so not all):
+    // several times as often as lung voxels in general are
+    let around = dilate(&plain.arteries.data, 3);
+    let near = share(&around);
+    let lung_voxels = plain.lung.data.iter().filter(|&&m| m != 0).count();
+    let lung_near = Zip::from(&around)
+        .and(&plain.lung.data)
+        .fold(0usize, |s, &a, &m| s + usize::from(a != 0 && m != 0)) as f64
+        / lung_voxels as f64;
+    assert!(
+        near > 2.0 * lung_near,
+        "{near:.3} of the changed voxels near the arteries, {lung_near:.3} of the lung"
+    );
+    // the lumen darkens (air), the wall brightens (soft tissue)
+    let (mut darker, mut brighter) = (0usize, 0usize);
+    Zip::from(&plain.ncct.data)
+        .and(&with.ncct.data)
+        .for_each(|&a, &b| match b - a {
+            d if d < -20.0 => darker += 1,
+            d if d > 20.0 => brighter += 1,
+            _ => {}
+        });
+    assert!(
+        darker > 100 && brighter > 100,
+        "{darker} voxels darker, {brighter} brighter by 20 HU, {n} changed"
+    );
+    let contrast = |c: &PhantomCase| &c.ctpa.data - &c.ncct.data;
+    let (d0, d1) = (contrast(&plain), contrast(&with));
+    let worst = Zip::from(&d0)
+        .and(&d1)
+        .fold(0f32, |m, &a, &b| m.max((a - b).abs()));
+    assert!(worst < 0.05, "the contrast moved by {worst} HU");
+}

@@ -29,6 +29,11 @@ pub struct Args {
     /// Scanner noise (standard deviation, HU).
     #[arg(long, value_name = "HU", default_value_t = PhantomConfig::default().noise_hu)]
     noise: f32,
+    /// Bronchi beside the pulmonary arteries (the bronchovascular bundle): the airways
+    /// otherwise stop at the main bronchi, and a small artery looks like a small vein in the
+    /// NCCT.
+    #[arg(long)]
+    bronchi: bool,
     /// Also write preview/CASE.png: axial and coronal cuts of NCCT | CTPA | |difference|.
     #[arg(long)]
     preview: bool,
@@ -53,6 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         misalignment_mm: args.misalignment,
         emboli_probability: args.emboli,
         noise_hu: args.noise,
+        bronchi: args.bronchi,
     };
     let opts = WriteOptions {
         cases: args.cases as usize,

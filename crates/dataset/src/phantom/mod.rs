@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tissue::{Contrast, TubeClass};
 use tracing::debug;
-use vessels::{grow_trees, place_emboli, Embolus};
+use vessels::{bronchi, grow_trees, place_emboli, Embolus};
 use volume::{Geometry, Mask, Volume, VolumeError};
 
 /// Errors of the phantom generator and its dataset writer.
@@ -110,6 +110,12 @@ pub struct PhantomConfig {
     pub emboli_probability: f64,
     /// Standard deviation of the scanner noise, HU (default 12); each scan draws its own.
     pub noise_hu: f32,
+    /// Bronchi beside the pulmonary arteries (the bronchovascular bundle, [`vessels::bronchi`]):
+    /// the airways otherwise stop at the main bronchi, and a small artery looks like a small
+    /// vein in the NCCT (default off; a set without them is unchanged, and so is its
+    /// `phantom.json`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bronchi: bool,
 }
 
 impl Default for PhantomConfig {
@@ -120,6 +126,7 @@ impl Default for PhantomConfig {
             misalignment_mm: 5.0,
             emboli_probability: 0.6,
             noise_hu: 12.0,
+            bronchi: false,
         }
     }
 }
@@ -248,6 +255,10 @@ pub fn generate_case(cfg: &PhantomConfig, index: usize) -> Result<PhantomCase, P
     let unit_motion = Motion::sample_unit(&mut rng);
     let (frame, shape) = sample_frame(cfg.size, &mut rng);
     let (artery_branches, vein_branches) = (trees.arteries.len(), trees.veins.len());
+    if cfg.bronchi {
+        let around = bronchi(&trees.arteries, &anatomy, &anatomy.heart(), &tubes);
+        tubes.extend(around);
+    }
     for (class, branches) in [
         (TubeClass::PulmonaryVein, &trees.veins),
         (TubeClass::PulmonaryArtery, &trees.arteries),

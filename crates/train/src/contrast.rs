@@ -154,6 +154,11 @@ impl ContrastConfig {
             self.quantile
         );
         anyhow::ensure!(
+            self.quantile_term() || !(self.quantile_lungs_only || self.quantile_decay_steps > 0),
+            "contrast.quantile_lungs_only and contrast.quantile_decay_steps shape the pinball \
+             loss, which contrast.quantile = 0.5 leaves off: set a quantile, or leave them out"
+        );
+        anyhow::ensure!(
             (1..=16).contains(&self.peak_px),
             "contrast.peak_px must be 1 to 16, got {}",
             self.peak_px
@@ -433,9 +438,8 @@ mod tests {
         assert!(g[2..].iter().all(|&v| v == 0.0), "{g:?}");
     }
 
-    /// One pixel trained against four pairs, a vessel under it in one (target 0.8, else 0):
-    /// the plain L1 settles on the dark median; `L1 + (2q - 1) * shift` inside the region
-    /// settles on the q-quantile (bright from q > 3/4), and outside the region stays the L1.
+    /// `quantile_at`: linear from the quantile at step 1 to 0.5 after `quantile_decay_steps`;
+    /// without a decay the quantile throughout.
     #[test]
     fn the_quantile_decays_linearly_to_the_median() {
         let c = ContrastConfig {
@@ -456,6 +460,9 @@ mod tests {
         assert_eq!(constant.quantile_at(1_000_000), 0.9);
     }
 
+    /// One pixel trained against four pairs, a vessel under it in one (target 0.8, else 0):
+    /// the plain L1 settles on the dark median; `L1 + (2q - 1) * shift` inside the region
+    /// settles on the q-quantile (bright from q > 3/4), and outside the region stays the L1.
     #[test]
     fn the_quantile_shift_turns_the_regions_l1_into_the_pinball_loss() {
         let targets = Tensor::from_slice(&[0.8f32, 0.0, 0.0, 0.0]).reshape([4, 1, 1, 1]);

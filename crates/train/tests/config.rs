@@ -238,6 +238,14 @@ fn ema_and_identity_settings_are_checked() {
     bad(&|c| c.contrast.quantile = 0.0, "contrast.quantile");
     bad(&|c| c.contrast.quantile = f64::NAN, "contrast.quantile");
     bad(
+        &|c| c.contrast.quantile_decay_steps = 750,
+        "contrast.quantile_decay_steps",
+    );
+    bad(
+        &|c| c.contrast.quantile_lungs_only = true,
+        "contrast.quantile_lungs_only",
+    );
+    bad(
         &|c| c.model.registration.max_displacement_px = -1.0,
         "model.registration.max_displacement_px",
     );
@@ -255,6 +263,8 @@ fn ema_and_identity_settings_are_checked() {
     ok.contrast.peak_weight = 10.0;
     ok.contrast.peak_px = 16;
     ok.contrast.quantile = 0.75;
+    ok.contrast.quantile_lungs_only = true;
+    ok.contrast.quantile_decay_steps = 750;
     ok.model.registration.max_displacement_px = 8.0;
     ok.validate().unwrap();
 }

@@ -13,6 +13,7 @@
 
 use super::anatomy::{Anatomy, Heart, PaintTube};
 use super::shapes::{add, cross, dot, lerp, norm, scale, sub, unit, Tube, V3};
+use super::tissue::TubeClass;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tracing::trace;
@@ -193,7 +194,6 @@ pub fn bronchi(
     heart: &Heart,
     tubes: &[PaintTube],
 ) -> Vec<PaintTube> {
-    use super::tissue::TubeClass;
     let mut out = Vec::new();
     for b in arteries.iter().filter(|b| b.generation > 0) {
         let Tube { a, b: end, ra, rb } = b.tube;

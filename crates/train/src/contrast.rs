@@ -62,15 +62,30 @@ pub struct ContrastConfig {
     /// pixel is the unenhanced lung; at 0.75 it brightens where the vessel lies in more than
     /// a quarter of them. 0.5 = the plain L1 (off). Default: 0.5.
     pub quantile: f64,
-    /// The pinball loss only where the region meets the lungs, where the small vessels are;
-    /// outside them (the trunk, the aorta, the heart: large against the motion, their median
-    /// already right) the region keeps the plain L1, whose pinball would only brighten their
-    /// rims. Default: false.
-    pub quantile_lungs_only: bool,
+    /// Where the pinball loss applies outside the lungs (inside them: the whole region,
+    /// where the small vessels are). Default: the whole region.
+    pub quantile_outside_lungs: QuantileOutside,
     /// The quantile returns linearly to 0.5 (the plain L1) over the first this many steps,
     /// the way a warm-up ends: the pinball's push where G starts (out of the identity), the
     /// median's crisp edges where it ends. 0 = the quantile throughout. Default: 0.
     pub quantile_decay_steps: u64,
+}
+
+/// Where, outside the lungs, the contrast region's L1 becomes the pinball loss
+/// (`[contrast] quantile_outside_lungs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantileOutside {
+    /// The whole region, grown by `motion_px` (`"region"`).
+    Region,
+    /// Only the region's core, where the CTPA itself is brighter than every NCCT pixel near
+    /// it, before it grows (`"core"`): the pulmonary trunk and the hilar arteries keep the
+    /// pinball's push, the ring of `motion_px` around them and around the heart and the
+    /// aorta, where a pixel is contrast only in the pairs the motion moved a vessel onto it,
+    /// keeps the plain L1, so their rims are not brightened.
+    Core,
+    /// Nowhere (`"none"`): the trunk, the aorta and the heart keep the plain L1.
+    None,
 }
 
 impl Default for ContrastConfig {
@@ -83,7 +98,7 @@ impl Default for ContrastConfig {
             peak_weight: 0.0,
             peak_px: 1,
             quantile: 0.5,
-            quantile_lungs_only: false,
+            quantile_outside_lungs: QuantileOutside::Region,
             quantile_decay_steps: 0,
         }
     }
@@ -154,8 +169,10 @@ impl ContrastConfig {
             self.quantile
         );
         anyhow::ensure!(
-            self.quantile_term() || !(self.quantile_lungs_only || self.quantile_decay_steps > 0),
-            "contrast.quantile_lungs_only and contrast.quantile_decay_steps shape the pinball \
+            self.quantile_term()
+                || (self.quantile_outside_lungs == QuantileOutside::Region
+                    && self.quantile_decay_steps == 0),
+            "contrast.quantile_outside_lungs and contrast.quantile_decay_steps shape the pinball \
              loss, which contrast.quantile = 0.5 leaves off: set a quantile, or leave them out"
         );
         anyhow::ensure!(
@@ -261,18 +278,38 @@ impl IdentityConfig {
 /// # Shapes
 /// `ncct`, `lung`: `[batch, 1, height, width]` -> the same.
 pub fn lung_structures(ncct: &Tensor, lung: &Tensor, threshold: f64, grow_px: usize) -> Tensor {
+    tch::no_grad(|| grow(&(ncct.gt(threshold).to_kind(Kind::Float) * lung), grow_px))
+}
+
+/// The contrast region's core, 0/1 (no gradient): body pixels where `ctpa` exceeds the
+/// brightest `ncct` pixel within `motion_px` by more than `threshold` (images normalised,
+/// `threshold` in the same units): where the CTPA itself shows the contrast.
+///
+/// # Shapes
+/// `ncct`, `ctpa`, `body`: `[batch, 1, height, width]` -> the same.
+pub fn contrast_core(
+    ncct: &Tensor,
+    ctpa: &Tensor,
+    body: &Tensor,
+    threshold: f64,
+    motion_px: usize,
+) -> Tensor {
     tch::no_grad(|| {
-        let seen = ncct.gt(threshold).to_kind(Kind::Float) * lung;
-        match grow_px as i64 {
-            0 => seen,
-            d => seen.max_pool2d([2 * d + 1, 2 * d + 1], [1, 1], [d, d], [1, 1], false),
-        }
+        (ctpa - grow(ncct, motion_px))
+            .gt(threshold)
+            .to_kind(Kind::Float)
+            * body
     })
 }
 
-/// The contrast region, 0/1 (no gradient): body pixels where `ctpa` exceeds the brightest
-/// `ncct` pixel within `motion_px` by more than `threshold` (images normalised, `threshold` in
-/// the same units), grown by `motion_px`.
+/// The contrast region from its [`contrast_core`]: the core grown by `motion_px` (to cover
+/// where the vessel lies in the NCCT as well), inside the body.
+pub fn grow_core(core: &Tensor, body: &Tensor, motion_px: usize) -> Tensor {
+    tch::no_grad(|| grow(core, motion_px) * body)
+}
+
+/// The contrast region, 0/1 (no gradient): [`contrast_core`] grown by `motion_px`
+/// ([`grow_core`]).
 ///
 /// # Shapes
 /// `ncct`, `ctpa`, `body`: `[batch, 1, height, width]` -> the same.
@@ -283,13 +320,34 @@ pub fn contrast_region(
     threshold: f64,
     motion_px: usize,
 ) -> Tensor {
-    let grow = |t: &Tensor| match motion_px as i64 {
+    let core = contrast_core(ncct, ctpa, body, threshold, motion_px);
+    grow_core(&core, body, motion_px)
+}
+
+/// A square max-pool of side `2 * px + 1`, stride 1, same size (`px = 0`: the input).
+fn grow(t: &Tensor, px: usize) -> Tensor {
+    match px as i64 {
         0 => t.shallow_clone(),
         d => t.max_pool2d([2 * d + 1, 2 * d + 1], [1, 1], [d, d], [1, 1], false),
-    };
-    tch::no_grad(|| {
-        let contrast = (ctpa - grow(ncct)).gt(threshold).to_kind(Kind::Float) * body;
-        grow(&contrast) * body
+    }
+}
+
+/// Where the pinball loss applies ([`QuantileOutside`]): the region inside the lungs and,
+/// outside them, the region, its core or nothing. `core` must be the region's
+/// [`contrast_core`] (`core` is read only for [`QuantileOutside::Core`]).
+///
+/// # Shapes
+/// All `[batch, 1, height, width]` -> the same.
+pub fn quantile_region(
+    region: &Tensor,
+    core: &Tensor,
+    lung: &Tensor,
+    outside: QuantileOutside,
+) -> Tensor {
+    tch::no_grad(|| match outside {
+        QuantileOutside::Region => region.shallow_clone(),
+        QuantileOutside::Core => region * lung + core * (lung.neg() + 1.0),
+        QuantileOutside::None => region * lung,
     })
 }
 
@@ -419,6 +477,32 @@ mod tests {
         // one pixel of tolerance: only the enhancement, grown by one pixel
         let r = contrast_region(&ncct, &ctpa, &body, 0.1, 1);
         assert_eq!(v(r), vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// The core is the ungrown region; the pinball's region keeps the whole region in the
+    /// lungs and, outside them, the region, its core or nothing.
+    #[test]
+    fn the_pinball_region_outside_the_lungs_is_the_region_its_core_or_nothing() {
+        // an enhanced pixel outside the lungs (1) and one inside them (6)
+        let ncct = t(&[0.0; 8]);
+        let ctpa = t(&[0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0]);
+        let body = t(&[1.0; 8]);
+        let lung = t(&[0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        let v = |r: Tensor| Vec::<f32>::try_from(r.reshape([-1])).unwrap();
+        let core = contrast_core(&ncct, &ctpa, &body, 0.1, 1);
+        assert_eq!(v(core.shallow_clone()), [0., 1., 0., 0., 0., 0., 1., 0.]);
+        let region = grow_core(&core, &body, 1);
+        assert_eq!(v(region.shallow_clone()), [1., 1., 1., 0., 0., 1., 1., 1.]);
+        let within = |o| v(quantile_region(&region, &core, &lung, o));
+        assert_eq!(within(QuantileOutside::Region), v(region.shallow_clone()));
+        assert_eq!(
+            within(QuantileOutside::Core),
+            [0., 1., 0., 0., 0., 1., 1., 1.]
+        );
+        assert_eq!(
+            within(QuantileOutside::None),
+            [0., 0., 0., 0., 0., 1., 1., 1.]
+        );
     }
 
     #[test]

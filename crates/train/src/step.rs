@@ -615,11 +615,14 @@ fn generator_loss(
     let (cfg, step) = (ctx.cfg, ctx.step);
     // [batch, 1, height, width], 0/1: where the CTPA is brighter (crate::contrast)
     let c = &cfg.contrast;
-    let region = (cfg.identity.enabled() || c.uses_region()).then(|| {
+    let core = (cfg.identity.enabled() || c.uses_region()).then(|| {
         let w = cfg.window();
         let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
-        crate::contrast::contrast_region(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
+        crate::contrast::contrast_core(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
     });
+    let region = core
+        .as_ref()
+        .map(|core| crate::contrast::grow_core(core, &batch.body, c.motion_px));
     let floor = region
         .as_ref()
         .filter(|_| cfg.contrast.weighted())
@@ -679,13 +682,11 @@ fn generator_loss(
         pending.term("contrast peak error", &p, |s, v| s.contrast_peak = v);
     }
     let quantile = c.quantile_at(step);
-    if let (true, Some(region)) = (quantile != 0.5, &region) {
+    if let (true, Some(region), Some(core)) = (quantile != 0.5, &region, &core) {
         // the full-resolution L1's own pixel weights, so the sum is its pinball loss
         let w = model::losses::pixel_weights(&batch.lung, image.lung_weight, floor.as_ref());
-        let within = match c.quantile_lungs_only {
-            true => region * &batch.lung,
-            false => region.shallow_clone(),
-        };
+        let within =
+            crate::contrast::quantile_region(region, core, &batch.lung, c.quantile_outside_lungs);
         let q = crate::contrast::quantile_shift(registered, &batch.y, &within, &w);
         let factor = (2.0 * quantile - 1.0) * cfg.loss.l1_weight * cfg.loss.scale_weights[0];
         loss_g += &q * factor;

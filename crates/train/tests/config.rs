@@ -1,6 +1,7 @@
 //! The training config: defaults, presets, TOML round trip, unknown keys, overrides, checks.
 
 use train::config::{Layer, TrainConfig};
+use train::contrast::QuantileOutside;
 
 #[test]
 fn defaults_round_trip_through_toml() {
@@ -242,8 +243,8 @@ fn ema_and_identity_settings_are_checked() {
         "contrast.quantile_decay_steps",
     );
     bad(
-        &|c| c.contrast.quantile_lungs_only = true,
-        "contrast.quantile_lungs_only",
+        &|c| c.contrast.quantile_outside_lungs = QuantileOutside::Core,
+        "contrast.quantile_outside_lungs",
     );
     bad(
         &|c| c.model.registration.max_displacement_px = -1.0,
@@ -263,7 +264,7 @@ fn ema_and_identity_settings_are_checked() {
     ok.contrast.peak_weight = 10.0;
     ok.contrast.peak_px = 16;
     ok.contrast.quantile = 0.75;
-    ok.contrast.quantile_lungs_only = true;
+    ok.contrast.quantile_outside_lungs = QuantileOutside::None;
     ok.contrast.quantile_decay_steps = 750;
     ok.model.registration.max_displacement_px = 8.0;
     ok.validate().unwrap();

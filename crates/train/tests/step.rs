@@ -8,8 +8,9 @@ use common::{fixed_batch, serial, tiny};
 use std::collections::HashMap;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
+use train::contrast::QuantileOutside;
 use train::nets::{Nets, GENERATOR, REGISTRATION};
-use train::step::train_step;
+use train::step::{train_step, BatchTensors};
 
 /// Every weight of both stores, copied.
 fn weights(nets: &Nets) -> HashMap<String, Tensor> {
@@ -170,7 +171,15 @@ fn one_step_at(
     step: u64,
     edit: impl Fn(&mut train::config::TrainConfig),
 ) -> train::step::StepStats {
-    let batch = fixed_batch();
+    one_step_on(fixed_batch(), step, edit)
+}
+
+/// [`one_step_at`] on `batch`.
+fn one_step_on(
+    batch: BatchTensors,
+    step: u64,
+    edit: impl Fn(&mut train::config::TrainConfig),
+) -> train::step::StepStats {
     let mut cfg = tiny(5);
     edit(&mut cfg);
     let mut nets = Nets::new(&cfg, Device::Cpu);
@@ -260,17 +269,32 @@ fn the_contrast_quantile_enters_the_loss_as_the_pinball_shift() {
     assert_weighted_term("decaying quantile", pick(&off2), pick(&half), factor / 2.0);
     let (off3, done) = (decayed(3, 0.5), decayed(3, 0.8));
     assert_eq!((done.contrast_quantile, done.loss_g), (0.0, off3.loss_g));
-    // only where the region meets the lungs: a part of the same sum, still positive
-    let lungs = one_step(|c| {
-        c.model.generator.residual = true;
-        c.contrast.quantile = 0.8;
-        c.contrast.quantile_lungs_only = true;
-    });
+    // outside the lungs only the core, or nothing: on the batch with its lungs taken away
+    // (the fixture's crops have little contrast outside them) "none" leaves no pixel. The
+    // core's pixels are where the CTPA outshines every NCCT pixel near them, so at the
+    // identity each adds to the sum; with the CTPA 0.05 (63 HU, under the region's
+    // threshold) brighter everywhere, so does every pixel of the ring the region grows by.
+    let outside = |o: QuantileOutside| {
+        let mut batch = fixed_batch();
+        batch.lung = batch.lung.zeros_like();
+        batch.y = &batch.y + 0.05;
+        one_step_on(batch, 1, |c| {
+            c.model.generator.residual = true;
+            c.contrast.quantile = 0.8;
+            c.contrast.quantile_outside_lungs = o;
+        })
+        .contrast_quantile
+    };
+    let [region, core, none] = [
+        QuantileOutside::Region,
+        QuantileOutside::Core,
+        QuantileOutside::None,
+    ]
+    .map(outside);
+    assert_eq!(none, 0.0);
     assert!(
-        lungs.contrast_quantile > 0.0 && lungs.contrast_quantile < on.contrast_quantile,
-        "lungs only {} against the whole region {}",
-        lungs.contrast_quantile,
-        on.contrast_quantile
+        core > 0.0 && region > 1.1 * core,
+        "the core {core}, the whole region {region}"
     );
 }
 

@@ -203,6 +203,12 @@ pub struct IdentityConfig {
     pub spare_lung_above_hu: Option<f64>,
     /// How far (pixels, in-plane) the spared lung structures grow. Default: 1.
     pub spare_px: usize,
+    /// The weight rises linearly from 0 to `weight` over the first this many steps
+    /// ([`IdentityConfig::weight_at`]): G, which starts as the identity (a residual G), is
+    /// free to leave it where the contrast is before the term holds the tissue, so a weight
+    /// that would keep G at the identity from step 1 only holds what needs no change.
+    /// 0 = the full weight from step 1. Default: 0.
+    pub ramp_steps: u64,
     /// Runs started before the region moved to `[contrast]` (2026-12-05) recorded its
     /// settings here: accepted and ignored, so those runs still resume (with the new region).
     #[serde(default, skip_serializing, rename = "contrast_threshold_hu")]
@@ -219,6 +225,7 @@ impl Default for IdentityConfig {
             weight: 0.0,
             spare_lung_above_hu: None,
             spare_px: 1,
+            ramp_steps: 0,
             legacy_threshold_hu: None,
             legacy_dilation_px: None,
         }
@@ -228,6 +235,15 @@ impl Default for IdentityConfig {
 impl IdentityConfig {
     pub fn enabled(&self) -> bool {
         self.weight > 0.0
+    }
+
+    /// The term's weight at `step` (1-based): `weight * step / ramp_steps` up to
+    /// `ramp_steps`, then `weight` (without a ramp, `weight` throughout).
+    pub fn weight_at(&self, step: u64) -> f64 {
+        match self.ramp_steps {
+            0 => self.weight,
+            n => self.weight * (step as f64 / n as f64).min(1.0),
+        }
     }
 
     /// Where the term does not apply: the contrast `region` and, with `spare_lung_above_hu`,
@@ -263,6 +279,11 @@ impl IdentityConfig {
                 "identity.spare_lung_above_hu must be finite, got {hu}"
             );
         }
+        anyhow::ensure!(
+            self.enabled() || self.ramp_steps == 0,
+            "identity.ramp_steps ramps the identity term, which identity.weight = 0 leaves \
+             off: set a weight, or leave it out"
+        );
         anyhow::ensure!(
             self.spare_px <= 16,
             "identity.spare_px must be at most 16, got {}",
@@ -520,6 +541,24 @@ mod tests {
         let g = Vec::<f32>::try_from(p.grad().reshape([-1])).unwrap();
         assert!(g[0] < 0.0 && g[1] < 0.0 && g[0] == g[1], "{g:?}");
         assert!(g[2..].iter().all(|&v| v == 0.0), "{g:?}");
+    }
+
+    /// `weight_at`: linear from `weight / ramp_steps` at step 1 to `weight` at step
+    /// `ramp_steps`, then constant; without a ramp, `weight` throughout.
+    #[test]
+    fn the_identity_weight_ramps_linearly_to_its_value() {
+        let c = IdentityConfig {
+            weight: 8.0,
+            ramp_steps: 4,
+            ..Default::default()
+        };
+        let at: Vec<f64> = (1..=6).map(|s| c.weight_at(s)).collect();
+        assert_eq!(at, [2.0, 4.0, 6.0, 8.0, 8.0, 8.0]);
+        let constant = IdentityConfig {
+            weight: 8.0,
+            ..Default::default()
+        };
+        assert_eq!(constant.weight_at(1), 8.0);
     }
 
     /// `quantile_at`: linear from the quantile at step 1 to 0.5 after `quantile_decay_steps`;

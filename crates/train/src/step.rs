@@ -666,7 +666,7 @@ fn generator_loss(
             .identity
             .exempt(region, &batch.x, &batch.lung, &cfg.window());
         let id = crate::contrast::identity_loss(fake, &batch.x, &free, &batch.body);
-        loss_g += &id * cfg.identity.weight;
+        loss_g += &id * cfg.identity.weight_at(step);
         pending.term("identity", &id, |s, v| s.identity = v);
     }
     if let (true, Some(region)) = (c.mean_term(), &region) {

@@ -307,6 +307,15 @@ fn the_identity_term_enters_the_loss_with_its_weight() {
     let (off, on) = (run(0.0), run(5.0));
     let pick = |s: &train::step::StepStats| (s.identity, s.loss_g);
     assert_weighted_term("identity", pick(&off), pick(&on), 5.0);
+    // ramped over 4 steps: at step 3, three quarters of the weight
+    let ramped = |w: f64| {
+        one_step_at(3, |c| {
+            c.identity.weight = w;
+            c.identity.ramp_steps = if w == 0.0 { 0 } else { 4 };
+        })
+    };
+    let (off3, on3) = (ramped(0.0), ramped(5.0));
+    assert_weighted_term("ramped identity", pick(&off3), pick(&on3), 3.75);
 }
 
 /// `[identity] spare_lung_above_hu`: lung pixels the NCCT shows bright leave the identity

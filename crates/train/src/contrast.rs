@@ -63,8 +63,20 @@ pub struct ContrastConfig {
     /// a quarter of them. 0.5 = the plain L1 (off). Default: 0.5.
     pub quantile: f64,
     /// Where the pinball loss applies outside the lungs (inside them: the whole region,
-    /// where the small vessels are). Default: the whole region.
+    /// where the small vessels are); read it through [`ContrastConfig::quantile_outside`].
+    /// Default: the whole region.
     pub quantile_outside_lungs: QuantileOutside,
+    /// `quantile_lungs_only`, which runs resolved before `quantile_outside_lungs`
+    /// (2026-12-06) recorded in `config.toml` and their checkpoints: still read, so they
+    /// resume, `true` as `"none"` ([`ContrastConfig::quantile_outside`]), and written back
+    /// only where it was read.
+    #[serde(
+        default,
+        rename = "quantile_lungs_only",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[doc(hidden)]
+    pub legacy_lungs_only: Option<bool>,
     /// The quantile returns linearly to 0.5 (the plain L1) over the first this many steps,
     /// the way a warm-up ends: the pinball's push where G starts (out of the identity), the
     /// median's crisp edges where it ends. 0 = the quantile throughout. Default: 0.
@@ -99,6 +111,7 @@ impl Default for ContrastConfig {
             peak_px: 1,
             quantile: 0.5,
             quantile_outside_lungs: QuantileOutside::Region,
+            legacy_lungs_only: None,
             quantile_decay_steps: 0,
         }
     }
@@ -137,6 +150,15 @@ impl ContrastConfig {
         }
     }
 
+    /// Where the pinball loss applies outside the lungs: `quantile_outside_lungs`, or
+    /// `"none"` for a run that recorded `quantile_lungs_only = true`.
+    pub fn quantile_outside(&self) -> QuantileOutside {
+        match self.legacy_lungs_only {
+            Some(true) => QuantileOutside::None,
+            _ => self.quantile_outside_lungs,
+        }
+    }
+
     /// Whether any of this block's terms needs the region.
     pub fn uses_region(&self) -> bool {
         self.weighted() || self.mean_term() || self.peak_term() || self.quantile_term()
@@ -170,10 +192,16 @@ impl ContrastConfig {
         );
         anyhow::ensure!(
             self.quantile_term()
-                || (self.quantile_outside_lungs == QuantileOutside::Region
+                || (self.quantile_outside() == QuantileOutside::Region
                     && self.quantile_decay_steps == 0),
             "contrast.quantile_outside_lungs and contrast.quantile_decay_steps shape the pinball \
              loss, which contrast.quantile = 0.5 leaves off: set a quantile, or leave them out"
+        );
+        anyhow::ensure!(
+            self.legacy_lungs_only.is_none()
+                || self.quantile_outside_lungs == QuantileOutside::Region,
+            "contrast.quantile_lungs_only is the old name of contrast.quantile_outside_lungs \
+             (true = \"none\"): name one of them"
         );
         anyhow::ensure!(
             (1..=16).contains(&self.peak_px),

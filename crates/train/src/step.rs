@@ -686,7 +686,7 @@ fn generator_loss(
         // the full-resolution L1's own pixel weights, so the sum is its pinball loss
         let w = model::losses::pixel_weights(&batch.lung, image.lung_weight, floor.as_ref());
         let within =
-            crate::contrast::quantile_region(region, core, &batch.lung, c.quantile_outside_lungs);
+            crate::contrast::quantile_region(region, core, &batch.lung, c.quantile_outside());
         let q = crate::contrast::quantile_shift(registered, &batch.y, &within, &w);
         let factor = (2.0 * quantile - 1.0) * cfg.loss.l1_weight * cfg.loss.scale_weights[0];
         loss_g += &q * factor;

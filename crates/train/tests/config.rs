@@ -288,6 +288,35 @@ fn configs_with_the_old_identity_keys_still_load() {
     assert!(TrainConfig::from_layers(vec![bad], "tiny").is_err());
 }
 
+/// A run resolved before `[contrast] quantile_outside_lungs` (2026-12-06) recorded
+/// `quantile_lungs_only` in its config.toml and its checkpoints' state.json: both still
+/// load, `true` reads as `"none"` and `false` as the default, the old key is written back
+/// as it was read (so the run's files round-trip), and naming both keys is refused.
+#[test]
+fn configs_with_quantile_lungs_only_still_load() {
+    let load = |text: &str| {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        TrainConfig::from_layers(vec![table], "tiny").unwrap()
+    };
+    let old = load("[contrast]\nquantile = 0.75\nquantile_lungs_only = true\n");
+    old.validate().unwrap();
+    assert_eq!(old.contrast.quantile_outside(), QuantileOutside::None);
+    let again = TrainConfig::from_toml_str(&old.to_toml_string().unwrap(), "tiny").unwrap();
+    assert_eq!(again.contrast.quantile_outside(), QuantileOutside::None);
+    let json: TrainConfig = serde_json::from_str(&serde_json::to_string(&old).unwrap()).unwrap();
+    assert_eq!(json.contrast.quantile_outside(), QuantileOutside::None);
+    let off = load("[contrast]\nquantile_lungs_only = false\n");
+    assert_eq!(off.contrast.quantile_outside(), QuantileOutside::Region);
+    // a new config does not write the old key
+    let new = load("[contrast]\nquantile = 0.75\nquantile_outside_lungs = \"core\"\n");
+    assert_eq!(new.contrast.quantile_outside(), QuantileOutside::Core);
+    let written = new.to_toml_string().unwrap();
+    assert!(!written.contains("quantile_lungs_only"), "{written}");
+    let both = load("[contrast]\nquantile = 0.75\nquantile_lungs_only = true\nquantile_outside_lungs = \"core\"\n");
+    let e = format!("{:#}", both.validate().unwrap_err());
+    assert!(e.contains("quantile_lungs_only"), "{e}");
+}
+
 /// A `_reg` best metric needs the registered validation that computes it: refused, naming
 /// both keys, when `log.registered_validation` is off; the plain metrics work without it.
 #[test]

@@ -18,7 +18,6 @@ usage: .venv-twin/bin/python tools/quality/body_split.py [--out runs/quality] PR
 Needs numpy, scipy and nibabel (`make setup-twin`); reads OUT/scored.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qlib import load as qload  # noqa: E402
+from qlib import load as qload, prediction_args  # noqa: E402
 
 BRIGHT_HU, RIM_PX = 150.0, 4
 PARTS = ["lungs", "bright", "rim", "tissue"]
@@ -46,15 +45,7 @@ def parts(truth: np.ndarray, body: np.ndarray, lung: np.ndarray) -> list[np.ndar
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/quality", type=Path,
-                    help="the benchmark's output folder (default runs/quality)")
-    ap.add_argument("pred", nargs="+", type=Path, help="prediction folders")
-    a = ap.parse_args()
-    scored = a.out / "scored"
-    cases = sorted(p.name for p in (scored / "target").glob("*.nii.gz"))
-    if not cases:
-        sys.exit(f"body_split: no cases in {scored / 'target'} (run benchmark.sh first)")
+    a, scored, cases = prediction_args(__doc__, "body_split")
     names = ["NCCT"] + [str(p) for p in a.pred]
     # per name and part: voxels, sum |error|, sum error
     sums = {n: np.zeros((len(PARTS), 3)) for n in names}

@@ -4,6 +4,7 @@ motion-tolerant contrast region of `[contrast]` (crates/train/src/contrast.rs) i
 Needs numpy, scipy and nibabel (`make setup-twin`).
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,6 +21,22 @@ def load(path: Path, tool: str) -> np.ndarray:
     if not path.is_file():
         sys.exit(f"{tool}: {path}: no such file")
     return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+
+
+def prediction_args(doc: str, tool: str) -> tuple[argparse.Namespace, Path, list[str]]:
+    """The command line of a tool that reads prediction folders (`[--out OUT] PRED...`, its
+    description the first line of `doc`), the benchmark's scored folder and its held-out
+    cases (file names); exits naming `tool` when there are none."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default="runs/quality", type=Path,
+                    help="the benchmark's output folder (default runs/quality)")
+    ap.add_argument("pred", nargs="+", type=Path, help="prediction folders")
+    a = ap.parse_args()
+    scored = a.out / "scored"
+    cases = sorted(p.name for p in (scored / "target").glob("*.nii.gz"))
+    if not cases:
+        sys.exit(f"{tool}: no cases in {scored / 'target'} (run benchmark.sh first)")
+    return a, scored, cases
 
 
 def split(out: Path, tool: str) -> tuple[list[str], list[str]]:

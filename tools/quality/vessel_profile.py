@@ -13,14 +13,13 @@ usage: .venv-twin/bin/python tools/quality/vessel_profile.py [--out runs/quality
 Needs numpy and nibabel (`make setup-twin`); reads OUT/scored and OUT/data/raw/truth/veins.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qlib import load as qload  # noqa: E402
+from qlib import load as qload, prediction_args  # noqa: E402
 
 
 def load(path: Path) -> np.ndarray:
@@ -41,15 +40,8 @@ def ring(mask: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/quality", type=Path,
-                    help="the benchmark's output folder (default runs/quality)")
-    ap.add_argument("pred", nargs="+", type=Path, help="prediction folders")
-    a = ap.parse_args()
-    scored, veins_dir = a.out / "scored", a.out / "data" / "raw" / "truth" / "veins"
-    cases = sorted(p.name for p in (scored / "target").glob("*.nii.gz"))
-    if not cases:
-        sys.exit(f"vessel_profile: no cases in {scored / 'target'} (run benchmark.sh first)")
+    a, scored, cases = prediction_args(__doc__, "vessel_profile")
+    veins_dir = a.out / "data" / "raw" / "truth" / "veins"
     names = ["truth", "NCCT"] + [str(p) for p in a.pred]
     regions = ["peripheral arteries", "peripheral veins", "ring around them"]
     sums = {n: np.zeros((len(regions), 2)) for n in names}

@@ -231,6 +231,16 @@ pub struct IdentityConfig {
     pub spare_lung_above_hu: Option<f64>,
     /// How far (pixels, in-plane) the spared lung structures grow. Default: 1.
     pub spare_px: usize,
+    /// Weight of the drift term in G+R's loss (0 = off; the L1 weight's scale), independent
+    /// of `weight`: the mean over the soft tissue outside the lungs and the contrast region
+    /// of `|local mean of (G(x) - x)|`, the local mean taken over that tissue within
+    /// `drift_px` ([`drift_loss`]). An offset of G's output over tissue that needs no change
+    /// costs its full size, texture of zero mean almost nothing, and the lungs, where the
+    /// small arteries the region misses lie, are left free. Default: 0.
+    pub drift_weight: f64,
+    /// The drift's scale: the local mean's square reaches this many pixels in-plane (1 to
+    /// 32). Default: 8.
+    pub drift_px: usize,
     /// The weight rises linearly from 0 to `weight` over the first this many steps
     /// ([`IdentityConfig::weight_at`]): G, which starts as the identity (a residual G), is
     /// free to leave it where the contrast is before the term holds the tissue, so a weight
@@ -254,6 +264,8 @@ impl Default for IdentityConfig {
             spare_lung_above_hu: None,
             spare_px: 1,
             ramp_steps: 0,
+            drift_weight: 0.0,
+            drift_px: 8,
             legacy_threshold_hu: None,
             legacy_dilation_px: None,
         }
@@ -263,6 +275,11 @@ impl Default for IdentityConfig {
 impl IdentityConfig {
     pub fn enabled(&self) -> bool {
         self.weight > 0.0
+    }
+
+    /// Whether the drift term is on.
+    pub fn drift_term(&self) -> bool {
+        self.drift_weight > 0.0
     }
 
     /// The term's weight at `step` (1-based): `weight * step / ramp_steps` up to
@@ -307,6 +324,16 @@ impl IdentityConfig {
                 "identity.spare_lung_above_hu must be finite, got {hu}"
             );
         }
+        anyhow::ensure!(
+            self.drift_weight.is_finite() && self.drift_weight >= 0.0,
+            "identity.drift_weight must be finite and >= 0, got {}",
+            self.drift_weight
+        );
+        anyhow::ensure!(
+            (1..=32).contains(&self.drift_px),
+            "identity.drift_px must be 1 to 32, got {}",
+            self.drift_px
+        );
         anyhow::ensure!(
             self.enabled() || self.ramp_steps == 0,
             "identity.ramp_steps ramps the identity term, which identity.weight = 0 leaves \
@@ -449,6 +476,21 @@ pub fn identity_loss(fake: &Tensor, ncct: &Tensor, region: &Tensor, body: &Tenso
     ((fake - ncct).abs() * &kept).sum(Kind::Float) / n.clamp_min(1.0)
 }
 
+/// The drift of `fake` from `ncct` over `kept` (0/1): the mean over `kept` of `|m|`, where
+/// `m` at a pixel is the mean of `fake - ncct` over the `kept` pixels within `px` in-plane (a
+/// `2 * px + 1` square): an offset `c` over `kept` scores `|c|`, a pattern that averages to 0
+/// within the square close to 0. 0 when `kept` is empty.
+///
+/// # Shapes
+/// All `[batch, 1, height, width]` -> a scalar.
+pub fn drift_loss(fake: &Tensor, ncct: &Tensor, kept: &Tensor, px: usize) -> Tensor {
+    let (k, p) = (2 * px as i64 + 1, px as i64);
+    let pool = |t: &Tensor| t.avg_pool2d([k, k], [1, 1], [p, p], false, true, None::<i64>);
+    let count = tch::no_grad(|| pool(kept));
+    let local = pool(&((fake - ncct) * kept)) / count.clamp_min(1e-6);
+    (local.abs() * kept).sum(Kind::Float) / kept.sum(Kind::Float).clamp_min(1.0)
+}
+
 /// The region's mean error per image, `|sum((pred - target) * region) / sum(region)|`,
 /// averaged over the batch (an image without region pixels adds 0).
 ///
@@ -569,6 +611,28 @@ mod tests {
         let g = Vec::<f32>::try_from(p.grad().reshape([-1])).unwrap();
         assert!(g[0] < 0.0 && g[1] < 0.0 && g[0] == g[1], "{g:?}");
         assert!(g[2..].iter().all(|&v| v == 0.0), "{g:?}");
+    }
+
+    /// The drift: an offset over the kept pixels scores its size, a checkerboard of zero mean
+    /// nearly nothing, and whatever lies outside the kept pixels nothing at all.
+    #[test]
+    fn the_drift_is_the_local_mean_offset_over_the_kept_pixels() {
+        let img = |f: &dyn Fn(i64, i64) -> f32| {
+            let v: Vec<f32> = (0..16 * 16).map(|i| f(i / 16, i % 16)).collect();
+            Tensor::from_slice(&v).reshape([1, 1, 16, 16])
+        };
+        let ncct = img(&|_, _| 0.1);
+        // kept: the left half; the right half holds a large enhancement
+        let kept = img(&|_, x| f32::from(u8::from(x < 8)));
+        let value = |fake: &Tensor| drift_loss(fake, &ncct, &kept, 2).double_value(&[]);
+        let offset = img(&|_, x| if x < 8 { 0.13 } else { 0.9 });
+        assert!((value(&offset) - 0.03).abs() < 1e-6, "{}", value(&offset));
+        let texture = img(&|y, x| match x < 8 {
+            true => 0.1 + if (x + y) % 2 == 0 { 0.05 } else { -0.05 },
+            false => 0.9,
+        });
+        assert!(value(&texture) < 0.005, "{}", value(&texture));
+        assert_eq!(value(&img(&|_, x| if x < 8 { 0.1 } else { 0.9 })), 0.0);
     }
 
     /// `weight_at`: linear from `weight / ramp_steps` at step 1 to `weight` at step

@@ -171,6 +171,8 @@ pub struct StepStats {
     pub perceptual: f64,
     /// The identity term outside the contrast, before its weight (0 when off).
     pub identity: f64,
+    /// The drift of G's output over the soft tissue, before its weight (0 when off).
+    pub identity_drift: f64,
     /// The contrast region's mean error, before its weight (0 when off).
     pub contrast_mean: f64,
     /// The peak error over the contrast region and the lungs, before its weight (0 when off).
@@ -615,11 +617,12 @@ fn generator_loss(
     let (cfg, step) = (ctx.cfg, ctx.step);
     // [batch, 1, height, width], 0/1: where the CTPA is brighter (crate::contrast)
     let c = &cfg.contrast;
-    let core = (cfg.identity.enabled() || c.uses_region()).then(|| {
-        let w = cfg.window();
-        let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
-        crate::contrast::contrast_core(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
-    });
+    let core =
+        (cfg.identity.enabled() || cfg.identity.drift_term() || c.uses_region()).then(|| {
+            let w = cfg.window();
+            let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
+            crate::contrast::contrast_core(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
+        });
     let region = core
         .as_ref()
         .map(|core| crate::contrast::grow_core(core, &batch.body, c.motion_px));
@@ -668,6 +671,13 @@ fn generator_loss(
         let id = crate::contrast::identity_loss(fake, &batch.x, &free, &batch.body);
         loss_g += &id * cfg.identity.weight_at(step);
         pending.term("identity", &id, |s, v| s.identity = v);
+    }
+    if let (true, Some(region)) = (cfg.identity.drift_term(), &region) {
+        // the soft tissue: the body outside the lungs and the region
+        let kept = tch::no_grad(|| (region.neg() + 1.0) * (batch.lung.neg() + 1.0) * &batch.body);
+        let d = crate::contrast::drift_loss(fake, &batch.x, &kept, cfg.identity.drift_px);
+        loss_g += &d * cfg.identity.drift_weight;
+        pending.term("identity drift", &d, |s, v| s.identity_drift = v);
     }
     if let (true, Some(region)) = (c.mean_term(), &region) {
         let m = crate::contrast::region_mean_error(registered, &batch.y, region);

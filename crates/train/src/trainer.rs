@@ -1115,6 +1115,7 @@ fn train_fields(
         ("r1", s.r1.map_or(Value::Null, num)),
         ("perceptual", num(s.perceptual)),
         ("identity", num(s.identity)),
+        ("identity_drift", num(s.identity_drift)),
         ("contrast_mean", num(s.contrast_mean)),
         ("contrast_peak", num(s.contrast_peak)),
         ("contrast_quantile", num(s.contrast_quantile)),

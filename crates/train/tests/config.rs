@@ -239,6 +239,9 @@ fn ema_and_identity_settings_are_checked() {
     bad(&|c| c.contrast.quantile = 0.0, "contrast.quantile");
     bad(&|c| c.contrast.quantile = f64::NAN, "contrast.quantile");
     bad(&|c| c.identity.ramp_steps = 750, "identity.ramp_steps");
+    bad(&|c| c.identity.drift_weight = -1.0, "identity.drift_weight");
+    bad(&|c| c.identity.drift_px = 0, "identity.drift_px");
+    bad(&|c| c.identity.drift_px = 33, "identity.drift_px");
     bad(
         &|c| c.contrast.quantile_decay_steps = 750,
         "contrast.quantile_decay_steps",
@@ -262,6 +265,8 @@ fn ema_and_identity_settings_are_checked() {
     ok.identity.spare_lung_above_hu = Some(-500.0);
     ok.identity.spare_px = 16;
     ok.identity.ramp_steps = 750;
+    ok.identity.drift_weight = 10.0;
+    ok.identity.drift_px = 32;
     ok.contrast.weight = 10.0;
     ok.contrast.peak_weight = 10.0;
     ok.contrast.peak_px = 16;

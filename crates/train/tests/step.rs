@@ -318,6 +318,23 @@ fn the_identity_term_enters_the_loss_with_its_weight() {
     assert_weighted_term("ramped identity", pick(&off3), pick(&on3), 3.75);
 }
 
+/// `[identity] drift_weight`: the drift is read back and enters G+R's total with its weight,
+/// with or without the identity term itself; off, it is 0 and the total unchanged.
+#[test]
+fn the_drift_term_enters_the_loss_with_its_weight() {
+    let _serial = serial();
+    // the plain G (not residual) starts far from its input: the drift is not 0
+    let run = |w: f64| {
+        one_step(|c| {
+            c.identity.drift_weight = w;
+            c.identity.drift_px = 4;
+        })
+    };
+    let (off, on) = (run(0.0), run(4.0));
+    let pick = |s: &train::step::StepStats| (s.identity_drift, s.loss_g);
+    assert_weighted_term("identity drift", pick(&off), pick(&on), 4.0);
+}
+
 /// `[identity] spare_lung_above_hu`: lung pixels the NCCT shows bright leave the identity
 /// term; a threshold above every pixel spares nothing (the term as without the key), one
 /// below the lung's darkest spares the lungs and changes it.

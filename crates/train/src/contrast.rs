@@ -282,6 +282,11 @@ impl IdentityConfig {
         self.drift_weight > 0.0
     }
 
+    /// Whether either of this block's terms needs `[contrast]`'s region.
+    pub fn uses_region(&self) -> bool {
+        self.enabled() || self.drift_term()
+    }
+
     /// The term's weight at `step` (1-based): `weight * step / ramp_steps` up to
     /// `ramp_steps`, then `weight` (without a ramp, `weight` throughout).
     pub fn weight_at(&self, step: u64) -> f64 {

@@ -617,12 +617,11 @@ fn generator_loss(
     let (cfg, step) = (ctx.cfg, ctx.step);
     // [batch, 1, height, width], 0/1: where the CTPA is brighter (crate::contrast)
     let c = &cfg.contrast;
-    let core =
-        (cfg.identity.enabled() || cfg.identity.drift_term() || c.uses_region()).then(|| {
-            let w = cfg.window();
-            let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
-            crate::contrast::contrast_core(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
-        });
+    let core = (cfg.identity.uses_region() || c.uses_region()).then(|| {
+        let w = cfg.window();
+        let threshold = 2.0 * cfg.contrast.threshold_hu / f64::from(w.max - w.min);
+        crate::contrast::contrast_core(&batch.x, &batch.y, &batch.body, threshold, c.motion_px)
+    });
     let region = core
         .as_ref()
         .map(|core| crate::contrast::grow_core(core, &batch.body, c.motion_px));

@@ -29,6 +29,7 @@ Usage:
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -67,6 +68,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "activation": "relu",
         "leaky_slope": 0.2,
         "residual": False,
+        "init": "gan",
     },
     "registration": {
         "base_channels": 12,
@@ -237,6 +239,29 @@ def _init_normal(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _init_kaiming(module: "UNet", cfg: dict[str, Any]) -> None:
+    """He normal, fan in, as GeneratorConfig's init = "kaiming": the activation's gain (leaky
+    ReLU's for leaky_relu, ReLU's for the others) on every conv and up-conv, gain 1 on the
+    head; biases 0. PyTorch's fan in of a ConvTranspose2d weight [c_in, c_out, k, k] is
+    c_out k^2, as tch's."""
+    if cfg["activation"] == "leaky_relu":
+        gain = math.sqrt(2.0 / (1.0 + cfg["leaky_slope"] ** 2))
+    else:
+        gain = math.sqrt(2.0)
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            g = 1.0 if m is module.head else gain
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+            with torch.no_grad():
+                m.weight.mul_(g)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            # as in Rust, batch norm's scale keeps pix2pix's N(1, 0.02) whatever the conv init
+            nn.init.normal_(m.weight, 1.0, GAN_INIT_STD)
+            nn.init.zeros_(m.bias)
+
+
 # ---------------------------------------------------------------------------- networks
 
 
@@ -257,7 +282,13 @@ class Generator(UNet):
             cfg["max_channels"], cfg["convs_per_stage"], cfg["norm"], cfg["activation"],
             cfg["leaky_slope"],
         )
-        _init_normal(self, GAN_INIT_STD)
+        init = cfg.get("init", "gan")
+        if init == "gan":
+            _init_normal(self, GAN_INIT_STD)
+        elif init == "kaiming":
+            _init_kaiming(self, cfg)
+        else:
+            raise ValueError(f"unknown generator init {init!r}")
         self.residual = bool(cfg.get("residual", False))
         self.centre = cfg["in_channels"] // 2
         if self.residual:

@@ -80,6 +80,26 @@ pub struct GeneratorConfig {
     /// heart. `false` is the product owner's plain `tanh(unet(x))`. Same parameter count.
     /// Default: false.
     pub residual: bool,
+    /// How the conv weights start ([`WeightInit`]): `"gan"` (N(0, 0.02), pix2pix/RegGAN's,
+    /// default) or `"kaiming"` (He et al. 2015). With `norm = "none"` only `"kaiming"` keeps
+    /// the signal alive through the UNet.
+    pub init: WeightInit,
+}
+
+/// How G's convolution weights are initialised (biases start at zero either way; a residual
+/// G's head at zero either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightInit {
+    /// N(0, 0.02), as pix2pix and RegGAN (`init_weights(net, 'normal', 0.02)`): made for
+    /// layers a normalization follows. Without one, a 3x3 conv of 8 channels scales the signal
+    /// by about 0.12, so after a few layers G's output and gradients vanish.
+    Gan,
+    /// He normal, fan in: std = gain / sqrt(fan_in) with the activation's gain (sqrt(2) for
+    /// ReLU-like activations, sqrt(2 / (1 + slope^2)) for leaky ReLU), so every layer keeps
+    /// the signal's scale with or without a normalization; a plain (non-residual) G's head
+    /// uses gain 1. As PyTorch's `nn.init.kaiming_normal_(w, nonlinearity=...)`.
+    Kaiming,
 }
 
 impl Default for GeneratorConfig {
@@ -95,11 +115,22 @@ impl Default for GeneratorConfig {
             activation: Activation::Relu,
             leaky_slope: 0.2,
             residual: false,
+            init: WeightInit::Gan,
         }
     }
 }
 
 impl GeneratorConfig {
+    /// The gain He initialisation uses for the activation (PyTorch's `calculate_gain`):
+    /// sqrt(2 / (1 + slope^2)) for leaky ReLU, sqrt(2) for ReLU and its smooth relatives
+    /// (ELU, GELU, SiLU, which `calculate_gain` does not list).
+    pub fn activation_gain(&self) -> f64 {
+        match self.activation {
+            Activation::LeakyRelu => (2.0 / (1.0 + self.leaky_slope * self.leaky_slope)).sqrt(),
+            Activation::Relu | Activation::Elu | Activation::Gelu | Activation::Silu => 2f64.sqrt(),
+        }
+    }
+
     /// Input height and width must be multiples of this (`2^depth`).
     pub fn size_multiple(&self) -> i64 {
         1i64.checked_shl(self.depth as u32)

@@ -19,7 +19,16 @@ use tch::Tensor;
 pub const RESIDUAL_EPS: f64 = 1e-4;
 
 use crate::blocks::{check_size_multiple, Act, StageSpec, UNet, UNetSpec, GAN_INIT_STD};
-use crate::config::GeneratorConfig;
+use crate::config::{GeneratorConfig, WeightInit};
+
+/// He normal, fan in, with `gain` (see [`WeightInit::Kaiming`]).
+fn kaiming(gain: f64) -> nn::Init {
+    nn::Init::Kaiming {
+        dist: nn::init::NormalOrUniform::Normal,
+        fan: nn::init::FanInOut::FanIn,
+        non_linearity: nn::init::NonLinearity::ExplicitGain(gain),
+    }
+}
 
 /// G: NCCT slice(s) -> synthetic CTPA slice.
 #[derive(Debug)]
@@ -31,9 +40,15 @@ pub struct Generator {
 impl Generator {
     /// Builds G's variables under `path` (see [`crate::blocks`] for their names).
     pub fn new(path: &nn::Path, cfg: &GeneratorConfig) -> Self {
-        let init = nn::Init::Randn {
-            mean: 0.0,
-            stdev: GAN_INIT_STD,
+        let (init, plain_head) = match cfg.init {
+            WeightInit::Gan => {
+                let gan = nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: GAN_INIT_STD,
+                };
+                (gan, gan)
+            }
+            WeightInit::Kaiming => (kaiming(cfg.activation_gain()), kaiming(1.0)),
         };
         let spec = UNetSpec {
             in_channels: cfg.in_channels,
@@ -51,7 +66,7 @@ impl Generator {
             head_init: if cfg.residual {
                 nn::Init::Const(0.0)
             } else {
-                init
+                plain_head
             },
         };
         tracing::debug!(?cfg, "building generator");

@@ -64,6 +64,16 @@ pub struct CheckpointInfo {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RunSection {
     pub model: ModelSection,
+    /// `None` in a checkpoint without a `data` section (hand-made ones).
+    #[serde(default)]
+    pub data: Option<DataSection>,
+}
+
+/// `config.data`, as far as inference reads it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DataSection {
+    /// The side of the square crops G was trained on (`predict --tile auto`).
+    pub crop_size: usize,
 }
 
 /// `config.model`, as far as inference reads it.
@@ -200,6 +210,8 @@ pub struct LoadedGenerator {
     pub step: u64,
     /// The weights are the EMA of G's ([`GENERATOR_EMA_FILE`]).
     pub ema: bool,
+    /// The side of the square crops G was trained on, when the checkpoint says.
+    pub train_crop: Option<usize>,
 }
 
 impl LoadedGenerator {
@@ -252,5 +264,6 @@ pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGener
         checkpoint: dir,
         step: info.step,
         ema,
+        train_crop: info.config.data.map(|d| d.crop_size),
     })
 }

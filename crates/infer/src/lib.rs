@@ -6,11 +6,13 @@
 //! - [`translate`]: axial slices in HU to G's input and back (window, 2.5D stack, centred air
 //!   padding, crop), the code training's validation runs too.
 //! - [`predict`]: a whole volume through G: resampling to the model's spacing, precision,
-//!   test-time augmentation.
+//!   test-time augmentation, tiles.
+//! - [`tiles`]: sliding-window inference on tiles of the training crop, blended as nnU-Net does.
 //! - [`tensors`]: `ndarray` <-> tch.
 
 pub mod checkpoint;
 pub mod predict;
 pub mod provenance;
 pub mod tensors;
+pub mod tiles;
 pub mod translate;

@@ -60,6 +60,8 @@ pub struct PredictOptions {
     pub tta: Option<Tta>,
     /// Precision of G's forward passes. Default: fp32.
     pub precision: Precision,
+    /// Sliding-window inference on tiles ([`crate::tiles`]); `None` runs G on whole slices.
+    pub tiles: Option<crate::tiles::Tiling>,
 }
 
 /// Whether `precision` runs on `device` at inference: f16 needs CUDA (the CPU has no fast
@@ -193,13 +195,7 @@ impl Translator<'_> {
             .as_ref()
             .map(Tta::views)
             .unwrap_or_else(|| vec![View::Identity]);
-        let data = self.translate_slices(
-            &working.data,
-            opts.batch_size.max(1),
-            &views,
-            opts.precision,
-            &mut on_slices,
-        )?;
+        let data = self.translate_slices(&working.data, opts, &views, &mut on_slices)?;
         let bad = data.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
             bail!(
@@ -246,30 +242,40 @@ impl Translator<'_> {
     }
 
     /// Translates every axial slice of `hu` (`[z, y, x]`, HU) and returns HU, through
-    /// [`crate::translate`] (the code training's validation runs), with this translator's
-    /// precision and test-time augmentation as the forward pass.
+    /// [`crate::translate`] (the code training's validation runs), with `opts`' precision,
+    /// tiles and test-time augmentation (`tta_views`, within each tile) as the forward pass.
     fn translate_slices(
         &self,
         hu: &Array3<f32>,
-        batch_size: usize,
+        opts: &PredictOptions,
         tta_views: &[View],
-        precision: Precision,
         on_slices: &mut impl FnMut(usize),
     ) -> Result<Array3<f32>> {
         let frame = SliceFrame::for_generator(self.generator.config(), self.window)?;
+        if let Some(t) = &opts.tiles {
+            // a tiling built for another model (an ensemble member of another depth)
+            crate::tiles::Tiling::new(t.size, t.step, frame.multiple())
+                .context("tiled inference")?;
+        }
+        let views = |x: &Tensor| match &opts.tiles {
+            Some(t) => {
+                crate::tiles::forward_tiled(x, t, |tile| self.forward_views(tile, tta_views))
+            }
+            None => self.forward_views(x, tta_views),
+        };
         translate_slices(
             &frame,
             hu.view(),
-            batch_size,
+            opts.batch_size.max(1),
             self.device,
             // [batch, in_channels, padded height, padded width] -> [batch, 1, ..]
             |x| {
-                tch::no_grad(|| match precision.autocast_kind() {
-                    None => Ok(self.forward_views(x, tta_views)),
+                tch::no_grad(|| match opts.precision.autocast_kind() {
+                    None => Ok(views(x)),
                     Some(kind) => {
                         let _autocast = AutocastGuard::new(AutocastDevice::of(self.device), kind)
                             .context("turning on autocast")?;
-                        Ok(self.forward_views(x, tta_views))
+                        Ok(views(x))
                     }
                 })
             },
@@ -417,6 +423,81 @@ mod tests {
             let b = window.denormalize(*b);
             assert!((a - b).abs() < 1e-3, "{a} vs {b}");
         }
+    }
+
+    /// Tiles run G on parts of the padded slice and blend them ([`crate::tiles`]): a tile
+    /// as large as the slice is the whole-slice prediction, bit for bit; smaller tiles give
+    /// what blending G's outputs on those tiles by hand gives, which an instance-norm G makes
+    /// differ from the whole slice.
+    #[test]
+    fn tiles_blend_gs_outputs_on_the_padded_slice() {
+        tch::manual_seed(4);
+        let vs = VarStore::new(Device::Cpu);
+        let g = tiny_generator(&vs);
+        // weights further from pix2pix's small init: outputs that vary across the slice
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let _ = v.g_add_(&(v.randn_like() * 0.05));
+            }
+        });
+        let m = g.config().size_multiple() as usize;
+        let (nz, ny, nx) = (2, 6 * m - 3, 4 * m);
+        let hu = Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| {
+            -900.0 + 30.0 * ((y * 7 + x * 3 + z) % 50) as f32
+        });
+        let vol = Volume::new(hu.clone(), Geometry::identity([0.8, 0.8, 2.0])).unwrap();
+        let t = cpu_translator(&g);
+        let run = |tiles| {
+            let opts = PredictOptions {
+                tiles,
+                ..PredictOptions::new()
+            };
+            t.translate_volume(&vol, &opts, |_| {}).unwrap().data
+        };
+        let whole = run(None);
+        let big = crate::tiles::Tiling::new(6 * m, 0.5, m).unwrap();
+        assert_eq!(run(Some(big)), whole);
+        let small = crate::tiles::Tiling::new(2 * m, 0.5, m).unwrap();
+        let tiled = run(Some(small));
+        let frame = SliceFrame::for_generator(g.config(), IntensityWindow::default()).unwrap();
+        let x = frame.input(hu.view(), &[0, 1], Device::Cpu).unwrap();
+        let by_hand = tch::no_grad(|| {
+            crate::tiles::forward_tiled(&x, &small, |tile| g.forward_t(tile, false))
+        });
+        let by_hand = frame.output_hu(&by_hand, ny, nx).unwrap();
+        let diff = (&tiled - &by_hand)
+            .mapv(f32::abs)
+            .fold(0.0f32, |a, &b| a.max(b));
+        assert!(
+            diff < 1e-3,
+            "tiled translation against the blend by hand: {diff} HU"
+        );
+        let off = (&tiled - &whole)
+            .mapv(f32::abs)
+            .fold(0.0f32, |a, &b| a.max(b));
+        assert!(
+            off > 1.0,
+            "tiles of an instance-norm G equal the whole slice ({off} HU)"
+        );
+        // a tiling the generator cannot run is refused with the reason
+        let bad = crate::tiles::Tiling {
+            size: m + 1,
+            step: 0.5,
+        };
+        let e = t
+            .translate_volume(
+                &vol,
+                &PredictOptions {
+                    tiles: Some(bad),
+                    ..PredictOptions::new()
+                },
+                |_| {},
+            )
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains(&format!("multiple of {m}")),
+            "{e:#}"
+        );
     }
 
     /// Odd sizes are padded and cropped back: the output has the input's shape and HU range.

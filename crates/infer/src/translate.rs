@@ -97,6 +97,11 @@ impl SliceFrame {
         self.in_channels
     }
 
+    /// The size multiple slices are padded to (`2^depth`).
+    pub fn multiple(&self) -> usize {
+        self.multiple
+    }
+
     /// The padded canvas of a `height` x `width` slice, the slice centred in it.
     pub fn padding(&self, height: usize, width: usize) -> Padding {
         let (ph, pw) = (

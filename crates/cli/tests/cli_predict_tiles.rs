@@ -1,0 +1,95 @@
+//! `predict --tile`: sliding-window inference on tiles of the training crop (#16), end to end
+//! (the blending itself is tested in `infer::tiles` and `infer::predict`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ncct2ctpa"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn predict(run: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    bin()
+        .args(["predict", "--model", s(run), "--input", s(input)])
+        .args(["--output", s(output), "--device", "cpu"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn max_abs(a: &Path, b: &Path) -> f32 {
+    let read = |p: &Path| volume::io::nifti::read_nifti_file(p).unwrap().volume.data;
+    (read(a) - read(b))
+        .mapv(f32::abs)
+        .fold(0.0f32, |m, v| m.max(*v))
+}
+
+#[test]
+fn tiles_of_the_training_crop_are_the_default_tile_and_bad_tiles_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
+    let run = tmp.path().join("run");
+    // the tiny preset (depth 3: multiples of 8) on 32 px crops
+    let out = bin()
+        .args(common::tiny_train(&data, &run, "2"))
+        .args(["--batch-size", "2", "--crop-size", "32", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // a 3 x 80 x 72 NCCT: body-like values with structure, so tiles see different statistics
+    let hu = ndarray::Array3::from_shape_fn((3, 80, 72), |(z, y, x)| {
+        -950.0 + 25.0 * ((y * 5 + x * 3 + z * 7) % 60) as f32
+    });
+    let ncct = tmp.path().join("ncct.nii.gz");
+    let geometry = volume::Geometry::identity([0.8, 0.8, 2.0]);
+    volume::io::nifti::write_nifti(&ncct, &volume::Volume::new(hu, geometry).unwrap()).unwrap();
+
+    let (whole, auto, px32) = (
+        tmp.path().join("whole.nii.gz"),
+        tmp.path().join("auto.nii.gz"),
+        tmp.path().join("px32.nii.gz"),
+    );
+    for (out, extra) in [
+        (&whole, &[][..]),
+        (&auto, &["--tile", "auto"][..]),
+        (&px32, &["--tile", "32", "--tile-step", "0.5"][..]),
+    ] {
+        let o = predict(&run, &ncct, out, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // auto is the training crop; tiles of an instance-norm G differ from the whole slice
+    assert_eq!(max_abs(&auto, &px32), 0.0);
+    assert!(max_abs(&auto, &whole) > 0.01, "{}", max_abs(&auto, &whole));
+
+    // a tile G cannot run: the reason and the model named, nothing written
+    let never = tmp.path().join("never.nii.gz");
+    let o = predict(&run, &ncct, &never, &["--tile", "36"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("multiple of 8") && stderr.contains(s(&run)),
+        "{stderr}"
+    );
+    assert!(!never.exists());
+    for (extra, says) in [
+        (&["--tile", "0"][..], "tile size in pixels or 'auto'"),
+        (&["--tile", "32", "--tile-step", "1.5"][..], "(0, 1]"),
+        (&["--tile-step", "0.5"][..], "--tile"),
+    ] {
+        let o = predict(&run, &ncct, &never, extra);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+        assert!(!never.exists());
+    }
+}

@@ -18,7 +18,7 @@
 #    scored alike; OUT/table.json the same numbers.
 #
 # usage: tools/quality/benchmark.sh [-s STEPS] [-n SEEDS] [-j JOBS] [-m MM] [-c CASES]
-#                                   [-B] [-o OUT] [-b BIN] [-p PYTHON] ARM...
+#                                   [-B] [-t TILE] [-o OUT] [-b BIN] [-p PYTHON] ARM...
 #   ARM   baseline (configs/demo.toml alone), NAME (+ configs/ablation/NAME.toml) or A+B
 #   -s    training steps of every run (default 1500, the demo's)
 #   -n    seeds per arm: 1, 2, ... (default 3)
@@ -26,6 +26,9 @@
 #   -m    largest motion between the scans, mm (default 10)
 #   -c    phantom cases (default 10: 6 train, 2 val, 2 test)
 #   -B    the phantom with bronchi beside its arteries (`synth --bronchi`)
+#   -t    also predict with `predict --tile TILE` (PX or auto: sliding-window inference on
+#         tiles, README "Training options") into ARM/seed-N/tile-TILE/ and ARM/ensemble-tile-TILE/
+#         (redone every time: seconds); the table then shows those predictions' scores
 #   -o    output folder (default runs/quality): data/, scored/, ARM/seed-N/, table.md
 #   -b    the ncct2ctpa binary (default target/release/ncct2ctpa: `cargo build --release -p cli`)
 #   -p    a Python with numpy and nibabel for the trunk/peripheral masks (default
@@ -41,13 +44,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: relative paths (-o, -b, -p) start there
 STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,39p' "$0"; exit 2; }
-BRONCHI=
-while getopts "s:n:j:m:c:o:b:p:B" opt; do
+usage() { sed -n '2,42p' "$0"; exit 2; }
+BRONCHI= TILE=
+while getopts "s:n:j:m:c:o:b:p:t:B" opt; do
   case $opt in
     s) STEPS=$OPTARG ;; n) SEEDS=$OPTARG ;; j) JOBS=$OPTARG ;; m) MM=$OPTARG ;;
     c) CASES=$OPTARG ;; o) OUT=$OPTARG ;; b) BIN=$OPTARG ;; p) PY=$OPTARG ;;
-    B) BRONCHI=--bronchi ;;
+    B) BRONCHI=--bronchi ;; t) TILE=$OPTARG ;;
     *) usage ;;
   esac
 done
@@ -109,6 +112,19 @@ run_one() {
   echo "$want" > "$dir/settings"
   echo "  $arm seed $seed done in $(cat "$dir/train_seconds") s of training"
 }
+# tiled predictions of the finished runs (-t): cheap, so always redone
+predict_tiled() {
+  local arm=$1 models=() s
+  for s in $(seq 1 "$SEEDS"); do
+    rm -rf "$OUT/$arm/seed-$s/tile-$TILE"
+    predict_and_score "$OUT/$arm/seed-$s/tile-$TILE" --model "$OUT/$arm/seed-$s/run/checkpoints/final" --tile "$TILE"
+    models+=(--model "$OUT/$arm/seed-$s/run/checkpoints/final")
+  done
+  if [ "$SEEDS" -gt 1 ]; then
+    rm -rf "$OUT/$arm/ensemble-tile-$TILE"
+    predict_and_score "$OUT/$arm/ensemble-tile-$TILE" "${models[@]}" --tile "$TILE"
+  fi
+}
 export -f run_one train_and_score predict_and_score arm_config_sum
 export BIN DATA OUT STEPS THREADS SCORED EXTRA_MASKS RUN_STAMP
 # each run in its own shell with errexit: a failed train, predict or evaluate fails the run,
@@ -128,12 +144,18 @@ if [ "$SEEDS" -gt 1 ]; then
   done
 fi
 
+if [ -n "$TILE" ]; then
+  for arm in "$@"; do predict_tiled "$arm"; done
+fi
+
 # 4. The table.
-python3 - "$OUT" "$STEPS" "$SEEDS" "$MM" "$@" <<'PYTABLE'
+python3 - "$OUT" "$STEPS" "$SEEDS" "$MM" "$TILE" "$@" <<'PYTABLE'
 import json, statistics, sys
-out, steps, seeds, mm, arms = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+out, steps, seeds, mm, tile, arms = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6:]
 def summary(arm, seed):
     run = f"seed-{seed}" if seed else "ensemble"
+    if tile:
+        run = f"{run}/tile-{tile}" if seed else f"ensemble-tile-{tile}"
     s = json.load(open(f"{out}/{arm}/{run}/eval/evaluation.json"))
     return {(r["region"], r["metric"]): r for r in s["summary"]}
 MAE = [("body", "mae"), ("lung", "mae"), ("vessel", "mae")]
@@ -156,7 +178,8 @@ for arm in arms:
 ncct = values(first, "baseline")
 truth = [None] * len(MAE) + [first[(r, "me")]["target_mean"]["mean"] for r in HU]
 head = ["body MAE", "lung MAE", "vessel MAE", "vessel mean HU", "trunk mean HU", "peripheral mean HU"]
-lines = [f"| arm ({seeds} seeds x {steps} steps, {mm} mm motion) | " + " | ".join(head) + " |",
+how = f", predicted on {tile} px tiles" if tile and tile != "auto" else (", predicted on tiles of the training crop" if tile else "")
+lines = [f"| arm ({seeds} seeds x {steps} steps, {mm} mm motion{how}) | " + " | ".join(head) + " |",
          "|---" * (len(head) + 1) + "|"]
 for arm, cols in rows.items():
     lines.append(f"| {arm} | " + " | ".join(fmt(c) for c in cols) + " |")

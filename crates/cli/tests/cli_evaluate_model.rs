@@ -115,6 +115,61 @@ fn one_command_equals_predict_then_evaluate() {
         .header
         .descrip;
     assert!(descrip.contains("run run final@3"), "{descrip}");
+
+    // with tiles (the training crop, 32 px): beside the whole-slice scores by default, and
+    // the same as predict --tile auto + evaluate
+    let tiled = ok(&[
+        "evaluate",
+        "--model",
+        &s(&run),
+        "--data",
+        &s(&data),
+        "--split",
+        "val",
+        "--checkpoint",
+        "final",
+        "--device",
+        "cpu",
+        "--tile",
+        "auto",
+    ]);
+    let three = run.join("evaluation/val-final-tile-auto");
+    assert!(three.join("evaluation.csv").is_file(), "{tiled}");
+    let tiled_preds = t("tiled_preds");
+    ok(&[
+        "predict",
+        "--model",
+        &s(&run.join("checkpoints/final")),
+        "--input",
+        &s(&one.join("ncct")),
+        "--output",
+        &s(&tiled_preds),
+        "--device",
+        "cpu",
+        "--tile",
+        "32",
+    ]);
+    let four = t("four");
+    ok(&[
+        "evaluate",
+        "--pred",
+        &s(&tiled_preds),
+        "--target",
+        &s(&one.join("target")),
+        "--ncct",
+        &s(&one.join("ncct")),
+        "--out",
+        &s(&four),
+    ]);
+    let (c, d) = (
+        scores(&three.join("evaluation.csv")),
+        scores(&four.join("evaluation.csv")),
+    );
+    assert_eq!(
+        c, d,
+        "evaluate --model --tile must equal predict --tile + evaluate"
+    );
+    assert_ne!(c, a, "tiles of an instance-norm G must change the scores");
 }
 
 #[test]

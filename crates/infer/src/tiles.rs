@@ -15,7 +15,7 @@
 //! Every pixel of the slice is covered by at least one tile; an axis no longer than the tile
 //! is covered by one tile of the axis' length.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
 /// nnU-Net's default overlap: tiles a half tile apart.
@@ -46,6 +46,69 @@ impl Tiling {
         }
         Ok(Self { size, step })
     }
+}
+
+/// A tile size as users give it (`--tile PX|auto`): pixels, or the crop the model was
+/// trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileSize {
+    Auto,
+    Px(usize),
+}
+
+impl std::str::FromStr for TileSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            px => px
+                .parse::<usize>()
+                .ok()
+                .filter(|v| *v > 0)
+                .map(Self::Px)
+                .ok_or_else(|| format!("expected a tile size in pixels or 'auto', got '{s}'")),
+        }
+    }
+}
+
+/// The tiling `size` and `step` ask for, checked against every model of an ensemble: each
+/// must be able to run it (a multiple of its `2^depth`), and with `auto` all must have been
+/// trained on one crop, which the checkpoints record. Errors name the models.
+pub fn resolve(
+    size: TileSize,
+    step: f64,
+    models: &[crate::checkpoint::LoadedGenerator],
+) -> Result<Tiling> {
+    let px = match size {
+        TileSize::Px(px) => px,
+        TileSize::Auto => {
+            let crops: Vec<_> = models.iter().map(|m| m.train_crop).collect();
+            match crops.as_slice() {
+                [Some(c), rest @ ..] if rest.iter().all(|r| *r == Some(*c)) => *c,
+                _ => bail!(
+                    "tiles of the training crop need the crop of every model, and one crop for \
+                     all: the checkpoints say {}; give the tile size in pixels",
+                    models
+                        .iter()
+                        .zip(&crops)
+                        .map(|(m, c)| format!(
+                            "{} {}",
+                            m.checkpoint.display(),
+                            c.map_or("(none)".into(), |c| format!("{c} px"))
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    for m in models {
+        let multiple = usize::try_from(m.generator.config().size_multiple()).unwrap_or(0);
+        Tiling::new(px, step, multiple)
+            .with_context(|| format!("tiles for the model {}", m.checkpoint.display()))?;
+    }
+    tracing::info!(size = px, step, "tiled inference");
+    Ok(Tiling { size: px, step })
 }
 
 /// Where the tiles of one axis of `extent` pixels start (see the module docs).

@@ -40,6 +40,8 @@ pub struct ModelRun<'a> {
     pub checkpoint: CheckpointChoice,
     pub device: &'a str,
     pub batch_size: usize,
+    /// Tiled inference (`--tile`, `--tile-step`); `None`: whole slices, as validation.
+    pub tiles: Option<(infer::tiles::TileSize, f64)>,
 }
 
 /// The folders `predict_split` filled.
@@ -81,11 +83,17 @@ fn checkpoint_dir(model: &Path, choice: CheckpointChoice) -> Result<PathBuf> {
     )
 }
 
-/// The default output folder: `RUN/evaluation/SPLIT-CHECKPOINT`.
+/// The default output folder: `RUN/evaluation/SPLIT-CHECKPOINT`, `-tile-PX` (or
+/// `-tile-auto`) appended with tiles, so whole-slice and tiled scores sit side by side.
 pub fn default_out(run: &ModelRun<'_>) -> PathBuf {
+    let tiles = match run.tiles {
+        None => String::new(),
+        Some((infer::tiles::TileSize::Auto, _)) => "-tile-auto".into(),
+        Some((infer::tiles::TileSize::Px(px), _)) => format!("-tile-{px}"),
+    };
     run.model
         .join("evaluation")
-        .join(format!("{}-{}", run.split, run.checkpoint.name()).replace(' ', ""))
+        .join(format!("{}-{}{tiles}", run.split, run.checkpoint.name()).replace(' ', ""))
 }
 
 /// Translates every case of the split into `out/pred/`, and writes its prepared NCCT and CTPA
@@ -116,9 +124,14 @@ pub fn predict_split(run: &ModelRun<'_>, out: &Path) -> Result<Folders> {
         .with_context(|| format!("loading the model from {}", ckpt.display()))?;
     let provenance = infer::provenance::Provenance::of(&loaded);
     let translator = loaded.translator();
-    // plain fp32 inference, as validation scores it
+    // fp32 inference on whole slices, as validation scores it, unless tiles are asked for
+    let tiles = run
+        .tiles
+        .map(|(size, step)| infer::tiles::resolve(size, step, std::slice::from_ref(&loaded)))
+        .transpose()?;
     let opts = PredictOptions {
         batch_size: run.batch_size,
+        tiles,
         ..PredictOptions::default()
     };
     let folders = Folders {

@@ -64,8 +64,8 @@ pub struct Args {
     /// PX pixels (a multiple of 2^depth), blended with a Gaussian that trusts each tile's
     /// centre; `auto` takes the crop the model was trained on. G then sees at inference the
     /// field of view it saw in training. Default: whole slices.
-    #[arg(long, value_name = "PX|auto", value_parser = parse_tile)]
-    tile: Option<TileArg>,
+    #[arg(long, value_name = "PX|auto")]
+    tile: Option<infer::tiles::TileSize>,
     /// With --tile: the largest distance between neighbouring tiles, as a fraction of the
     /// tile (nnU-Net's 0.5: every pixel in about two tiles per axis).
     #[arg(long, value_name = "FRACTION", default_value_t = infer::tiles::DEFAULT_STEP, requires = "tile")]
@@ -77,66 +77,6 @@ pub struct Args {
     /// input's study, beside the NCCT it was computed from).
     #[arg(long)]
     new_study: bool,
-}
-
-/// `--tile`: a size in pixels, or the models' training crop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TileArg {
-    Auto,
-    Px(usize),
-}
-
-fn parse_tile(s: &str) -> Result<TileArg, String> {
-    match s.trim() {
-        "auto" => Ok(TileArg::Auto),
-        px => px
-            .parse::<usize>()
-            .ok()
-            .filter(|v| *v > 0)
-            .map(TileArg::Px)
-            .ok_or_else(|| format!("expected a tile size in pixels or 'auto', got '{s}'")),
-    }
-}
-
-/// The tiling `--tile` asks for, checked against every model of the ensemble (each must be
-/// able to run it, and with `auto` all must have been trained on the same crop).
-fn tiling(
-    arg: Option<TileArg>,
-    step: f64,
-    models: &[infer::checkpoint::LoadedGenerator],
-) -> Result<Option<infer::tiles::Tiling>> {
-    let Some(arg) = arg else {
-        return Ok(None);
-    };
-    let size = match arg {
-        TileArg::Px(px) => px,
-        TileArg::Auto => {
-            let crops: Vec<_> = models.iter().map(|m| m.train_crop).collect();
-            match crops.as_slice() {
-                [Some(c), rest @ ..] if rest.iter().all(|r| *r == Some(*c)) => *c,
-                _ => bail!(
-                    "--tile auto needs the training crop of every model, and one crop for all:                      the checkpoints say {}; give the tile size in pixels",
-                    models
-                        .iter()
-                        .zip(&crops)
-                        .map(|(m, c)| format!(
-                            "{} {}",
-                            m.checkpoint.display(),
-                            c.map_or("(none)".into(), |c| format!("{c} px"))
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
-        }
-    };
-    for m in models {
-        let multiple = usize::try_from(m.generator.config().size_multiple()).unwrap_or(0);
-        infer::tiles::Tiling::new(size, step, multiple)
-            .with_context(|| format!("--tile for the model {}", m.checkpoint.display()))?;
-    }
-    tracing::info!(size, step, "tiled inference");
-    Ok(Some(infer::tiles::Tiling { size, step }))
 }
 
 /// One volume to translate and where its result goes.
@@ -189,7 +129,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         model_spacing_xy: args.model_spacing,
         tta: args.tta.then(infer::predict::Tta::default),
         precision: args.precision,
-        tiles: tiling(args.tile, args.tile_step, &loaded)?,
+        tiles: args
+            .tile
+            .map(|t| infer::tiles::resolve(t, args.tile_step, &loaded))
+            .transpose()?,
     };
     infer::predict::check_precision(opts.precision, device)?;
 

@@ -37,6 +37,41 @@ fn scores(csv: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The scores of `predict --model CKPT` on `exported`'s NCCTs (with `extra`), evaluated
+/// against its targets by `evaluate --pred` into `out`: `evaluate --model` by hand.
+fn predict_then_evaluate(
+    ckpt: &Path,
+    exported: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<(String, String, String)> {
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let preds = out.join("pred");
+    let mut predict = vec!["predict".to_owned(), "--model".into(), s(ckpt)];
+    predict.extend([
+        "--input".into(),
+        s(&exported.join("ncct")),
+        "--output".into(),
+        s(&preds),
+    ]);
+    predict.extend(["--device".into(), "cpu".into()]);
+    predict.extend(extra.iter().map(|e| e.to_string()));
+    ok(&predict.iter().map(String::as_str).collect::<Vec<_>>());
+    let eval = out.join("eval");
+    ok(&[
+        "evaluate",
+        "--pred",
+        &s(&preds),
+        "--target",
+        &s(&exported.join("target")),
+        "--ncct",
+        &s(&exported.join("ncct")),
+        "--out",
+        &s(&eval),
+    ]);
+    scores(&eval.join("evaluation.csv"))
+}
+
 #[test]
 fn one_command_equals_predict_then_evaluate() {
     let tmp = tempfile::tempdir().unwrap();
@@ -65,34 +100,9 @@ fn one_command_equals_predict_then_evaluate() {
     ]);
     assert!(stdout.contains("NCCT baseline"), "{stdout}");
     // the same by hand: predict the exported NCCTs with the same checkpoint, then evaluate
-    let preds = t("preds");
-    ok(&[
-        "predict",
-        "--model",
-        &s(&run.join("checkpoints/final")),
-        "--input",
-        &s(&one.join("ncct")),
-        "--output",
-        &s(&preds),
-        "--device",
-        "cpu",
-    ]);
-    let two = t("two");
-    ok(&[
-        "evaluate",
-        "--pred",
-        &s(&preds),
-        "--target",
-        &s(&one.join("target")),
-        "--ncct",
-        &s(&one.join("ncct")),
-        "--out",
-        &s(&two),
-    ]);
-    let (a, b) = (
-        scores(&one.join("evaluation.csv")),
-        scores(&two.join("evaluation.csv")),
-    );
+    let final_ckpt = run.join("checkpoints/final");
+    let a = scores(&one.join("evaluation.csv"));
+    let b = predict_then_evaluate(&final_ckpt, &one, &t("two"), &[]);
     assert!(!a.is_empty());
     assert_eq!(a, b, "evaluate --model must equal predict + evaluate");
     // one montage per case, a PNG
@@ -135,36 +145,8 @@ fn one_command_equals_predict_then_evaluate() {
     ]);
     let three = run.join("evaluation/val-final-tile-auto");
     assert!(three.join("evaluation.csv").is_file(), "{tiled}");
-    let tiled_preds = t("tiled_preds");
-    ok(&[
-        "predict",
-        "--model",
-        &s(&run.join("checkpoints/final")),
-        "--input",
-        &s(&one.join("ncct")),
-        "--output",
-        &s(&tiled_preds),
-        "--device",
-        "cpu",
-        "--tile",
-        "32",
-    ]);
-    let four = t("four");
-    ok(&[
-        "evaluate",
-        "--pred",
-        &s(&tiled_preds),
-        "--target",
-        &s(&one.join("target")),
-        "--ncct",
-        &s(&one.join("ncct")),
-        "--out",
-        &s(&four),
-    ]);
-    let (c, d) = (
-        scores(&three.join("evaluation.csv")),
-        scores(&four.join("evaluation.csv")),
-    );
+    let c = scores(&three.join("evaluation.csv"));
+    let d = predict_then_evaluate(&final_ckpt, &one, &t("four"), &["--tile", "32"]);
     assert_eq!(
         c, d,
         "evaluate --model --tile must equal predict --tile + evaluate"

@@ -83,21 +83,17 @@ fn one_command_equals_predict_then_evaluate() {
     train.extend(["--batch-size", "2", "--crop-size", "32", "--threads", "1"]);
     ok(&train);
     let one = t("one");
-    let stdout = ok(&[
-        "evaluate",
-        "--model",
-        &s(&run),
-        "--data",
-        &s(&data),
-        "--split",
-        "val",
-        "--checkpoint",
-        "final",
-        "--device",
-        "cpu",
-        "--out",
-        &s(&one),
-    ]);
+    // `evaluate --model RUN --data DATA` on the validation split's final checkpoint
+    let evaluate_final = |extra: &[&str]| {
+        let (run, data) = (s(&run), s(&data));
+        let mut args = vec![
+            "evaluate", "--model", &run, "--data", &data, "--split", "val",
+        ];
+        args.extend(["--checkpoint", "final", "--device", "cpu"]);
+        args.extend(extra);
+        ok(&args)
+    };
+    let stdout = evaluate_final(&["--out", &s(&one)]);
     assert!(stdout.contains("NCCT baseline"), "{stdout}");
     // the same by hand: predict the exported NCCTs with the same checkpoint, then evaluate
     let final_ckpt = run.join("checkpoints/final");
@@ -128,21 +124,7 @@ fn one_command_equals_predict_then_evaluate() {
 
     // with tiles (the training crop, 32 px): beside the whole-slice scores by default, and
     // the same as predict --tile auto + evaluate
-    let tiled = ok(&[
-        "evaluate",
-        "--model",
-        &s(&run),
-        "--data",
-        &s(&data),
-        "--split",
-        "val",
-        "--checkpoint",
-        "final",
-        "--device",
-        "cpu",
-        "--tile",
-        "auto",
-    ]);
+    let tiled = evaluate_final(&["--tile", "auto"]);
     let three = run.join("evaluation/val-final-tile-auto");
     assert!(three.join("evaluation.csv").is_file(), "{tiled}");
     let c = scores(&three.join("evaluation.csv"));

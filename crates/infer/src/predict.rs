@@ -25,6 +25,11 @@
 //! convolutions without AVX512-BF16/AMX), so it is for GPUs and bf16-capable CPUs, and warns
 //! otherwise.
 //!
+//! Tiles ([`crate::tiles`], `PredictOptions::tiles`): G runs on overlapping square tiles of
+//! the padded slices, blended with nnU-Net's Gaussian, instead of on whole slices, so a G
+//! trained on crops sees at inference the field of view it was trained on; test-time
+//! augmentation then runs within each tile.
+//!
 //! Test-time augmentation ([`Tta`]) runs G on transformed copies of each batch (left-right
 //! flip, small in-plane rotations: the transforms the trainer augments with), maps each
 //! prediction back, and averages them, each weighted by where its back-mapped field of view

@@ -273,6 +273,64 @@ mod tests {
         assert!(mid > 1.4 && mid < 1.7, "{mid}");
     }
 
+    /// A loaded tiny G (depth 3: multiples of 8) from `checkpoint`, trained on `crop`.
+    fn loaded(checkpoint: &str, crop: Option<usize>) -> crate::checkpoint::LoadedGenerator {
+        let store = tch::nn::VarStore::new(Device::Cpu);
+        let cfg = model::config::ModelConfig::preset("tiny")
+            .unwrap()
+            .generator;
+        let generator = model::generator::Generator::new(&store.root(), &cfg);
+        crate::checkpoint::LoadedGenerator {
+            store,
+            generator,
+            window: Default::default(),
+            checkpoint: checkpoint.into(),
+            step: 1,
+            ema: false,
+            train_crop: crop,
+        }
+    }
+
+    #[test]
+    fn auto_takes_the_one_training_crop_and_names_the_models_that_disagree() {
+        let (a32, b32) = (loaded("runs/a", Some(32)), loaded("runs/b", Some(32)));
+        let t = resolve(TileSize::Auto, 0.5, &[a32, b32]).unwrap();
+        assert_eq!(
+            t,
+            Tiling {
+                size: 32,
+                step: 0.5
+            }
+        );
+        assert_eq!("auto".parse(), Ok(TileSize::Auto));
+        assert_eq!(" 96".parse(), Ok(TileSize::Px(96)));
+        assert!("0".parse::<TileSize>().is_err() && "big".parse::<TileSize>().is_err());
+        // two crops, or a checkpoint that does not record one: refused, each model named
+        let e = resolve(
+            TileSize::Auto,
+            0.5,
+            &[loaded("runs/a", Some(32)), loaded("runs/c", Some(64))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("runs/a 32 px") && e.contains("runs/c 64 px"),
+            "{e}"
+        );
+        let e = resolve(TileSize::Auto, 0.5, &[loaded("hand-made", None)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hand-made (none)") && e.contains("in pixels"),
+            "{e}"
+        );
+        // a size one model cannot run: that model named
+        let e = resolve(TileSize::Px(36), 0.5, &[loaded("runs/a", Some(32))]).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("runs/a") && e.contains("multiple of 8"), "{e}");
+        assert!(resolve(TileSize::Px(40), 0.0, &[loaded("runs/a", None)]).is_err());
+    }
+
     #[test]
     fn small_slices_run_whole_and_bad_tilings_are_refused() {
         let x = Tensor::ones([1, 1, 64, 48], (Kind::Float, Device::Cpu));

@@ -4,7 +4,10 @@
 # 1. Data: a phantom of CASES cases with MM mm of motion between NCCT and CTPA (the demo's has
 #    5), prepared WITHOUT pre-alignment (`prepare --align none`): the networks see the pairs
 #    as they lie, so R must do all the registration. Split 60/20/20; the val and test cases
-#    are held out and scored (the final checkpoint is used, so validation selects nothing).
+#    are held out and scored (the final checkpoint is used, so validation selects nothing),
+#    predicted as `predict` does by default: as the run's validation ran (`[inference]`: tiles
+#    of the training crop unless the config says otherwise; whole slices for runs trained
+#    before runs recorded it).
 # 2. Every ARM trains with SEEDS seeds at the same budget (configs/demo.toml: tiny preset,
 #    batch 4 x 96 px, lr 3e-3; STEPS steps).
 # 3. Scoring against the phantom's ALIGNED ground-truth CTPA in its own masks: body, lung and
@@ -44,7 +47,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: relative paths (-o, -b, -p) start there
 STEPS=1500; SEEDS=3; JOBS=2; MM=10; CASES=10; OUT=runs/quality
 BIN=target/release/ncct2ctpa; PY=.venv-twin/bin/python
-usage() { sed -n '2,42p' "$0"; exit 2; }
+usage() { sed -n '2,45p' "$0"; exit 2; }
 BRONCHI= TILE=
 while getopts "s:n:j:m:c:o:b:p:t:B" opt; do
   case $opt in

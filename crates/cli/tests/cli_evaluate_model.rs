@@ -122,17 +122,19 @@ fn one_command_equals_predict_then_evaluate() {
         .descrip;
     assert!(descrip.contains("run run final@3"), "{descrip}");
 
-    // with tiles (the training crop, 32 px): beside the whole-slice scores by default, and
-    // the same as predict --tile auto + evaluate
-    let tiled = evaluate_final(&["--tile", "auto"]);
-    let three = run.join("evaluation/val-final-tile-auto");
-    assert!(three.join("evaluation.csv").is_file(), "{tiled}");
+    // by default on the tiles the run validated on (the training crop, 32 px); on whole
+    // slices with --tile whole, beside them, and the same as predict --tile whole + evaluate
+    let whole = evaluate_final(&["--tile", "whole"]);
+    let three = run.join("evaluation/val-final-tile-whole");
+    assert!(three.join("evaluation.csv").is_file(), "{whole}");
     let c = scores(&three.join("evaluation.csv"));
-    let d = predict_then_evaluate(&final_ckpt, &one, &t("four"), &["--tile", "32"]);
+    let d = predict_then_evaluate(&final_ckpt, &one, &t("four"), &["--tile", "whole"]);
     assert_eq!(
         c, d,
         "evaluate --model --tile must equal predict --tile + evaluate"
     );
+    let e = predict_then_evaluate(&final_ckpt, &one, &t("five"), &["--tile", "32"]);
+    assert_eq!(a, e, "the run's tiles are the training crop's");
     assert_ne!(c, a, "tiles of an instance-norm G must change the scores");
 }
 

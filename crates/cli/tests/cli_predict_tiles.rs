@@ -1,5 +1,6 @@
 //! `predict --tile`: sliding-window inference on tiles of the training crop (#16), end to end
-//! (the blending itself is tested in `infer::tiles` and `infer::predict`).
+//! (the blending itself is tested in `infer::tiles` and `infer::predict`); without `--tile`,
+//! what the run's validation ran (`[inference]`, recorded in the checkpoint).
 
 mod common;
 
@@ -31,7 +32,7 @@ fn max_abs(a: &Path, b: &Path) -> f32 {
 }
 
 #[test]
-fn tiles_of_the_training_crop_are_the_default_tile_and_bad_tiles_are_refused() {
+fn predict_runs_the_tiles_validation_ran_unless_told_and_bad_tiles_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset::fixtures::synthetic_dataset(&tmp.path().join("data"), 2).unwrap();
     let run = tmp.path().join("run");
@@ -54,22 +55,39 @@ fn tiles_of_the_training_crop_are_the_default_tile_and_bad_tiles_are_refused() {
     let geometry = volume::Geometry::identity([0.8, 0.8, 2.0]);
     volume::io::nifti::write_nifti(&ncct, &volume::Volume::new(hu, geometry).unwrap()).unwrap();
 
-    let (whole, auto, px32) = (
-        tmp.path().join("whole.nii.gz"),
-        tmp.path().join("auto.nii.gz"),
-        tmp.path().join("px32.nii.gz"),
-    );
+    let path = |name: &str| tmp.path().join(format!("{name}.nii.gz"));
+    let (default, whole, auto, px32) = (path("default"), path("whole"), path("auto"), path("px32"));
     for (out, extra) in [
-        (&whole, &[][..]),
+        (&default, &[][..]),
+        (&whole, &["--tile", "whole"][..]),
         (&auto, &["--tile", "auto"][..]),
         (&px32, &["--tile", "32", "--tile-step", "0.5"][..]),
     ] {
         let o = predict(&run, &ncct, out, extra);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    // auto is the training crop; tiles of an instance-norm G differ from the whole slice
+    // auto is the training crop, and the default: the run validated on it (`[inference]`'s
+    // default); tiles of an instance-norm G differ from the whole slice
     assert_eq!(max_abs(&auto, &px32), 0.0);
+    assert_eq!(max_abs(&default, &auto), 0.0);
     assert!(max_abs(&auto, &whole) > 0.01, "{}", max_abs(&auto, &whole));
+
+    // a checkpoint written before runs recorded `[inference]` was validated on whole slices,
+    // and predicts them
+    for ckpt in std::fs::read_dir(run.join("checkpoints")).unwrap() {
+        let ckpt = ckpt.unwrap().path();
+        let state = ckpt.join("state.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        assert_eq!(json["config"]["inference"]["tile"], "auto", "{json}");
+        json["config"].as_object_mut().unwrap().remove("inference");
+        std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
+        std::fs::remove_file(ckpt.join("checksums.json")).unwrap();
+    }
+    let old = path("old");
+    let o = predict(&run, &ncct, &old, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(max_abs(&old, &whole), 0.0);
 
     // a tile G cannot run: the reason and the model named, nothing written
     let never = tmp.path().join("never.nii.gz");
@@ -82,9 +100,12 @@ fn tiles_of_the_training_crop_are_the_default_tile_and_bad_tiles_are_refused() {
     );
     assert!(!never.exists());
     for (extra, says) in [
-        (&["--tile", "0"][..], "tile size in pixels or 'auto'"),
+        (
+            &["--tile", "0"][..],
+            "tile size in pixels, 'auto' or 'whole'",
+        ),
         (&["--tile", "32", "--tile-step", "1.5"][..], "(0, 1]"),
-        (&["--tile-step", "0.5"][..], "--tile"),
+        (&["--tile-step", "1.5"][..], "(0, 1]"),
     ] {
         let o = predict(&run, &ncct, &never, extra);
         let stderr = String::from_utf8_lossy(&o.stderr);

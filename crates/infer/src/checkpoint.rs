@@ -67,6 +67,20 @@ pub struct RunSection {
     /// `None` in a checkpoint without a `data` section (hand-made ones).
     #[serde(default)]
     pub data: Option<DataSection>,
+    /// How the run's validation ran G over a slice; `None` in a checkpoint written before
+    /// runs recorded it (validated on whole slices).
+    #[serde(default, deserialize_with = "recorded_inference")]
+    pub inference: Option<crate::tiles::InferenceSettings>,
+}
+
+/// `config.inference`, its unknown keys ignored ([`crate::tiles::InferenceSettings::from_recorded`]).
+fn recorded_inference<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::tiles::InferenceSettings>, D::Error> {
+    let table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+    crate::tiles::InferenceSettings::from_recorded(table)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{e:#}")))
 }
 
 /// `config.data`, as far as inference reads it.
@@ -212,6 +226,9 @@ pub struct LoadedGenerator {
     pub ema: bool,
     /// The side of the square crops G was trained on, when the checkpoint says.
     pub train_crop: Option<usize>,
+    /// How the run's validation ran G (tiles or whole slices), when the checkpoint says:
+    /// what `predict` does by default ([`crate::tiles::resolve`]).
+    pub inference: Option<crate::tiles::InferenceSettings>,
 }
 
 impl LoadedGenerator {
@@ -265,5 +282,6 @@ pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGener
         step: info.step,
         ema,
         train_crop: info.config.data.map(|d| d.crop_size),
+        inference: info.config.inference,
     })
 }

@@ -14,8 +14,14 @@
 //! nnU-Net's: a Gaussian with sigma = tile / 8 centred on the tile, scaled to 1 at its centre.
 //! Every pixel of the slice is covered by at least one tile; an axis no longer than the tile
 //! is covered by one tile of the axis' length.
+//!
+//! Which tiles: the training config's `[inference]` ([`InferenceSettings`]: the training crop
+//! by default) is what validation runs and what every checkpoint records, and [`resolve`]
+//! makes `predict` and `evaluate --model` run the same unless told otherwise, so a model's
+//! validation score is the score of what `predict` writes.
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// nnU-Net's default overlap: tiles a half tile apart.
@@ -35,9 +41,7 @@ impl Tiling {
     /// A tiling of `size` px tiles `step` apart; errors name what is wrong. `multiple`: G's
     /// size multiple (`2^depth`), which every tile must be a multiple of.
     pub fn new(size: usize, step: f64, multiple: usize) -> Result<Self> {
-        if !(step > 0.0 && step <= 1.0) {
-            bail!("the tile step {step} must be in (0, 1] (a fraction of the tile)");
-        }
+        check_step(step)?;
         if size == 0 || multiple == 0 || !size.is_multiple_of(multiple) {
             bail!(
                 "tiles of {size} px: the generator needs a multiple of {multiple} px \
@@ -48,10 +52,19 @@ impl Tiling {
     }
 }
 
-/// A tile size as users give it (`--tile PX|auto`): pixels, or the crop the model was
-/// trained on.
+/// Errors unless `step` is a fraction of a tile in (0, 1].
+fn check_step(step: f64) -> Result<()> {
+    if !(step > 0.0 && step <= 1.0) {
+        bail!("the tile step {step} must be in (0, 1] (a fraction of the tile)");
+    }
+    Ok(())
+}
+
+/// A tile size as users give it (`--tile PX|auto|whole`, `[inference] tile`): pixels, the
+/// crop the model was trained on, or no tiles (G on the whole slice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TileSize {
+    Whole,
     Auto,
     Px(usize),
 }
@@ -61,54 +74,189 @@ impl std::str::FromStr for TileSize {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.trim() {
             "auto" => Ok(Self::Auto),
+            "whole" => Ok(Self::Whole),
             px => px
                 .parse::<usize>()
                 .ok()
                 .filter(|v| *v > 0)
                 .map(Self::Px)
-                .ok_or_else(|| format!("expected a tile size in pixels or 'auto', got '{s}'")),
+                .ok_or_else(|| {
+                    format!("expected a tile size in pixels, 'auto' or 'whole', got '{s}'")
+                }),
         }
     }
 }
 
-/// The tiling `size` and `step` ask for, checked against every model of an ensemble: each
-/// must be able to run it (a multiple of its `2^depth`), and with `auto` all must have been
-/// trained on one crop, which the checkpoints record. Errors name the models.
-pub fn resolve(
-    size: TileSize,
-    step: f64,
-    models: &[crate::checkpoint::LoadedGenerator],
-) -> Result<Tiling> {
-    let px = match size {
-        TileSize::Px(px) => px,
-        TileSize::Auto => {
-            let crops: Vec<_> = models.iter().map(|m| m.train_crop).collect();
-            match crops.as_slice() {
-                [Some(c), rest @ ..] if rest.iter().all(|r| *r == Some(*c)) => *c,
-                _ => bail!(
-                    "tiles of the training crop need the crop of every model, and one crop for \
-                     all: the checkpoints say {}; give the tile size in pixels",
-                    models
-                        .iter()
-                        .zip(&crops)
-                        .map(|(m, c)| format!(
-                            "{} {}",
-                            m.checkpoint.display(),
-                            c.map_or("(none)".into(), |c| format!("{c} px"))
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
+impl std::fmt::Display for TileSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Whole => f.write_str("whole"),
+            Self::Auto => f.write_str("auto"),
+            Self::Px(px) => write!(f, "{px}"),
         }
+    }
+}
+
+/// In TOML and JSON: `"whole"`, `"auto"` or a number of pixels.
+impl Serialize for TileSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Px(px) => s.serialize_u64(*px as u64),
+            other => s.serialize_str(&other.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TileSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Px(u64),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Px(px) => usize::try_from(px)
+                .ok()
+                .filter(|v| *v > 0)
+                .map(Self::Px)
+                .ok_or_else(|| serde::de::Error::custom(format!("a tile of {px} px"))),
+            Raw::Word(w) => w.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How G runs over a slice at inference, as a training run records it (`[inference]` in the
+/// training config, `config.inference` in every checkpoint's `state.json`): what validation
+/// scores, and what `predict` and `evaluate --model` do unless told otherwise. Unknown keys
+/// are refused (a typo in a config); a checkpoint's are read through [`Self::from_recorded`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceSettings {
+    /// `"whole"`, `"auto"` (the training crop) or pixels. Default: `"auto"`.
+    pub tile: TileSize,
+    /// The largest distance between neighbouring tiles, a fraction of the tile. Default: 0.5.
+    pub tile_step: f64,
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        Self {
+            tile: TileSize::Auto,
+            tile_step: DEFAULT_STEP,
+        }
+    }
+}
+
+impl InferenceSettings {
+    /// The keys this build reads.
+    const KEYS: [&'static str; 2] = ["tile", "tile_step"];
+
+    /// The settings a checkpoint records (`config.inference` of its `state.json`), ignoring
+    /// keys a newer build may add, as the rest of a checkpoint's description is read.
+    pub fn from_recorded(mut table: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        table.retain(|k, _| Self::KEYS.contains(&k.as_str()));
+        serde_json::from_value(table.into()).context("config.inference")
+    }
+
+    /// What a checkpoint written before runs recorded their inference did: whole slices, which
+    /// is what its validation scored.
+    pub const WHOLE: Self = Self {
+        tile: TileSize::Whole,
+        tile_step: DEFAULT_STEP,
     };
+
+    /// The tiling for a G of size `multiple` trained on `crop` px crops (`None`: unknown);
+    /// `None` for whole slices. Errors say what is wrong with the size or the step.
+    pub fn tiling(&self, crop: Option<usize>, multiple: usize) -> Result<Option<Tiling>> {
+        let px = match self.tile {
+            TileSize::Whole => return Ok(None),
+            TileSize::Px(px) => px,
+            TileSize::Auto => crop.context(
+                "tiles of the training crop need the crop, which this checkpoint does not \
+                 record; give the tile size in pixels",
+            )?,
+        };
+        Tiling::new(px, self.tile_step, multiple).map(Some)
+    }
+}
+
+/// The tiling an ensemble runs: `size` and `step` when given (`--tile`, `--tile-step`),
+/// otherwise what the checkpoints record ([`InferenceSettings`]; whole slices for a checkpoint
+/// that records none), which must then be one setting for all. Every model must be able to run
+/// it (a multiple of its `2^depth`), and with `auto` all must have been trained on one crop.
+/// `None`: whole slices. Errors name the models.
+pub fn resolve(
+    size: Option<TileSize>,
+    step: Option<f64>,
+    models: &[crate::checkpoint::LoadedGenerator],
+) -> Result<Option<Tiling>> {
+    // a step given is checked even where the tiling turns out whole
+    step.map(check_step).transpose()?;
+    let describe = |f: &dyn Fn(&crate::checkpoint::LoadedGenerator) -> String| {
+        models
+            .iter()
+            .map(|m| format!("{} {}", m.checkpoint.display(), f(m)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let recorded: Vec<InferenceSettings> = models
+        .iter()
+        .map(|m| m.inference.unwrap_or(InferenceSettings::WHOLE))
+        .collect();
+    let settings = match recorded.as_slice() {
+        [] => return Ok(None),
+        [first, ..] => InferenceSettings {
+            tile: size.unwrap_or(first.tile),
+            tile_step: step.unwrap_or(first.tile_step),
+        },
+    };
+    let disagree = |f: &dyn Fn(&InferenceSettings) -> String| {
+        let v: Vec<String> = recorded.iter().map(f).collect();
+        v.iter().any(|x| *x != v[0])
+    };
+    if size.is_none() && disagree(&|s| s.tile.to_string()) {
+        bail!(
+            "the models were validated on different tiles ({}); choose one with --tile",
+            describe(&|m| m
+                .inference
+                .map_or("whole (not recorded)".into(), |s| format!(
+                    "tile {}",
+                    s.tile
+                )))
+        );
+    }
+    if step.is_none() && settings.tile != TileSize::Whole && disagree(&|s| s.tile_step.to_string())
+    {
+        bail!(
+            "the models record different tile steps ({}); choose one with --tile-step",
+            describe(&|m| m
+                .inference
+                .map_or("(not recorded)".into(), |s| s.tile_step.to_string()))
+        );
+    }
+    if settings.tile == TileSize::Auto {
+        let crops: Vec<_> = models.iter().map(|m| m.train_crop).collect();
+        if !crops.iter().all(|c| c.is_some() && *c == crops[0]) {
+            bail!(
+                "tiles of the training crop need the crop of every model, and one crop for \
+                 all: the checkpoints say {}; give the tile size in pixels",
+                describe(&|m| m.train_crop.map_or("(none)".into(), |c| format!("{c} px")))
+            );
+        }
+    }
+    let mut tiling = None;
     for m in models {
         let multiple = usize::try_from(m.generator.config().size_multiple()).unwrap_or(0);
-        Tiling::new(px, step, multiple)
+        tiling = settings
+            .tiling(m.train_crop, multiple)
             .with_context(|| format!("tiles for the model {}", m.checkpoint.display()))?;
     }
-    tracing::info!(size = px, step, "tiled inference");
-    Ok(Tiling { size: px, step })
+    match &tiling {
+        Some(t) => tracing::info!(size = t.size, step = t.step, "tiled inference"),
+        None => tracing::info!("inference on whole slices"),
+    }
+    Ok(tiling)
 }
 
 /// Where the tiles of one axis of `extent` pixels start (see the module docs).
@@ -275,6 +423,15 @@ mod tests {
 
     /// A loaded tiny G (depth 3: multiples of 8) from `checkpoint`, trained on `crop`.
     fn loaded(checkpoint: &str, crop: Option<usize>) -> crate::checkpoint::LoadedGenerator {
+        recorded(checkpoint, crop, None)
+    }
+
+    /// As [`loaded`], its checkpoint recording `inference`.
+    fn recorded(
+        checkpoint: &str,
+        crop: Option<usize>,
+        inference: Option<InferenceSettings>,
+    ) -> crate::checkpoint::LoadedGenerator {
         let store = tch::nn::VarStore::new(Device::Cpu);
         let cfg = model::config::ModelConfig::preset("tiny")
             .unwrap()
@@ -288,27 +445,29 @@ mod tests {
             step: 1,
             ema: false,
             train_crop: crop,
+            inference,
         }
     }
 
     #[test]
     fn auto_takes_the_one_training_crop_and_names_the_models_that_disagree() {
         let (a32, b32) = (loaded("runs/a", Some(32)), loaded("runs/b", Some(32)));
-        let t = resolve(TileSize::Auto, 0.5, &[a32, b32]).unwrap();
+        let t = resolve(Some(TileSize::Auto), Some(0.5), &[a32, b32]).unwrap();
         assert_eq!(
             t,
-            Tiling {
+            Some(Tiling {
                 size: 32,
                 step: 0.5
-            }
+            })
         );
         assert_eq!("auto".parse(), Ok(TileSize::Auto));
+        assert_eq!("whole".parse(), Ok(TileSize::Whole));
         assert_eq!(" 96".parse(), Ok(TileSize::Px(96)));
         assert!("0".parse::<TileSize>().is_err() && "big".parse::<TileSize>().is_err());
         // two crops, or a checkpoint that does not record one: refused, each model named
         let e = resolve(
-            TileSize::Auto,
-            0.5,
+            Some(TileSize::Auto),
+            None,
             &[loaded("runs/a", Some(32)), loaded("runs/c", Some(64))],
         )
         .unwrap_err()
@@ -317,7 +476,7 @@ mod tests {
             e.contains("runs/a 32 px") && e.contains("runs/c 64 px"),
             "{e}"
         );
-        let e = resolve(TileSize::Auto, 0.5, &[loaded("hand-made", None)])
+        let e = resolve(Some(TileSize::Auto), None, &[loaded("hand-made", None)])
             .unwrap_err()
             .to_string();
         assert!(
@@ -325,10 +484,101 @@ mod tests {
             "{e}"
         );
         // a size one model cannot run: that model named
-        let e = resolve(TileSize::Px(36), 0.5, &[loaded("runs/a", Some(32))]).unwrap_err();
+        let e = resolve(Some(TileSize::Px(36)), None, &[loaded("runs/a", Some(32))]).unwrap_err();
         let e = format!("{e:#}");
         assert!(e.contains("runs/a") && e.contains("multiple of 8"), "{e}");
-        assert!(resolve(TileSize::Px(40), 0.0, &[loaded("runs/a", None)]).is_err());
+        assert!(resolve(Some(TileSize::Px(40)), Some(0.0), &[loaded("runs/a", None)]).is_err());
+    }
+
+    #[test]
+    fn without_a_tile_the_checkpoints_recorded_inference_is_run() {
+        let auto = InferenceSettings::default();
+        let px = |tile, tile_step| InferenceSettings {
+            tile: TileSize::Px(tile),
+            tile_step,
+        };
+        // what validation ran: the training crop, or the recorded size and step
+        let t = resolve(None, None, &[recorded("runs/a", Some(32), Some(auto))]).unwrap();
+        assert_eq!(
+            t,
+            Some(Tiling {
+                size: 32,
+                step: 0.5
+            })
+        );
+        let t = resolve(
+            None,
+            None,
+            &[recorded("runs/a", Some(32), Some(px(48, 0.25)))],
+        );
+        assert_eq!(
+            t.unwrap(),
+            Some(Tiling {
+                size: 48,
+                step: 0.25
+            })
+        );
+        // a checkpoint that records nothing was validated on whole slices
+        assert_eq!(
+            resolve(None, None, &[loaded("runs/old", Some(32))]).unwrap(),
+            None
+        );
+        // --tile and --tile-step override the record, each on its own
+        let a = || [recorded("runs/a", Some(32), Some(px(48, 0.25)))];
+        assert_eq!(resolve(Some(TileSize::Whole), None, &a()).unwrap(), None);
+        let t = resolve(None, Some(1.0), &a()).unwrap();
+        assert_eq!(
+            t,
+            Some(Tiling {
+                size: 48,
+                step: 1.0
+            })
+        );
+        // an ensemble whose members ran differently: refused, each named, unless told
+        let mixed = || {
+            [
+                recorded("runs/a", Some(32), Some(auto)),
+                loaded("runs/old", Some(32)),
+            ]
+        };
+        let e = resolve(None, None, &mixed()).unwrap_err().to_string();
+        assert!(
+            e.contains("runs/a tile auto")
+                && e.contains("runs/old whole (not recorded)")
+                && e.contains("--tile"),
+            "{e}"
+        );
+        let t = resolve(Some(TileSize::Px(64)), None, &mixed()).unwrap();
+        assert_eq!(
+            t,
+            Some(Tiling {
+                size: 64,
+                step: 0.5
+            })
+        );
+        let steps = [
+            recorded("runs/a", Some(32), Some(px(48, 0.25))),
+            recorded("runs/b", Some(32), Some(px(48, 0.5))),
+        ];
+        let e = resolve(None, None, &steps).unwrap_err().to_string();
+        assert!(e.contains("runs/b 0.5") && e.contains("--tile-step"), "{e}");
+        // the settings read as the training config writes them
+        let s: InferenceSettings = serde_json::from_str(r#"{"tile": 112}"#).unwrap();
+        assert_eq!(s, px(112, 0.5));
+        let s: InferenceSettings = serde_json::from_str(r#"{"tile": "whole"}"#).unwrap();
+        assert_eq!(s.tile, TileSize::Whole);
+        assert_eq!(
+            serde_json::to_string(&px(96, 0.5)).unwrap(),
+            r#"{"tile":96,"tile_step":0.5}"#
+        );
+        assert!(serde_json::from_str::<InferenceSettings>(r#"{"tile": "big"}"#).is_err());
+        assert!(serde_json::from_str::<InferenceSettings>(r#"{"tile": 0}"#).is_err());
+        // a config's unknown key is refused; a checkpoint's (a newer build's) is ignored
+        let mut t = serde_json::Map::new();
+        t.insert("tile".into(), 64.into());
+        t.insert("from_the_future".into(), true.into());
+        assert!(serde_json::from_value::<InferenceSettings>(t.clone().into()).is_err());
+        assert_eq!(InferenceSettings::from_recorded(t).unwrap(), px(64, 0.5));
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct TrainConfig {
     pub data: DataConfig,
     /// Logging, validation, samples and checkpoints.
     pub log: LogConfig,
+    /// How validation runs G over a slice: on tiles of the training crop (default), of some
+    /// pixels, or whole. Every checkpoint records it, and `predict` and `evaluate --model` do
+    /// the same unless told otherwise (`infer::tiles`).
+    pub inference: infer::tiles::InferenceSettings,
     /// Fault injection for tests of the failure paths: never read from or written to a config
     /// file (binaries take them from `NCCT2CTPA_TEST_HOOKS`, see [`TestHooks`]).
     #[serde(skip)]
@@ -113,6 +117,7 @@ impl Default for TrainConfig {
             schedule: ScheduleConfig::default(),
             data: DataConfig::default(),
             log: LogConfig::default(),
+            inference: infer::tiles::InferenceSettings::default(),
             hooks: TestHooks::default(),
             legacy_debug: None,
         }
@@ -657,10 +662,19 @@ impl TrainConfig {
             );
         }
         model::device::DeviceSpec::parse(&self.device).context("device")?;
+        self.tiling()?;
         Ok(())
     }
 
     /// Crops and validation slices are padded to multiples of this.
+    /// The tiles validation runs G on (`[inference]`); `None`: whole slices.
+    pub fn tiling(&self) -> anyhow::Result<Option<infer::tiles::Tiling>> {
+        let multiple = self.model.generator.size_multiple().max(1) as usize;
+        self.inference
+            .tiling(Some(self.data.crop_size), multiple)
+            .context("[inference]")
+    }
+
     pub fn size_multiple(&self) -> usize {
         let g = self.model.generator.size_multiple();
         let m = if self.registration {

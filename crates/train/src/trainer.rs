@@ -187,14 +187,18 @@ impl Trainer {
         });
         let sampler = training_sampler(&cfg, &ds, &spec.data, shard)?;
         let validator = match leader {
-            true => Some(Validator::load(
-                &ds,
-                cfg.window(),
-                cfg.size_multiple(),
-                cfg.log.val_max_cases,
-                cfg.log.registered_validation,
-                &cfg.contrast,
-            )?),
+            true => {
+                let mut v = Validator::load(
+                    &ds,
+                    cfg.window(),
+                    cfg.size_multiple(),
+                    cfg.log.val_max_cases,
+                    cfg.log.registered_validation,
+                    &cfg.contrast,
+                )?;
+                v.tiling = cfg.tiling()?;
+                Some(v)
+            }
             false => None,
         };
         let mut nets = catch_torch("building the networks", || Ok(Nets::new(&cfg, device)))?;

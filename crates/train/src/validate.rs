@@ -2,8 +2,9 @@
 //! grids.
 //!
 //! Each validation case is translated slice by slice by G in eval mode with
-//! [`infer::translate`], the code `ncct2ctpa predict` runs too (so a validation score is the
-//! score of what predict would write for that case), and scored with [`metrics::score_regions`] inside the body and lung masks: MAE (HU), PSNR
+//! [`infer::translate`], on the tiles of `[inference]` ([`infer::tiles`]; the training crop by
+//! default), the code and the tiles `ncct2ctpa predict` runs too (so a validation score is the
+//! score of what predict would write for that case; the sample grids show whole slices), and scored with [`metrics::score_regions`] inside the body and lung masks: MAE (HU), PSNR
 //! (data range of the metrics' HU window, [-1024, 3071] = 4095) and SSIM (2D, per axial slice,
 //! like the 2D network is trained). The same scores of the NCCT itself (the baseline every
 //! paper reports beside the model) are computed once.
@@ -135,6 +136,8 @@ pub struct Validator {
     pub baseline: Scores,
     /// Slices per forward pass.
     pub batch_slices: usize,
+    /// Tiles G runs on (`[inference]`, [`infer::tiles`]); `None`: whole slices.
+    pub tiling: Option<infer::tiles::Tiling>,
 }
 
 impl Validator {
@@ -226,6 +229,7 @@ impl Validator {
             score_cfg,
             baseline,
             batch_slices: 8,
+            tiling: None,
         })
     }
 
@@ -246,8 +250,9 @@ impl Validator {
     }
 
     /// G over a `[z, y, x]` HU volume, slice by slice, in eval mode, in batches of
-    /// [`Self::batch_slices`]; returns HU. Bit for bit what `infer`'s `Translator` returns for
-    /// the same G and window without TTA, resampling or reduced precision.
+    /// [`Self::batch_slices`], on [`Self::tiling`]'s tiles; returns HU. Bit for bit what
+    /// `infer`'s `Translator` returns for the same G, window and tiles without TTA,
+    /// resampling or reduced precision.
     pub fn translate(
         &self,
         g: &Generator,
@@ -261,7 +266,12 @@ impl Validator {
             ncct.view(),
             self.batch_slices,
             device,
-            |x| Ok(g.forward_t(x, false)),
+            |x| {
+                Ok(match &self.tiling {
+                    Some(t) => infer::tiles::forward_tiled(x, t, |tile| g.forward_t(tile, false)),
+                    None => g.forward_t(x, false),
+                })
+            },
             |_| {},
         )
     }

@@ -4,11 +4,13 @@
 //!
 //! Before they shared it, validation padded slices at the bottom and right and predict
 //! centred them, so on sizes that are not a multiple of G's `2^depth` the two disagreed near
-//! the borders; the volume here has such a size.
+//! the borders; the volume here has such a size. Both run G on the same tiles
+//! (`[inference]`) too.
 
 use dataset::manifest::IntensityWindow;
 use dataset::store::PreparedDataset;
 use infer::predict::{PredictOptions, Translator};
+use infer::tiles::Tiling;
 use model::config::ModelConfig;
 use model::generator::Generator;
 use ndarray::s;
@@ -42,29 +44,44 @@ fn validation_prediction_equals_translator_bit_for_bit() {
         "{ny} x {nx} should not be a multiple of {m}"
     );
 
-    let from_validation = validator.translate(&g, &hu, Device::Cpu).unwrap();
     let translator = Translator {
         generator: &g,
         window,
         device: Device::Cpu,
     };
-    let opts = PredictOptions {
-        batch_size: 4,
-        ..PredictOptions::new()
-    };
     let vol = Volume::new(hu.clone(), Geometry::identity([2.5, 2.5, 5.0])).unwrap();
-    let from_predict = translator.translate_volume(&vol, &opts, |_| {}).unwrap();
+    let mut outputs = Vec::new();
+    // whole slices, then 16 px tiles of the 32 x 40 padded slices
+    for tiling in [None, Some(Tiling::new(2 * m, 0.5, m).unwrap())] {
+        validator.tiling = tiling;
+        let from_validation = validator.translate(&g, &hu, Device::Cpu).unwrap();
+        let opts = PredictOptions {
+            batch_size: 4,
+            tiles: tiling,
+            ..PredictOptions::new()
+        };
+        let from_predict = translator.translate_volume(&vol, &opts, |_| {}).unwrap();
 
-    assert_eq!(from_validation.dim(), (nz, ny, nx));
-    let differing = from_validation
+        assert_eq!(from_validation.dim(), (nz, ny, nx));
+        let differing = from_validation
+            .iter()
+            .zip(from_predict.data.iter())
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differing, 0, "{tiling:?}: {differing} voxels differ");
+        // A real translation, not a copy of the input (G is random, so the output is not the
+        // NCCT).
+        assert!(from_validation
+            .iter()
+            .zip(hu.iter())
+            .any(|(a, b)| (a - b).abs() > 1.0));
+        outputs.push(from_validation);
+    }
+    // the tiles were used: G's instance norm sees other statistics on each
+    let off = outputs[0]
         .iter()
-        .zip(from_predict.data.iter())
-        .filter(|(a, b)| a.to_bits() != b.to_bits())
-        .count();
-    assert_eq!(differing, 0, "{differing} voxels differ");
-    // A real translation, not a copy of the input (G is random, so the output is not the NCCT).
-    assert!(from_validation
-        .iter()
-        .zip(hu.iter())
-        .any(|(a, b)| (a - b).abs() > 1.0));
+        .zip(outputs[1].iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(off > 0.1, "tiles equal whole slices to {off} HU");
 }

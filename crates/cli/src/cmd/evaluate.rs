@@ -42,12 +42,14 @@ pub struct Args {
     /// With --model: slices per forward pass.
     #[arg(long, default_value_t = 8, requires = "model")]
     batch_size: usize,
-    /// With --model: predict on tiles, as `predict --tile` (PX or auto: the training crop).
-    #[arg(long, value_name = "PX|auto", requires = "model")]
+    /// With --model: tiles as `predict --tile` (PX, auto: the training crop, or whole);
+    /// default: what the run's validation ran.
+    #[arg(long, value_name = "PX|auto|whole", requires = "model")]
     tile: Option<infer::tiles::TileSize>,
-    /// With --tile: the largest distance between neighbouring tiles, as a fraction of the tile.
-    #[arg(long, value_name = "FRACTION", default_value_t = infer::tiles::DEFAULT_STEP, requires = "tile")]
-    tile_step: f64,
+    /// With --model: the largest distance between neighbouring tiles, as a fraction of the
+    /// tile; default: the run's.
+    #[arg(long, value_name = "FRACTION", requires = "model")]
+    tile_step: Option<f64>,
     /// Write a montage per case (NCCT | prediction | target | |error|) into OUT/montage/
     /// (needs --ncct; always on with --model).
     #[arg(long)]
@@ -165,7 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 checkpoint: args.checkpoint,
                 device: &args.device,
                 batch_size: args.batch_size,
-                tiles: args.tile.map(|t| (t, args.tile_step)),
+                tile: args.tile,
+                tile_step: args.tile_step,
             };
             let out = args
                 .out

@@ -40,8 +40,10 @@ pub struct ModelRun<'a> {
     pub checkpoint: CheckpointChoice,
     pub device: &'a str,
     pub batch_size: usize,
-    /// Tiled inference (`--tile`, `--tile-step`); `None`: whole slices, as validation.
-    pub tiles: Option<(infer::tiles::TileSize, f64)>,
+    /// Tiles (`--tile`); `None`: what the run's validation ran ([`infer::tiles::resolve`]).
+    pub tile: Option<infer::tiles::TileSize>,
+    /// The tiles' step (`--tile-step`); `None`: the run's.
+    pub tile_step: Option<f64>,
 }
 
 /// The folders `predict_split` filled.
@@ -83,14 +85,11 @@ fn checkpoint_dir(model: &Path, choice: CheckpointChoice) -> Result<PathBuf> {
     )
 }
 
-/// The default output folder: `RUN/evaluation/SPLIT-CHECKPOINT`, `-tile-PX` (or
-/// `-tile-auto`) appended with tiles, so whole-slice and tiled scores sit side by side.
+/// The default output folder: `RUN/evaluation/SPLIT-CHECKPOINT`, with `-tile-PX` (`-auto`,
+/// `-whole`) appended when `--tile` is given, so the run's own scores and those of other tiles
+/// sit side by side.
 pub fn default_out(run: &ModelRun<'_>) -> PathBuf {
-    let tiles = match run.tiles {
-        None => String::new(),
-        Some((infer::tiles::TileSize::Auto, _)) => "-tile-auto".into(),
-        Some((infer::tiles::TileSize::Px(px), _)) => format!("-tile-{px}"),
-    };
+    let tiles = run.tile.map_or(String::new(), |t| format!("-tile-{t}"));
     run.model
         .join("evaluation")
         .join(format!("{}-{}{tiles}", run.split, run.checkpoint.name()).replace(' ', ""))
@@ -124,11 +123,8 @@ pub fn predict_split(run: &ModelRun<'_>, out: &Path) -> Result<Folders> {
         .with_context(|| format!("loading the model from {}", ckpt.display()))?;
     let provenance = infer::provenance::Provenance::of(&loaded);
     let translator = loaded.translator();
-    // fp32 inference on whole slices, as validation scores it, unless tiles are asked for
-    let tiles = run
-        .tiles
-        .map(|(size, step)| infer::tiles::resolve(size, step, std::slice::from_ref(&loaded)))
-        .transpose()?;
+    // fp32 inference, on the tiles validation ran unless others are asked for
+    let tiles = infer::tiles::resolve(run.tile, run.tile_step, std::slice::from_ref(&loaded))?;
     let opts = PredictOptions {
         batch_size: run.batch_size,
         tiles,

@@ -62,14 +62,16 @@ pub struct Args {
     precision: infer::predict::Precision,
     /// Sliding-window inference, as nnU-Net predicts: G runs on overlapping square tiles of
     /// PX pixels (a multiple of 2^depth), blended with a Gaussian that trusts each tile's
-    /// centre; `auto` takes the crop the model was trained on. G then sees at inference the
-    /// field of view it saw in training. Default: whole slices.
-    #[arg(long, value_name = "PX|auto")]
+    /// centre; `auto` takes the crop the model was trained on, so G sees at inference the
+    /// field of view it saw in training; `whole` runs G on whole slices. Default: what the
+    /// run's validation ran (its `[inference]`; whole slices for checkpoints that do not
+    /// record it).
+    #[arg(long, value_name = "PX|auto|whole")]
     tile: Option<infer::tiles::TileSize>,
-    /// With --tile: the largest distance between neighbouring tiles, as a fraction of the
-    /// tile (nnU-Net's 0.5: every pixel in about two tiles per axis).
-    #[arg(long, value_name = "FRACTION", default_value_t = infer::tiles::DEFAULT_STEP, requires = "tile")]
-    tile_step: f64,
+    /// The largest distance between neighbouring tiles, as a fraction of the tile (nnU-Net's
+    /// 0.5: every pixel in about two tiles per axis). Default: the run's `[inference]`.
+    #[arg(long, value_name = "FRACTION")]
+    tile_step: Option<f64>,
     /// Replace outputs that already exist.
     #[arg(long)]
     force: bool,
@@ -129,10 +131,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         model_spacing_xy: args.model_spacing,
         tta: args.tta.then(infer::predict::Tta::default),
         precision: args.precision,
-        tiles: args
-            .tile
-            .map(|t| infer::tiles::resolve(t, args.tile_step, &loaded))
-            .transpose()?,
+        tiles: infer::tiles::resolve(args.tile, args.tile_step, &loaded)?,
     };
     infer::predict::check_precision(opts.precision, device)?;
 

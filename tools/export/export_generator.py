@@ -48,7 +48,10 @@ The ONNX model's contract:
   before the mapping), and crops the output back. `translate_volume` below does the same for a
   whole [z, y, x] volume (stacking neighbours clamped at the volume's ends for 2.5D models),
   so `translate_volume(onnx_runner(path), hu, meta)` reproduces `ncct2ctpa predict` (without
-  --tta, --precision or --model-spacing).
+  --tta, --precision or --model-spacing), on the tiles the run's validation ran: export.json's
+  "inference" (`tile`: pixels, or null for whole slices; `tile_step`), which `translate_volume`
+  runs with tools/export/sliding_window.py (nnU-Net's tile positions and Gaussian, as
+  crates/infer/src/tiles.rs; tools/golden/tiles_numpy.py checks the two agree).
 
 After exporting, the script runs ONNX Runtime and the twin on the same random HU input (at the
 example size and at a second, larger one, which exercises the dynamic H and W) and prints the
@@ -71,7 +74,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "pytorch_twin"))
+sys.path.insert(0, str(ROOT / "tools" / "export"))
 import reggan_twin as twin  # noqa: E402
+import sliding_window  # noqa: E402
 
 STATE_FILE = "state.json"
 CHECKSUMS_FILE = "checksums.json"
@@ -260,6 +265,12 @@ def build_from_checkpoint(
     state = read_state(ckpt)
     cfg = generator_config(state)
     window = window_of(state)
+    config = state.get("config", {})
+    try:
+        tile, tile_step = sliding_window.tile_size(config.get("inference"),
+                                                   config.get("data", {}).get("crop_size"))
+    except ValueError as e:
+        raise ExportError(f"state.json: {e}") from e
     g = twin.Generator(cfg)
     load_weights(g, weights)
     g.eval()
@@ -274,6 +285,8 @@ def build_from_checkpoint(
         "in_channels": cfg["in_channels"],
         "size_multiple": 2 ** cfg["depth"],
         "residual": cfg["residual"],
+        # what `predict` runs by default: tiles of `tile` px (None: whole slices)
+        "inference": {"tile": tile, "tile_step": tile_step},
     }
     return HUGenerator(g, window).eval(), meta
 
@@ -349,7 +362,9 @@ def translate_volume(run: Callable[[np.ndarray], np.ndarray], hu: np.ndarray, me
     (crates/infer/src/translate.rs): slice z with its neighbours z-k..z+k (clamped at the ends)
     for in_channels = 2k + 1, padded centred to multiples of the size multiple with the
     window's min (air; -1 after the mapping), run, cropped back. Returns [z, y, x] float32 HU.
-    `run` maps [N, C, H', W'] HU to [N, 1, H', W'] HU (e.g. `onnx_runner`)."""
+    `run` maps [N, C, H', W'] HU to [N, 1, H', W'] HU (e.g. `onnx_runner`); with
+    `meta["inference"]["tile"]` set it runs on the padded slices' tiles, blended
+    (sliding_window.forward_tiled), as `predict` does."""
     nz, ny, nx = hu.shape
     m, c = meta["size_multiple"], meta["in_channels"]
     half = c // 2
@@ -364,7 +379,11 @@ def translate_volume(run: Callable[[np.ndarray], np.ndarray], hu: np.ndarray, me
             for ch in range(c):
                 src = min(max(z + ch - half, 0), nz - 1)
                 x[i, ch, top : top + ny, left : left + nx] = hu[src]
-        y = run(x)
+        tiles = meta.get("inference") or {}
+        if tiles.get("tile"):
+            y = sliding_window.forward_tiled(x, int(tiles["tile"]), float(tiles["tile_step"]), run)
+        else:
+            y = run(x)
         out[z0 : z0 + len(zs)] = y[:, 0, top : top + ny, left : left + nx]
     return out
 
@@ -427,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"G: {json.dumps(meta['generator_config'])}")
     print(f"HU window [{meta['window']['min']}, {meta['window']['max']}], "
           f"size multiple {meta['size_multiple']}, in_channels {meta['in_channels']}")
+    t = meta["inference"]
+    print(f"predict runs G on {t['tile']} px tiles, step {t['tile_step']}" if t["tile"]
+          else "predict runs G on whole slices")
 
     args.out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -467,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         "size_multiple": m,
         "in_channels": c,
         "window": meta["window"],
+        "inference": meta["inference"],
+        "tiling": "with inference.tile set, `ncct2ctpa predict` runs G on square tiles of that "
+                  "size of the padded slice, starts as nnU-Net's compute_steps_for_sliding_window "
+                  "(at most tile_step x tile apart, first and last flush with the borders), "
+                  "outputs blended with a Gaussian of sigma = tile / 8 "
+                  "(tools/export/sliding_window.py)",
         "normalisation": "x = 2 * (clamp(hu, min, max) - min) / (max - min) - 1; "
                          "hu = min + (clamp(G(x), -1, 1) + 1) / 2 * (max - min)",
         "padding": "not in the graph: pad each slice centred (top = (H' - H) // 2, "
@@ -494,7 +522,11 @@ def main(argv: list[str] | None = None) -> int:
         "graph (inputs are clipped to it, outputs lie in it).\n"
         "generator.safetensors: the same weights, keys = tools/pytorch_twin/reggan_twin.py "
         "Generator state_dict names.\n"
-        "export.json: the same contract, machine-readable, with checksums and tool versions.\n"
+        + (f"`ncct2ctpa predict` runs G on {meta['inference']['tile']} px tiles of the padded "
+           f"slice, {meta['inference']['tile_step']} x the tile apart at most, blended with a "
+           "Gaussian (sigma = tile / 8): tools/export/sliding_window.py does the same.\n"
+           if meta["inference"]["tile"] else "`ncct2ctpa predict` runs G on whole slices.\n")
+        + "export.json: the same contract, machine-readable, with checksums and tool versions.\n"
     )
     print(f"wrote {st_path}, {onnx_path}, {args.out / 'export.json'}, {args.out / 'README.txt'}")
     if worst > args.check_tolerance:

@@ -942,8 +942,20 @@ fn open_run(
             let lock = run.lock()?;
             run.remove_temporaries()?;
             check_same_data(&run, &spec.data, *allow_other_data)?;
-            let mut layers = vec![toml::from_str(&read_text(&run.config())?)
-                .with_context(|| format!("config {}", run.config().display()))?];
+            let mut own: toml::Table = toml::from_str(&read_text(&run.config())?)
+                .with_context(|| format!("config {}", run.config().display()))?;
+            if !own.contains_key("inference") {
+                // started before `[inference]`: it validated on whole slices, and keeps them,
+                // so its validation scores (and `best`) stay comparable across the resume
+                tracing::info!(
+                    "{} records no [inference] (started before tiled validation): it keeps \
+                     validating, and its checkpoints predicting, on whole slices",
+                    run.config().display()
+                );
+                let whole = toml::Table::from_iter([("tile".to_owned(), "whole".into())]);
+                own.insert("inference".into(), whole.into());
+            }
+            let mut layers = vec![own];
             layers.push(local.0.clone());
             let mut cfg = TrainConfig::from_layers(layers, "default")
                 .with_context(|| format!("config of {}", run.root().display()))?;

@@ -80,6 +80,35 @@ fn resume_continues_exactly() {
     );
 }
 
+/// A run started before `[inference]` existed validated on whole slices: resumed, it keeps
+/// them (its `best` stays comparable) and its checkpoints say so, where a new run records the
+/// default, tiles of the training crop.
+#[test]
+fn a_run_from_before_inference_keeps_whole_slices_when_resumed() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("old");
+    let mut first_half = tiny(6);
+    first_half.hooks.stop_after_step = Some(3);
+    train(&new_run(first_half, &data, &run)).unwrap();
+    let recorded = |ckpt: &str| -> serde_json::Value {
+        let state = std::fs::read_to_string(run.join("checkpoints").join(ckpt).join("state.json"));
+        serde_json::from_str::<serde_json::Value>(&state.unwrap()).unwrap()["config"]["inference"]
+            .clone()
+    };
+    assert_eq!(recorded("latest")["tile"], "auto");
+    // the config as an older build wrote it: no [inference]
+    let config = run.join("config.toml");
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert!(table.remove("inference").is_some());
+    std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+    let out = train(&resume_run(&data, &run, Default::default())).unwrap();
+    assert_eq!((out.started_at, out.steps), (3, 6));
+    assert_eq!(recorded("final")["tile"], "whole");
+}
+
 #[test]
 fn run_folder_holds_everything_and_is_never_reused() {
     let _serial = serial();

@@ -181,7 +181,7 @@ for arm in arms:
 ncct = values(first, "baseline")
 truth = [None] * len(MAE) + [first[(r, "me")]["target_mean"]["mean"] for r in HU]
 head = ["body MAE", "lung MAE", "vessel MAE", "vessel mean HU", "trunk mean HU", "peripheral mean HU"]
-how = f", predicted on {tile} px tiles" if tile and tile != "auto" else (", predicted on tiles of the training crop" if tile else "")
+how = f", predicted on {tile} px tiles" if tile and tile != "auto" else (", predicted on tiles of the training crop" if tile else ", predicted as each run validated")
 lines = [f"| arm ({seeds} seeds x {steps} steps, {mm} mm motion{how}) | " + " | ".join(head) + " |",
          "|---" * (len(head) + 1) + "|"]
 for arm, cols in rows.items():

@@ -72,6 +72,20 @@ fn predict_runs_the_tiles_validation_ran_unless_told_and_bad_tiles_are_refused()
     assert_eq!(max_abs(&default, &auto), 0.0);
     assert!(max_abs(&auto, &whole) > 0.01, "{}", max_abs(&auto, &whole));
 
+    // test-time augmentation inside the tiles: a bare --tta is the mirror (`flip`), `full`
+    // adds rotations; each changes the prediction
+    let (tta, flip, full) = (path("tta"), path("flip"), path("full"));
+    for (out, extra) in [
+        (&tta, &["--tta"][..]),
+        (&flip, &["--tta", "flip"][..]),
+        (&full, &["--tta", "full"][..]),
+    ] {
+        let o = predict(&run, &ncct, out, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(max_abs(&tta, &flip), 0.0);
+    assert!(max_abs(&flip, &default) > 0.01 && max_abs(&full, &flip) > 0.01);
+
     // a checkpoint written before runs recorded `[inference]` was validated on whole slices,
     // and predicts them
     for ckpt in std::fs::read_dir(run.join("checkpoints")).unwrap() {

@@ -52,10 +52,11 @@ pub struct Args {
     /// DICOM input: the SeriesInstanceUID to use when the folder holds several series.
     #[arg(long, value_name = "UID")]
     series: Option<String>,
-    /// Test-time augmentation: average G over the identity, a left-right flip and rotations by
-    /// -5 and +5 degrees, each mapped back (4 forward passes per slice).
-    #[arg(long)]
-    tta: bool,
+    /// Test-time augmentation, each view mapped back and averaged: `flip` (a bare --tta) is
+    /// the slice and its left-right mirror (2 passes, as nnU-Net mirrors); `full` adds
+    /// rotations by -5 and +5 degrees (4 passes), which resample and blur (README).
+    #[arg(long, value_enum, value_name = "flip|full", num_args = 0..=1, default_missing_value = "flip")]
+    tta: Option<TtaArg>,
     /// Precision of G's forward passes: fp32, bf16 (autocast; CPU or CUDA) or f16 (autocast;
     /// CUDA only). See the README for the HU error bf16 costs.
     #[arg(long, default_value = "fp32", value_parser = parse_precision)]
@@ -79,6 +80,15 @@ pub struct Args {
     /// input's study, beside the NCCT it was computed from).
     #[arg(long)]
     new_study: bool,
+}
+
+/// `--tta`'s views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TtaArg {
+    /// The slice and its left-right mirror.
+    Flip,
+    /// The mirror and rotations by -5 and +5 degrees.
+    Full,
 }
 
 /// One volume to translate and where its result goes.
@@ -129,7 +139,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let opts = PredictOptions {
         batch_size: args.batch_size,
         model_spacing_xy: args.model_spacing,
-        tta: args.tta.then(infer::predict::Tta::default),
+        tta: args.tta.map(|t| match t {
+            TtaArg::Flip => infer::predict::Tta::default(),
+            TtaArg::Full => infer::predict::Tta::with_rotations(),
+        }),
         precision: args.precision,
         tiles: infer::tiles::resolve(args.tile, args.tile_step, &loaded)?,
     };

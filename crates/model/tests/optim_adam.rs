@@ -69,9 +69,16 @@ fn adam_reproduces_torch_step_for_step() {
     assert_eq!(meta["generator"], "tools/golden/adam_torch.py");
     let steps = meta["steps"].as_i64().unwrap();
     // (implementation, golden key prefix, tolerance on parameters). The fused kernel is the
-    // one torch runs: bitwise equal. The loop folds `value` into a factor (tch's
-    // addcmul_/addcdiv_ take none): one more float rounding than torch's single-tensor path.
-    let variants = [(AdamImpl::Fused, "fused.", 0.0), (AdamImpl::Loop, "", 1e-6)];
+    // one torch runs: bitwise equal to torch on the same CPU (the golden was made on an AVX2
+    // machine; on an AVX-512 Xeon torch's own kernels, regenerating it, differ from it by up to
+    // 3.6e-7, and ours match that regenerated file bit for bit: checked 2026-12-06), so the
+    // committed file is met within the kernels' CPU dependence. The loop folds `value` into a
+    // factor (tch's addcmul_/addcdiv_ take none): one more float rounding than torch's
+    // single-tensor path.
+    let variants = [
+        (AdamImpl::Fused, "fused.", 1e-6),
+        (AdamImpl::Loop, "", 1e-6),
+    ];
     for ((setting, s), (implementation, prefix, tol)) in meta["settings"]
         .as_object()
         .unwrap()

@@ -48,9 +48,10 @@ The ONNX model's contract:
   before the mapping), and crops the output back. `translate_volume` below does the same for a
   whole [z, y, x] volume (stacking neighbours clamped at the volume's ends for 2.5D models),
   so `translate_volume(onnx_runner(path), hu, meta)` reproduces `ncct2ctpa predict` (without
-  --tta, --precision or --model-spacing), on the tiles the run's validation ran: export.json's
-  "inference" (`tile`: pixels, or null for whole slices; `tile_step`), which `translate_volume`
-  runs with tools/export/sliding_window.py (nnU-Net's tile positions and Gaussian, as
+  --tta, --precision or --model-spacing), on the tiles and mirrors the run's validation ran:
+  export.json's "inference" (`tile`: pixels, or null for whole slices; `tile_step`;
+  `tta_mirrors`: axes of [N, C, H, W] whose mirrored views are averaged with the slice), which
+  `translate_volume` runs with tools/export/sliding_window.py (nnU-Net's tile positions and Gaussian, as
   crates/infer/src/tiles.rs; tools/golden/tiles_numpy.py checks the two agree).
 
 After exporting, the script runs ONNX Runtime and the twin on the same random HU input (at the
@@ -269,6 +270,8 @@ def build_from_checkpoint(
     try:
         tile, tile_step = sliding_window.tile_size(config.get("inference"),
                                                    config.get("data", {}).get("crop_size"))
+        mirrors, rotations = sliding_window.tta_views(config.get("inference"),
+                                                      config.get("data", {}).get("augment"))
     except ValueError as e:
         raise ExportError(f"state.json: {e}") from e
     g = twin.Generator(cfg)
@@ -285,8 +288,10 @@ def build_from_checkpoint(
         "in_channels": cfg["in_channels"],
         "size_multiple": 2 ** cfg["depth"],
         "residual": cfg["residual"],
-        # what `predict` runs by default: tiles of `tile` px (None: whole slices)
-        "inference": {"tile": tile, "tile_step": tile_step},
+        # what `predict` runs by default: tiles of `tile` px (None: whole slices), and within
+        # each the mean over the identity and these mirrors (axes of [N, C, H, W]) and rotations
+        "inference": {"tile": tile, "tile_step": tile_step,
+                      "tta_mirrors": [list(a) for a in mirrors], "tta_rotations_deg": rotations},
     }
     return HUGenerator(g, window).eval(), meta
 
@@ -364,7 +369,17 @@ def translate_volume(run: Callable[[np.ndarray], np.ndarray], hu: np.ndarray, me
     window's min (air; -1 after the mapping), run, cropped back. Returns [z, y, x] float32 HU.
     `run` maps [N, C, H', W'] HU to [N, 1, H', W'] HU (e.g. `onnx_runner`); with
     `meta["inference"]["tile"]` set it runs on the padded slices' tiles, blended
-    (sliding_window.forward_tiled), as `predict` does."""
+    (sliding_window.forward_tiled), as `predict` does, each the mean over the identity and
+    `meta["inference"]["tta_mirrors"]` (sliding_window.forward_mirrored)."""
+    tiles = meta.get("inference") or {}
+    if tiles.get("tta_rotations_deg"):
+        raise NotImplementedError("the checkpoint's validation rotated (tta = full); translate_volume "
+                                  "reproduces the mirrors only")
+    mirrors = [tuple(a) for a in tiles.get("tta_mirrors", [])]
+
+    def views(x: np.ndarray) -> np.ndarray:
+        return sliding_window.forward_mirrored(x, mirrors, run)
+
     nz, ny, nx = hu.shape
     m, c = meta["size_multiple"], meta["in_channels"]
     half = c // 2
@@ -379,11 +394,11 @@ def translate_volume(run: Callable[[np.ndarray], np.ndarray], hu: np.ndarray, me
             for ch in range(c):
                 src = min(max(z + ch - half, 0), nz - 1)
                 x[i, ch, top : top + ny, left : left + nx] = hu[src]
-        tiles = meta.get("inference") or {}
         if tiles.get("tile"):
-            y = sliding_window.forward_tiled(x, int(tiles["tile"]), float(tiles["tile_step"]), run)
+            y = sliding_window.forward_tiled(x, int(tiles["tile"]), float(tiles["tile_step"]),
+                                             views)
         else:
-            y = run(x)
+            y = views(x)
         out[z0 : z0 + len(zs)] = y[:, 0, top : top + ny, left : left + nx]
     return out
 
@@ -449,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     t = meta["inference"]
     print(f"predict runs G on {t['tile']} px tiles, step {t['tile_step']}" if t["tile"]
           else "predict runs G on whole slices")
+    if t["tta_mirrors"] or t["tta_rotations_deg"]:
+        print(f"and averages it over the mirrors {t['tta_mirrors']} (axes of N, C, H, W)"
+              + (f" and rotations {t['tta_rotations_deg']} degrees" if t["tta_rotations_deg"]
+                 else ""))
 
     args.out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file

@@ -4,7 +4,8 @@
 (sigma = tile / 8, 1 at the centre). A checkpoint records the tiles its validation ran
 (`config.inference` of state.json; `export_generator.py` writes them into export.json), and
 `export_generator.translate_volume` calls `forward_tiled` with them, so a caller of the exported
-ONNX model reproduces `predict`.
+ONNX model reproduces `predict`; with the test-time mirrors the checkpoint records (`tta_views`,
+`forward_mirrored`) within each tile, as `predict` runs them.
 
 Torch-free on purpose: `tools/golden/tiles_numpy.py` runs it with NumPy alone and commits its
 output, which `crates/infer/tests/tiles_golden.rs` compares with our Rust implementation.
@@ -88,3 +89,39 @@ def tile_size(inference: dict | None, crop_size: int | None) -> tuple[int | None
                              "config.data.crop_size")
         return int(crop_size), step
     return int(tile), step
+
+
+def tta_views(inference: dict | None, augment: dict | None) -> tuple[list[tuple[int, ...]], list[float]]:
+    """The test-time augmentation `predict` runs by default (crates/infer/src/tta.rs), from a
+    checkpoint's `config.inference.tta` and `config.data.augment`: the mirrored views besides
+    the identity, as axes of [N, C, H, W] to flip, and the rotations in degrees. `auto` mirrors
+    the axes training mirrored (every combination), `flip` the left-right axis, `full` that and
+    rotations by +-5 degrees, `none` (and a checkpoint recording no `tta`, which predates it)
+    nothing."""
+    tta = (inference or {}).get("tta", "none")
+    if tta == "none":
+        return [], []
+    if tta == "flip":
+        return [(3,)], []
+    if tta == "full":
+        return [(3,)], [-5.0, 5.0]
+    if tta != "auto":
+        raise ValueError(f"config.inference.tta = {tta!r}: expected none, auto, flip or full")
+    if augment is None:
+        raise ValueError("config.inference.tta = auto, but the checkpoint records no "
+                         "config.data.augment")
+    on = bool(augment.get("enabled", True))
+    x = on and float(augment.get("flip_x_prob", 0.0)) > 0.0
+    y = on and float(augment.get("flip_y_prob", 0.0)) > 0.0
+    return [a for a, use in (((3,), x), ((2,), y), ((2, 3), x and y)) if use], []
+
+
+def forward_mirrored(x: np.ndarray, mirrors: list[tuple[int, ...]],
+                     run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The mean of `run(x)` and, for each axis tuple in `mirrors`, `run` on `x` mirrored there,
+    mirrored back: `predict`'s test-time mirroring (exact: no resampling)."""
+    acc = run(x).astype(np.float32)
+    for axes in mirrors:
+        acc = acc + np.flip(run(np.ascontiguousarray(np.flip(x, axes))), axes)
+    return acc / np.float32(1 + len(mirrors))
+

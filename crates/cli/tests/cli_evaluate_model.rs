@@ -136,6 +136,21 @@ fn one_command_equals_predict_then_evaluate() {
     let e = predict_then_evaluate(&final_ckpt, &one, &t("five"), &["--tile", "32"]);
     assert_eq!(a, e, "the run's tiles are the training crop's");
     assert_ne!(c, a, "tiles of an instance-norm G must change the scores");
+
+    // by default with the mirror the run validated with; in one pass with --tta none, beside
+    // the others, and the same as predict --tta none + evaluate
+    let single = evaluate_final(&["--tta", "none"]);
+    let six = run.join("evaluation/val-final-tta-none");
+    assert!(six.join("evaluation.csv").is_file(), "{single}");
+    let f = scores(&six.join("evaluation.csv"));
+    let g = predict_then_evaluate(&final_ckpt, &one, &t("seven"), &["--tta", "none"]);
+    assert_eq!(
+        f, g,
+        "evaluate --model --tta must equal predict --tta + evaluate"
+    );
+    let h = predict_then_evaluate(&final_ckpt, &one, &t("eight"), &["--tta", "flip"]);
+    assert_eq!(a, h, "the run validated with the left-right mirror");
+    assert_ne!(f, a, "the mirror must change the scores");
 }
 
 #[test]

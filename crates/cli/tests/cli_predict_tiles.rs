@@ -1,6 +1,7 @@
-//! `predict --tile`: sliding-window inference on tiles of the training crop (#16), end to end
-//! (the blending itself is tested in `infer::tiles` and `infer::predict`); without `--tile`,
-//! what the run's validation ran (`[inference]`, recorded in the checkpoint).
+//! `predict --tile` and `--tta`: sliding-window inference on tiles of the training crop and
+//! test-time mirroring (#16), end to end (the blending and the views themselves are tested in
+//! `infer::tiles`, `infer::tta` and `infer::predict`); without them, what the run's validation
+//! ran (`[inference]`, recorded in the checkpoint).
 
 mod common;
 
@@ -56,52 +57,61 @@ fn predict_runs_the_tiles_validation_ran_unless_told_and_bad_tiles_are_refused()
     volume::io::nifti::write_nifti(&ncct, &volume::Volume::new(hu, geometry).unwrap()).unwrap();
 
     let path = |name: &str| tmp.path().join(format!("{name}.nii.gz"));
-    let (default, whole, auto, px32) = (path("default"), path("whole"), path("auto"), path("px32"));
-    for (out, extra) in [
-        (&default, &[][..]),
-        (&whole, &["--tile", "whole"][..]),
-        (&auto, &["--tile", "auto"][..]),
-        (&px32, &["--tile", "32", "--tile-step", "0.5"][..]),
-    ] {
-        let o = predict(&run, &ncct, out, extra);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let run_all = |runs: &[(&str, &[&str])]| {
+        for (name, extra) in runs {
+            let o = predict(&run, &ncct, &path(name), extra);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+    };
+    run_all(&[
+        ("default", &[]),
+        ("whole", &["--tile", "whole"]),
+        ("auto", &["--tile", "auto"]),
+        ("px32", &["--tile", "32", "--tile-step", "0.5"]),
+        ("none", &["--tta", "none"]),
+        ("whole_none", &["--tile", "whole", "--tta", "none"]),
+        ("tta", &["--tta"]),
+        ("flip", &["--tta", "flip"]),
+        ("tta_auto", &["--tta", "auto"]),
+        ("full", &["--tta", "full"]),
+    ]);
+    let d = |a: &str, b: &str| max_abs(&path(a), &path(b));
     // auto is the training crop, and the default: the run validated on it (`[inference]`'s
     // default); tiles of an instance-norm G differ from the whole slice
-    assert_eq!(max_abs(&auto, &px32), 0.0);
-    assert_eq!(max_abs(&default, &auto), 0.0);
-    assert!(max_abs(&auto, &whole) > 0.01, "{}", max_abs(&auto, &whole));
-
-    // test-time augmentation inside the tiles: a bare --tta is the mirror (`flip`), `full`
-    // adds rotations; each changes the prediction
-    let (tta, flip, full) = (path("tta"), path("flip"), path("full"));
-    for (out, extra) in [
-        (&tta, &["--tta"][..]),
-        (&flip, &["--tta", "flip"][..]),
-        (&full, &["--tta", "full"][..]),
-    ] {
-        let o = predict(&run, &ncct, out, extra);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(d("auto", "px32"), 0.0);
+    assert_eq!(d("default", "auto"), 0.0);
+    assert!(d("auto", "whole") > 0.01, "{}", d("auto", "whole"));
+    // the run mirrored left-right in training (`[data.augment]`'s default), so its validation
+    // and `predict` average the slice and its mirror (`[inference] tta = "auto"`): a bare
+    // --tta, `flip` and `auto`; `none` is one pass, `full` adds rotations
+    for same in ["tta", "flip", "tta_auto"] {
+        assert_eq!(d("default", same), 0.0, "{same}");
     }
-    assert_eq!(max_abs(&tta, &flip), 0.0);
-    assert!(max_abs(&flip, &default) > 0.01 && max_abs(&full, &flip) > 0.01);
+    assert!(d("default", "none") > 0.01 && d("full", "flip") > 0.01);
 
-    // a checkpoint written before runs recorded `[inference]` was validated on whole slices,
-    // and predicts them
-    for ckpt in std::fs::read_dir(run.join("checkpoints")).unwrap() {
-        let ckpt = ckpt.unwrap().path();
-        let state = ckpt.join("state.json");
-        let mut json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-        assert_eq!(json["config"]["inference"]["tile"], "auto", "{json}");
-        json["config"].as_object_mut().unwrap().remove("inference");
-        std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
-        std::fs::remove_file(ckpt.join("checksums.json")).unwrap();
-    }
-    let old = path("old");
-    let o = predict(&run, &ncct, &old, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(max_abs(&old, &whole), 0.0);
+    // a checkpoint written before runs recorded `tta` was validated in one pass, and predicts
+    // so; one from before `[inference]` on whole slices
+    let edit_checkpoints = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        for ckpt in std::fs::read_dir(run.join("checkpoints")).unwrap() {
+            let ckpt = ckpt.unwrap().path();
+            let state = ckpt.join("state.json");
+            let mut json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+            f(json["config"].as_object_mut().unwrap());
+            std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
+            let _ = std::fs::remove_file(ckpt.join("checksums.json"));
+        }
+    };
+    edit_checkpoints(&|config| {
+        let inference = config["inference"].as_object_mut().unwrap();
+        assert_eq!(inference["tile"], "auto");
+        assert_eq!(inference.remove("tta").unwrap(), "auto");
+    });
+    run_all(&[("before_tta", &[])]);
+    assert_eq!(d("before_tta", "none"), 0.0);
+    edit_checkpoints(&|config| assert!(config.remove("inference").is_some()));
+    run_all(&[("old", &[])]);
+    assert_eq!(d("old", "whole_none"), 0.0);
 
     // a tile G cannot run: the reason and the model named, nothing written
     let never = tmp.path().join("never.nii.gz");
@@ -120,6 +130,7 @@ fn predict_runs_the_tiles_validation_ran_unless_told_and_bad_tiles_are_refused()
         ),
         (&["--tile", "32", "--tile-step", "1.5"][..], "(0, 1]"),
         (&["--tile-step", "1.5"][..], "(0, 1]"),
+        (&["--tta", "mirror"][..], "none, auto, flip or full"),
     ] {
         let o = predict(&run, &ncct, &never, extra);
         let stderr = String::from_utf8_lossy(&o.stderr);

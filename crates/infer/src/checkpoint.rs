@@ -88,6 +88,28 @@ fn recorded_inference<'de, D: serde::Deserializer<'de>>(
 pub struct DataSection {
     /// The side of the square crops G was trained on (`predict --tile auto`).
     pub crop_size: usize,
+    /// How training augmented (`--tta auto` mirrors the same axes); `None` in a checkpoint
+    /// that does not record it.
+    #[serde(default)]
+    pub augment: Option<AugmentSection>,
+}
+
+/// `config.data.augment`, as far as inference reads it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AugmentSection {
+    pub enabled: bool,
+    pub flip_x_prob: f64,
+    pub flip_y_prob: f64,
+}
+
+impl AugmentSection {
+    /// Whether training mirrored along x and along y.
+    pub fn mirrors(&self) -> [bool; 2] {
+        [
+            self.enabled && self.flip_x_prob > 0.0,
+            self.enabled && self.flip_y_prob > 0.0,
+        ]
+    }
 }
 
 /// `config.model`, as far as inference reads it.
@@ -226,8 +248,11 @@ pub struct LoadedGenerator {
     pub ema: bool,
     /// The side of the square crops G was trained on, when the checkpoint says.
     pub train_crop: Option<usize>,
-    /// How the run's validation ran G (tiles or whole slices), when the checkpoint says:
-    /// what `predict` does by default ([`crate::tiles::resolve`]).
+    /// Whether training mirrored along x and y (`[x, y]`), when the checkpoint says.
+    pub train_mirrors: Option<[bool; 2]>,
+    /// How the run's validation ran G (tiles or whole slices, test-time augmentation), when
+    /// the checkpoint says: what `predict` does by default ([`crate::tiles::resolve`],
+    /// [`crate::tta::resolve`]).
     pub inference: Option<crate::tiles::InferenceSettings>,
 }
 
@@ -281,7 +306,13 @@ pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGener
         checkpoint: dir,
         step: info.step,
         ema,
-        train_crop: info.config.data.map(|d| d.crop_size),
+        train_crop: info.config.data.as_ref().map(|d| d.crop_size),
+        train_mirrors: info
+            .config
+            .data
+            .as_ref()
+            .and_then(|d| d.augment.as_ref())
+            .map(AugmentSection::mirrors),
         inference: info.config.inference,
     })
 }

@@ -8,6 +8,7 @@
 //! - [`predict`]: a whole volume through G: resampling to the model's spacing, precision,
 //!   test-time augmentation, tiles.
 //! - [`tiles`]: sliding-window inference on tiles of the training crop, blended as nnU-Net does.
+//! - [`tta`]: test-time augmentation (mirrors as training mirrored, as nnU-Net does).
 //! - [`tensors`]: `ndarray` <-> tch.
 
 pub mod checkpoint;
@@ -16,3 +17,4 @@ pub mod provenance;
 pub mod tensors;
 pub mod tiles;
 pub mod translate;
+pub mod tta;

@@ -30,17 +30,16 @@
 //! trained on crops sees at inference the field of view it was trained on; test-time
 //! augmentation then runs within each tile.
 //!
-//! Test-time augmentation ([`Tta`]) runs G on transformed copies of each batch (left-right
-//! flip, small in-plane rotations: the transforms the trainer augments with), maps each
-//! prediction back, and averages them, each weighted by where its back-mapped field of view
-//! is valid (a rotation leaves the corners without a prediction).
+//! Test-time augmentation ([`crate::tta`]) runs G on mirrored (and rotated) copies of each
+//! batch, maps each prediction back and averages them.
 
 use crate::translate::{translate_slices, SliceFrame};
+pub use crate::tta::Tta;
 use anyhow::{bail, Context, Result};
 use dataset::manifest::IntensityWindow;
 pub use model::precision::Precision;
 use ndarray::Array3;
-use tch::{nn::ModuleT, Device, Tensor};
+use tch::{Device, Tensor};
 use volume::resample::{resample, Grid, Interpolation};
 use volume::Volume;
 
@@ -88,63 +87,6 @@ impl PredictOptions {
             batch_size: 8,
             ..Self::default()
         }
-    }
-}
-
-/// Test-time augmentation: the identity plus, optionally, a left-right flip and in-plane
-/// rotations by each angle in `rotations_deg` (about the slice centre).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tta {
-    pub flip_x: bool,
-    pub rotations_deg: Vec<f64>,
-}
-
-impl Default for Tta {
-    /// The left-right mirror: two passes, exact (no resampling), as nnU-Net's test-time
-    /// mirroring. On the #16 benchmark (10 seeds, 112 px tiles) it lowered every MAE of every
-    /// seed a little (arteries by 2.6 ± 1.6 HU) and kept the enhancement.
-    fn default() -> Self {
-        Self {
-            flip_x: true,
-            rotations_deg: Vec::new(),
-        }
-    }
-}
-
-impl Tta {
-    /// The mirror and rotations by +-5 degrees: four passes, inside the trainer's default
-    /// augmentation (flips with p = 0.5, rotations up to 10 degrees). The rotations resample
-    /// the input and the output bilinearly, which blurs what a residual G passes through: on
-    /// the #16 benchmark they cost 19 HU of artery MAE and 8 HU of body MAE against the mirror.
-    pub fn with_rotations() -> Self {
-        Self {
-            flip_x: true,
-            rotations_deg: vec![-5.0, 5.0],
-        }
-    }
-}
-
-/// One view of a batch: how to transform G's input and map its output back.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum View {
-    Identity,
-    FlipX,
-    Rotate(f64),
-}
-
-impl Tta {
-    fn views(&self) -> Vec<View> {
-        let mut v = vec![View::Identity];
-        if self.flip_x {
-            v.push(View::FlipX);
-        }
-        v.extend(
-            self.rotations_deg
-                .iter()
-                .filter(|a| **a != 0.0)
-                .map(|a| View::Rotate(*a)),
-        );
-        v
     }
 }
 
@@ -209,12 +151,7 @@ impl Translator<'_> {
                 .context("resampling the input to the model's spacing")?,
             None => ncct.clone(),
         };
-        let views = opts
-            .tta
-            .as_ref()
-            .map(Tta::views)
-            .unwrap_or_else(|| vec![View::Identity]);
-        let data = self.translate_slices(&working.data, opts, &views, &mut on_slices)?;
+        let data = self.translate_slices(&working.data, opts, &mut on_slices)?;
         let bad = data.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
             bail!(
@@ -262,12 +199,11 @@ impl Translator<'_> {
 
     /// Translates every axial slice of `hu` (`[z, y, x]`, HU) and returns HU, through
     /// [`crate::translate`] (the code training's validation runs), with `opts`' precision,
-    /// tiles and test-time augmentation (`tta_views`, within each tile) as the forward pass.
+    /// tiles and test-time augmentation (within each tile) as the forward pass.
     fn translate_slices(
         &self,
         hu: &Array3<f32>,
         opts: &PredictOptions,
-        tta_views: &[View],
         on_slices: &mut impl FnMut(usize),
     ) -> Result<Array3<f32>> {
         let frame = SliceFrame::for_generator(self.generator.config(), self.window)?;
@@ -276,11 +212,10 @@ impl Translator<'_> {
             crate::tiles::Tiling::new(t.size, t.step, frame.multiple())
                 .context("tiled inference")?;
         }
+        let tta = opts.tta.as_ref();
         let views = |x: &Tensor| match &opts.tiles {
-            Some(t) => {
-                crate::tiles::forward_tiled(x, t, |tile| self.forward_views(tile, tta_views))
-            }
-            None => self.forward_views(x, tta_views),
+            Some(t) => crate::tiles::forward_tiled(x, t, |tile| self.forward_views(tile, tta)),
+            None => self.forward_views(x, tta),
         };
         translate_slices(
             &frame,
@@ -304,76 +239,10 @@ impl Translator<'_> {
 }
 
 impl Translator<'_> {
-    /// G over every view of `x`, mapped back and averaged with validity weights.
-    ///
-    /// # Shapes
-    /// `x`: [batch, in_channels, height, width] -> [batch, 1, height, width]
-    fn forward_views(&self, x: &Tensor, views: &[View]) -> Tensor {
-        let mut sum: Option<Tensor> = None;
-        let mut weight: Option<Tensor> = None;
-        for view in views {
-            let (pred, w) = match *view {
-                View::Identity => (self.generator.forward_t(x, false), None),
-                View::FlipX => {
-                    let y = self.generator.forward_t(&x.flip([3]), false);
-                    (y.flip([3]), None)
-                }
-                View::Rotate(deg) => {
-                    let rotated = rotate(x, deg, -1.0);
-                    let y = rotate(&self.generator.forward_t(&rotated, false), -deg, 0.0);
-                    // Where the back-rotated prediction saw real input: ones through both maps.
-                    let ones = x.ones_like().narrow(1, 0, 1);
-                    let valid = rotate(&rotate(&ones, deg, 0.0), -deg, 0.0);
-                    (y, Some(valid))
-                }
-            };
-            let (contribution, w) = match w {
-                Some(w) => (&pred * &w, w),
-                None => (pred.shallow_clone(), pred.ones_like()),
-            };
-            sum = Some(match sum {
-                Some(s) => s + contribution,
-                None => contribution,
-            });
-            weight = Some(match weight {
-                Some(acc) => acc + w,
-                None => w,
-            });
-        }
-        match (sum, weight) {
-            (Some(s), Some(w)) => s / w.clamp_min(1e-6),
-            _ => self.generator.forward_t(x, false),
-        }
+    /// G over `x` with test-time augmentation ([`crate::tta::forward`]).
+    fn forward_views(&self, x: &Tensor, tta: Option<&Tta>) -> Tensor {
+        crate::tta::forward(self.generator, x, tta)
     }
-}
-
-/// Rotates each image of a batch by `deg` degrees about its centre in pixel space (bilinear,
-/// align_corners = true), filling outside the field of view with `fill`.
-///
-/// # Shapes
-/// `x`: [batch, channels, height, width] -> same
-fn rotate(x: &Tensor, deg: f64, fill: f64) -> Tensor {
-    let (b, _c, h, w) = x.size4().unwrap_or((1, 1, 1, 1));
-    let (sin, cos) = deg.to_radians().sin_cos();
-    // Normalised coordinates scale x by (w-1)/2 and y by (h-1)/2, so a pixel-space rotation
-    // becomes [[cos, -sin*sy/sx], [sin*sx/sy, cos]].
-    let sx = ((w - 1).max(1)) as f64 / 2.0;
-    let sy = ((h - 1).max(1)) as f64 / 2.0;
-    let theta = Tensor::from_slice(&[
-        cos as f32,
-        (-sin * sy / sx) as f32,
-        0.0,
-        (sin * sx / sy) as f32,
-        cos as f32,
-        0.0,
-    ])
-    .reshape([1, 2, 3])
-    .expand([b, 2, 3], true)
-    .to_device(x.device());
-    let grid = Tensor::affine_grid_generator(&theta, x.size(), true);
-    // grid_sampler(input, grid, interpolation 0 = bilinear, padding 0 = zeros, align_corners)
-    let shifted = x - fill;
-    shifted.grid_sampler(&grid, 0, 0, true) + fill
 }
 
 fn needs_resampling(spacing: [f64; 3], model_xy: [f64; 2]) -> bool {
@@ -384,8 +253,8 @@ fn needs_resampling(spacing: [f64; 3], model_xy: [f64; 2]) -> bool {
 mod tests {
     use super::*;
     use model::config::ModelConfig;
+    use tch::nn::ModuleT;
     use tch::nn::VarStore;
-    use tch::Kind;
     use volume::Geometry;
 
     pub(super) fn tiny_generator(vs: &VarStore) -> Generator {
@@ -534,64 +403,6 @@ mod tests {
         assert_eq!(out.data.dim(), (2, 21, 13));
         let w = IntensityWindow::default();
         assert!(out.data.iter().all(|v| *v >= w.min && *v <= w.max));
-    }
-
-    /// Rotating by an angle and back reproduces the interior (bilinear twice is a mild blur),
-    /// and a 90-degree rotation of a square image equals the exact index rotation.
-    #[test]
-    fn rotation_round_trip_and_exact_quarter_turn() {
-        let img = Tensor::arange(36, (Kind::Float, Device::Cpu)).reshape([1, 1, 6, 6]);
-        let quarter = rotate(&img, 90.0, 0.0);
-        let exact = img.rot90(1, [2, 3]);
-        let diff = (&quarter - &exact).abs().max().double_value(&[]);
-        let diff_other = (&quarter - img.rot90(-1, [2, 3]))
-            .abs()
-            .max()
-            .double_value(&[]);
-        assert!(
-            diff < 1e-4 || diff_other < 1e-4,
-            "quarter turn off by {diff} / {diff_other}"
-        );
-        let smooth = Tensor::from_slice(
-            &(0..32 * 32)
-                .map(|i| ((i % 32) as f32 * 0.1).sin() + (i / 32) as f32 * 0.05)
-                .collect::<Vec<_>>(),
-        )
-        .reshape([1, 1, 32, 32]);
-        let back = rotate(&rotate(&smooth, 5.0, 0.0), -5.0, 0.0);
-        let centre = |t: &Tensor| t.narrow(2, 8, 16).narrow(3, 8, 16);
-        let err = (centre(&back) - centre(&smooth))
-            .abs()
-            .max()
-            .double_value(&[]);
-        assert!(err < 0.05, "rotate there and back differs by {err}");
-    }
-
-    /// Each view is mapped back to where it came from before averaging: flip TTA equals its
-    /// definition, the identity view alone equals plain G.
-    #[test]
-    fn tta_views_are_mapped_back() {
-        tch::manual_seed(2);
-        let vs = VarStore::new(Device::Cpu);
-        let g = tiny_generator(&vs);
-        let t = cpu_translator(&g);
-        let x = Tensor::randn([2, 1, 32, 32], (Kind::Float, Device::Cpu)).clamp(-1.0, 1.0);
-        // Flip only: the average of G(x) and flip(G(flip(x))).
-        let flip = tch::no_grad(|| t.forward_views(&x, &[View::Identity, View::FlipX]));
-        let expected = tch::no_grad(|| {
-            (g.forward_t(&x, false) + g.forward_t(&x.flip([3]), false).flip([3])) / 2.0
-        });
-        let err = (&flip - &expected).abs().max().double_value(&[]);
-        assert!(err < 1e-6, "flip TTA differs from its definition by {err}");
-        // The identity view alone is plain G.
-        let single = tch::no_grad(|| t.forward_views(&x, &[View::Identity]));
-        let plain = tch::no_grad(|| g.forward_t(&x, false));
-        assert!((single - plain).abs().max().double_value(&[]) < 1e-7);
-        // The default is the mirror alone; all views: output stays in G's range.
-        assert_eq!(Tta::default().views(), vec![View::Identity, View::FlipX]);
-        let all = tch::no_grad(|| t.forward_views(&x, &Tta::with_rotations().views()));
-        assert_eq!(all.size(), vec![2, 1, 32, 32]);
-        assert!(all.abs().max().double_value(&[]) <= 1.0 + 1e-5);
     }
 
     #[test]

@@ -137,6 +137,9 @@ pub struct InferenceSettings {
     pub tile: TileSize,
     /// The largest distance between neighbouring tiles, a fraction of the tile. Default: 0.5.
     pub tile_step: f64,
+    /// Test-time augmentation ([`crate::tta`]): `"auto"` (the mirrors training augmented
+    /// with), `"none"`, `"flip"` or `"full"`. Default: `"auto"`.
+    pub tta: crate::tta::TtaMode,
 }
 
 impl Default for InferenceSettings {
@@ -144,26 +147,32 @@ impl Default for InferenceSettings {
         Self {
             tile: TileSize::Auto,
             tile_step: DEFAULT_STEP,
+            tta: crate::tta::TtaMode::Auto,
         }
     }
 }
 
 impl InferenceSettings {
     /// The keys this build reads.
-    const KEYS: [&'static str; 2] = ["tile", "tile_step"];
+    const KEYS: [&'static str; 3] = ["tile", "tile_step", "tta"];
 
     /// The settings a checkpoint records (`config.inference` of its `state.json`), ignoring
-    /// keys a newer build may add, as the rest of a checkpoint's description is read.
+    /// keys a newer build may add, as the rest of a checkpoint's description is read. A
+    /// checkpoint from before `tta` was recorded validated without it: `"none"`.
     pub fn from_recorded(mut table: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
         table.retain(|k, _| Self::KEYS.contains(&k.as_str()));
+        table
+            .entry("tta")
+            .or_insert_with(|| crate::tta::TtaMode::None.to_string().into());
         serde_json::from_value(table.into()).context("config.inference")
     }
 
-    /// What a checkpoint written before runs recorded their inference did: whole slices, which
-    /// is what its validation scored.
+    /// What a checkpoint written before runs recorded their inference did: whole slices without
+    /// test-time augmentation, which is what its validation scored.
     pub const WHOLE: Self = Self {
         tile: TileSize::Whole,
         tile_step: DEFAULT_STEP,
+        tta: crate::tta::TtaMode::None,
     };
 
     /// The tiling for a G of size `multiple` trained on `crop` px crops (`None`: unknown);
@@ -181,6 +190,18 @@ impl InferenceSettings {
     }
 }
 
+/// Each model's checkpoint and what `f` says of it, for errors about an ensemble.
+pub(crate) fn describe_models(
+    models: &[crate::checkpoint::LoadedGenerator],
+    f: &dyn Fn(&crate::checkpoint::LoadedGenerator) -> String,
+) -> String {
+    models
+        .iter()
+        .map(|m| format!("{} {}", m.checkpoint.display(), f(m)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The tiling an ensemble runs: `size` and `step` when given (`--tile`, `--tile-step`),
 /// otherwise what the checkpoints record ([`InferenceSettings`]; whole slices for a checkpoint
 /// that records none), which must then be one setting for all. Every model must be able to run
@@ -193,13 +214,8 @@ pub fn resolve(
 ) -> Result<Option<Tiling>> {
     // a step given is checked even where the tiling turns out whole
     step.map(check_step).transpose()?;
-    let describe = |f: &dyn Fn(&crate::checkpoint::LoadedGenerator) -> String| {
-        models
-            .iter()
-            .map(|m| format!("{} {}", m.checkpoint.display(), f(m)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let describe =
+        |f: &dyn Fn(&crate::checkpoint::LoadedGenerator) -> String| describe_models(models, f);
     let recorded: Vec<InferenceSettings> = models
         .iter()
         .map(|m| m.inference.unwrap_or(InferenceSettings::WHOLE))
@@ -209,6 +225,7 @@ pub fn resolve(
         [first, ..] => InferenceSettings {
             tile: size.unwrap_or(first.tile),
             tile_step: step.unwrap_or(first.tile_step),
+            ..*first
         },
     };
     let disagree = |f: &dyn Fn(&InferenceSettings) -> String| {
@@ -343,7 +360,7 @@ pub fn forward_tiled(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tch::Device;
 
@@ -422,12 +439,15 @@ mod tests {
     }
 
     /// A loaded tiny G (depth 3: multiples of 8) from `checkpoint`, trained on `crop`.
-    fn loaded(checkpoint: &str, crop: Option<usize>) -> crate::checkpoint::LoadedGenerator {
+    pub(crate) fn loaded(
+        checkpoint: &str,
+        crop: Option<usize>,
+    ) -> crate::checkpoint::LoadedGenerator {
         recorded(checkpoint, crop, None)
     }
 
-    /// As [`loaded`], its checkpoint recording `inference`.
-    fn recorded(
+    /// As [`loaded`], its checkpoint recording `inference`, trained mirroring left-right.
+    pub(crate) fn recorded(
         checkpoint: &str,
         crop: Option<usize>,
         inference: Option<InferenceSettings>,
@@ -445,6 +465,7 @@ mod tests {
             step: 1,
             ema: false,
             train_crop: crop,
+            train_mirrors: Some([true, false]),
             inference,
         }
     }
@@ -496,6 +517,7 @@ mod tests {
         let px = |tile, tile_step| InferenceSettings {
             tile: TileSize::Px(tile),
             tile_step,
+            ..InferenceSettings::default()
         };
         // what validation ran: the training crop, or the recorded size and step
         let t = resolve(None, None, &[recorded("runs/a", Some(32), Some(auto))]).unwrap();
@@ -569,7 +591,7 @@ mod tests {
         assert_eq!(s.tile, TileSize::Whole);
         assert_eq!(
             serde_json::to_string(&px(96, 0.5)).unwrap(),
-            r#"{"tile":96,"tile_step":0.5}"#
+            r#"{"tile":96,"tile_step":0.5,"tta":"auto"}"#
         );
         assert!(serde_json::from_str::<InferenceSettings>(r#"{"tile": "big"}"#).is_err());
         assert!(serde_json::from_str::<InferenceSettings>(r#"{"tile": 0}"#).is_err());
@@ -578,7 +600,20 @@ mod tests {
         t.insert("tile".into(), 64.into());
         t.insert("from_the_future".into(), true.into());
         assert!(serde_json::from_value::<InferenceSettings>(t.clone().into()).is_err());
-        assert_eq!(InferenceSettings::from_recorded(t).unwrap(), px(64, 0.5));
+        // a checkpoint from before `tta` was recorded validated without it
+        let before_tta = InferenceSettings {
+            tta: crate::tta::TtaMode::None,
+            ..px(64, 0.5)
+        };
+        assert_eq!(
+            InferenceSettings::from_recorded(t.clone()).unwrap(),
+            before_tta
+        );
+        t.insert("tta".into(), "flip".into());
+        assert_eq!(
+            InferenceSettings::from_recorded(t).unwrap().tta,
+            crate::tta::TtaMode::Flip
+        );
     }
 
     #[test]

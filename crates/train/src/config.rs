@@ -663,10 +663,10 @@ impl TrainConfig {
         }
         model::device::DeviceSpec::parse(&self.device).context("device")?;
         self.tiling()?;
+        self.tta()?;
         Ok(())
     }
 
-    /// Crops and validation slices are padded to multiples of this.
     /// The tiles validation runs G on (`[inference]`); `None`: whole slices.
     pub fn tiling(&self) -> anyhow::Result<Option<infer::tiles::Tiling>> {
         let multiple = self.model.generator.size_multiple().max(1) as usize;
@@ -675,6 +675,21 @@ impl TrainConfig {
             .context("[inference]")
     }
 
+    /// The test-time augmentation validation runs (`[inference] tta`; `auto`: the mirrors
+    /// `[data.augment]` trains with); `None`: one pass.
+    pub fn tta(&self) -> anyhow::Result<Option<infer::tta::Tta>> {
+        let a = &self.data.augment;
+        let mirrors = [
+            a.enabled && a.flip_x_prob > 0.0,
+            a.enabled && a.flip_y_prob > 0.0,
+        ];
+        self.inference
+            .tta
+            .views(Some(mirrors))
+            .context("[inference]")
+    }
+
+    /// Crops and validation slices are padded to multiples of this.
     pub fn size_multiple(&self) -> usize {
         let g = self.model.generator.size_multiple();
         let m = if self.registration {

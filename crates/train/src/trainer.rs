@@ -197,6 +197,7 @@ impl Trainer {
                     &cfg.contrast,
                 )?;
                 v.tiling = cfg.tiling()?;
+                v.tta = cfg.tta()?;
                 Some(v)
             }
             false => None,
@@ -944,17 +945,7 @@ fn open_run(
             check_same_data(&run, &spec.data, *allow_other_data)?;
             let mut own: toml::Table = toml::from_str(&read_text(&run.config())?)
                 .with_context(|| format!("config {}", run.config().display()))?;
-            if !own.contains_key("inference") {
-                // started before `[inference]`: it validated on whole slices, and keeps them,
-                // so its validation scores (and `best`) stay comparable across the resume
-                tracing::info!(
-                    "{} records no [inference] (started before tiled validation): it keeps \
-                     validating, and its checkpoints predicting, on whole slices",
-                    run.config().display()
-                );
-                let whole = toml::Table::from_iter([("tile".to_owned(), "whole".into())]);
-                own.insert("inference".into(), whole.into());
-            }
+            resume_keeps_recorded_inference(&mut own, &run.config());
             let mut layers = vec![own];
             layers.push(local.0.clone());
             let mut cfg = TrainConfig::from_layers(layers, "default")
@@ -964,6 +955,30 @@ fn open_run(
             cfg.hooks = hooks.clone().with_env()?;
             Ok((cfg, run, lock))
         }
+    }
+}
+
+/// A run started before a key of `[inference]` existed validated without it, and keeps doing
+/// so, so its validation scores (and `best`) stay comparable across the resume: without
+/// `[inference]` it validated on whole slices, without `tta` in one pass.
+fn resume_keeps_recorded_inference(own: &mut toml::Table, config: &Path) {
+    let inference = own.entry("inference").or_insert_with(|| {
+        tracing::info!(
+            "{} records no [inference] (started before tiled validation): it keeps \
+                 validating, and its checkpoints predicting, on whole slices",
+            config.display()
+        );
+        toml::Table::from_iter([("tile".to_owned(), "whole".into())]).into()
+    });
+    if let Some(table) = inference.as_table_mut() {
+        table.entry("tta").or_insert_with(|| {
+            tracing::info!(
+                "{} records no [inference] tta (started before validation mirrored): it keeps \
+                 validating, and its checkpoints predicting, without test-time augmentation",
+                config.display()
+            );
+            "none".into()
+        });
     }
 }
 

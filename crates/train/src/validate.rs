@@ -138,6 +138,9 @@ pub struct Validator {
     pub batch_slices: usize,
     /// Tiles G runs on (`[inference]`, [`infer::tiles`]); `None`: whole slices.
     pub tiling: Option<infer::tiles::Tiling>,
+    /// Test-time augmentation within each tile (`[inference] tta`, [`infer::tta`]); `None`:
+    /// one pass.
+    pub tta: Option<infer::tta::Tta>,
 }
 
 impl Validator {
@@ -230,6 +233,7 @@ impl Validator {
             baseline,
             batch_slices: 8,
             tiling: None,
+            tta: None,
         })
     }
 
@@ -250,9 +254,9 @@ impl Validator {
     }
 
     /// G over a `[z, y, x]` HU volume, slice by slice, in eval mode, in batches of
-    /// [`Self::batch_slices`], on [`Self::tiling`]'s tiles; returns HU. Bit for bit what
-    /// `infer`'s `Translator` returns for the same G, window and tiles without TTA,
-    /// resampling or reduced precision.
+    /// [`Self::batch_slices`], on [`Self::tiling`]'s tiles with [`Self::tta`]'s views; returns
+    /// HU. Bit for bit what `infer`'s `Translator` returns for the same G, window, tiles and
+    /// views without resampling or reduced precision.
     pub fn translate(
         &self,
         g: &Generator,
@@ -267,9 +271,12 @@ impl Validator {
             self.batch_slices,
             device,
             |x| {
+                let tta = self.tta.as_ref();
                 Ok(match &self.tiling {
-                    Some(t) => infer::tiles::forward_tiled(x, t, |tile| g.forward_t(tile, false)),
-                    None => g.forward_t(x, false),
+                    Some(t) => {
+                        infer::tiles::forward_tiled(x, t, |tile| infer::tta::forward(g, tile, tta))
+                    }
+                    None => infer::tta::forward(g, x, tta),
                 })
             },
             |_| {},

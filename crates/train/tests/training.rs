@@ -89,24 +89,42 @@ fn a_run_from_before_inference_keeps_whole_slices_when_resumed() {
     let data = dataset();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("old");
-    let mut first_half = tiny(6);
-    first_half.hooks.stop_after_step = Some(3);
-    train(&new_run(first_half, &data, &run)).unwrap();
+    let mut first = tiny(9);
+    first.hooks.stop_after_step = Some(3);
+    train(&new_run(first, &data, &run)).unwrap();
     let recorded = |ckpt: &str| -> serde_json::Value {
         let state = std::fs::read_to_string(run.join("checkpoints").join(ckpt).join("state.json"));
         serde_json::from_str::<serde_json::Value>(&state.unwrap()).unwrap()["config"]["inference"]
             .clone()
     };
     assert_eq!(recorded("latest")["tile"], "auto");
-    // the config as an older build wrote it: no [inference]
+    assert_eq!(recorded("latest")["tta"], "auto");
     let config = run.join("config.toml");
-    let mut table: toml::Table =
-        toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    assert!(table.remove("inference").is_some());
-    std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
-    let out = train(&resume_run(&data, &run, Default::default())).unwrap();
+    let edit = |f: &dyn Fn(&mut toml::Table)| {
+        let mut table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        f(&mut table);
+        std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+    };
+    // the config as a build before test-time mirroring wrote it: [inference] without `tta`
+    edit(&|t| {
+        let inference = t["inference"].as_table_mut().unwrap();
+        assert!(inference.remove("tta").is_some());
+    });
+    let hooks = train::config::TestHooks {
+        stop_after_step: Some(6),
+        ..Default::default()
+    };
+    let out = train(&resume_run(&data, &run, hooks)).unwrap();
     assert_eq!((out.started_at, out.steps), (3, 6));
+    assert_eq!(recorded("latest")["tile"], "auto");
+    assert_eq!(recorded("latest")["tta"], "none");
+    // the config as a build before tiled validation wrote it: no [inference]
+    edit(&|t| assert!(t.remove("inference").is_some()));
+    let out = train(&resume_run(&data, &run, Default::default())).unwrap();
+    assert_eq!((out.started_at, out.steps), (6, 9));
     assert_eq!(recorded("final")["tile"], "whole");
+    assert_eq!(recorded("final")["tta"], "none");
 }
 
 #[test]

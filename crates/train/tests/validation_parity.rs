@@ -4,13 +4,14 @@
 //!
 //! Before they shared it, validation padded slices at the bottom and right and predict
 //! centred them, so on sizes that are not a multiple of G's `2^depth` the two disagreed near
-//! the borders; the volume here has such a size. Both run G on the same tiles
+//! the borders; the volume here has such a size. Both run G on the same tiles and mirrors
 //! (`[inference]`) too.
 
 use dataset::manifest::IntensityWindow;
 use dataset::store::PreparedDataset;
 use infer::predict::{PredictOptions, Translator};
 use infer::tiles::Tiling;
+use infer::tta::Tta;
 use model::config::ModelConfig;
 use model::generator::Generator;
 use ndarray::s;
@@ -51,13 +52,22 @@ fn validation_prediction_equals_translator_bit_for_bit() {
     };
     let vol = Volume::new(hu.clone(), Geometry::identity([2.5, 2.5, 5.0])).unwrap();
     let mut outputs = Vec::new();
-    // whole slices, then 16 px tiles of the 32 x 40 padded slices
-    for tiling in [None, Some(Tiling::new(2 * m, 0.5, m).unwrap())] {
+    // whole slices, 16 px tiles of the 32 x 40 padded slices, and both with the mirrors
+    let tiles = Some(Tiling::new(2 * m, 0.5, m).unwrap());
+    let mirrors = Some(Tta::mirrors(true, true));
+    for (tiling, tta) in [
+        (None, None),
+        (tiles, None),
+        (None, mirrors.clone()),
+        (tiles, mirrors),
+    ] {
         validator.tiling = tiling;
+        validator.tta = tta.clone();
         let from_validation = validator.translate(&g, &hu, Device::Cpu).unwrap();
         let opts = PredictOptions {
             batch_size: 4,
             tiles: tiling,
+            tta,
             ..PredictOptions::new()
         };
         let from_predict = translator.translate_volume(&vol, &opts, |_| {}).unwrap();
@@ -68,7 +78,10 @@ fn validation_prediction_equals_translator_bit_for_bit() {
             .zip(from_predict.data.iter())
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        assert_eq!(differing, 0, "{tiling:?}: {differing} voxels differ");
+        assert_eq!(
+            differing, 0,
+            "{tiling:?}, {opts:?}: {differing} voxels differ"
+        );
         // A real translation, not a copy of the input (G is random, so the output is not the
         // NCCT).
         assert!(from_validation
@@ -77,11 +90,28 @@ fn validation_prediction_equals_translator_bit_for_bit() {
             .any(|(a, b)| (a - b).abs() > 1.0));
         outputs.push(from_validation);
     }
-    // the tiles were used: G's instance norm sees other statistics on each
-    let off = outputs[0]
-        .iter()
-        .zip(outputs[1].iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(off > 0.1, "tiles equal whole slices to {off} HU");
+    // the tiles and the mirrors were used: G's instance norm sees other statistics on each
+    // tile, and a random G is not symmetric
+    let off = |a: usize, b: usize| {
+        outputs[a]
+            .iter()
+            .zip(outputs[b].iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        off(0, 1) > 0.1,
+        "tiles equal whole slices to {} HU",
+        off(0, 1)
+    );
+    assert!(
+        off(0, 2) > 0.1,
+        "mirrors equal one pass to {} HU",
+        off(0, 2)
+    );
+    assert!(
+        off(1, 3) > 0.1,
+        "mirrored tiles equal tiles to {} HU",
+        off(1, 3)
+    );
 }

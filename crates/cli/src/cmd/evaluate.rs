@@ -50,6 +50,12 @@ pub struct Args {
     /// tile; default: the run's.
     #[arg(long, value_name = "FRACTION", requires = "model")]
     tile_step: Option<f64>,
+    /// With --model: test-time augmentation as `predict --tta` (none, auto: the mirrors
+    /// training used, flip, full; a bare --tta is flip); default: what the run's validation
+    /// ran.
+    #[arg(long, value_name = "none|auto|flip|full", num_args = 0..=1,
+          default_missing_value = "flip", requires = "model")]
+    tta: Option<infer::tta::TtaMode>,
     /// Write a montage per case (NCCT | prediction | target | |error|) into OUT/montage/
     /// (needs --ncct; always on with --model).
     #[arg(long)]
@@ -169,6 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 batch_size: args.batch_size,
                 tile: args.tile,
                 tile_step: args.tile_step,
+                tta: args.tta,
             };
             let out = args
                 .out

@@ -44,6 +44,9 @@ pub struct ModelRun<'a> {
     pub tile: Option<infer::tiles::TileSize>,
     /// The tiles' step (`--tile-step`); `None`: the run's.
     pub tile_step: Option<f64>,
+    /// Test-time augmentation (`--tta`); `None`: what the run's validation ran
+    /// ([`infer::tta::resolve`]).
+    pub tta: Option<infer::tta::TtaMode>,
 }
 
 /// The folders `predict_split` filled.
@@ -86,13 +89,14 @@ fn checkpoint_dir(model: &Path, choice: CheckpointChoice) -> Result<PathBuf> {
 }
 
 /// The default output folder: `RUN/evaluation/SPLIT-CHECKPOINT`, with `-tile-PX` (`-auto`,
-/// `-whole`) appended when `--tile` is given, so the run's own scores and those of other tiles
-/// sit side by side.
+/// `-whole`) appended when `--tile` is given and `-tta-MODE` when `--tta` is, so the run's own
+/// scores and those of other settings sit side by side.
 pub fn default_out(run: &ModelRun<'_>) -> PathBuf {
     let tiles = run.tile.map_or(String::new(), |t| format!("-tile-{t}"));
+    let tta = run.tta.map_or(String::new(), |t| format!("-tta-{t}"));
     run.model
         .join("evaluation")
-        .join(format!("{}-{}{tiles}", run.split, run.checkpoint.name()).replace(' ', ""))
+        .join(format!("{}-{}{tiles}{tta}", run.split, run.checkpoint.name()).replace(' ', ""))
 }
 
 /// Translates every case of the split into `out/pred/`, and writes its prepared NCCT and CTPA
@@ -123,11 +127,12 @@ pub fn predict_split(run: &ModelRun<'_>, out: &Path) -> Result<Folders> {
         .with_context(|| format!("loading the model from {}", ckpt.display()))?;
     let provenance = infer::provenance::Provenance::of(&loaded);
     let translator = loaded.translator();
-    // fp32 inference, on the tiles validation ran unless others are asked for
-    let tiles = infer::tiles::resolve(run.tile, run.tile_step, std::slice::from_ref(&loaded))?;
+    // fp32 inference, on the tiles and views validation ran unless others are asked for
+    let models = std::slice::from_ref(&loaded);
     let opts = PredictOptions {
         batch_size: run.batch_size,
-        tiles,
+        tiles: infer::tiles::resolve(run.tile, run.tile_step, models)?,
+        tta: infer::tta::resolve(run.tta, models)?,
         ..PredictOptions::default()
     };
     let folders = Folders {

@@ -53,10 +53,12 @@ pub struct Args {
     #[arg(long, value_name = "UID")]
     series: Option<String>,
     /// Test-time augmentation, each view mapped back and averaged: `flip` (a bare --tta) is
-    /// the slice and its left-right mirror (2 passes, as nnU-Net mirrors); `full` adds
-    /// rotations by -5 and +5 degrees (4 passes), which resample and blur (README).
-    #[arg(long, value_enum, value_name = "flip|full", num_args = 0..=1, default_missing_value = "flip")]
-    tta: Option<TtaArg>,
+    /// the slice and its left-right mirror (2 passes); `auto` mirrors along the axes training
+    /// mirrored, as nnU-Net does; `full` adds rotations by -5 and +5 degrees to the mirror (4
+    /// passes), which resample and blur (README); `none` is one pass. Default: what the run's
+    /// validation ran (its `[inference] tta`; none for checkpoints that do not record it).
+    #[arg(long, value_name = "none|auto|flip|full", num_args = 0..=1, default_missing_value = "flip")]
+    tta: Option<infer::tta::TtaMode>,
     /// Precision of G's forward passes: fp32, bf16 (autocast; CPU or CUDA) or f16 (autocast;
     /// CUDA only). See the README for the HU error bf16 costs.
     #[arg(long, default_value = "fp32", value_parser = parse_precision)]
@@ -80,15 +82,6 @@ pub struct Args {
     /// input's study, beside the NCCT it was computed from).
     #[arg(long)]
     new_study: bool,
-}
-
-/// `--tta`'s views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum TtaArg {
-    /// The slice and its left-right mirror.
-    Flip,
-    /// The mirror and rotations by -5 and +5 degrees.
-    Full,
 }
 
 /// One volume to translate and where its result goes.
@@ -139,10 +132,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let opts = PredictOptions {
         batch_size: args.batch_size,
         model_spacing_xy: args.model_spacing,
-        tta: args.tta.map(|t| match t {
-            TtaArg::Flip => infer::predict::Tta::default(),
-            TtaArg::Full => infer::predict::Tta::with_rotations(),
-        }),
+        tta: infer::tta::resolve(args.tta, &loaded)?,
         precision: args.precision,
         tiles: infer::tiles::resolve(args.tile, args.tile_step, &loaded)?,
     };

@@ -6,8 +6,9 @@
 #    as they lie, so R must do all the registration. Split 60/20/20; the val and test cases
 #    are held out and scored (the final checkpoint is used, so validation selects nothing),
 #    predicted as `predict` does by default: as the run's validation ran (`[inference]`: tiles
-#    of the training crop unless the config says otherwise; whole slices for runs trained
-#    before runs recorded it).
+#    of the training crop unless the config says otherwise, averaged with their mirror along
+#    the axes training mirrored; whole slices, one pass, for runs trained before runs
+#    recorded them).
 # 2. Every ARM trains with SEEDS seeds at the same budget (configs/demo.toml: tiny preset,
 #    batch 4 x 96 px, lr 3e-3; STEPS steps).
 # 3. Scoring against the phantom's ALIGNED ground-truth CTPA in its own masks: body, lung and

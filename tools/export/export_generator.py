@@ -514,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                   "(at most tile_step x tile apart, first and last flush with the borders), "
                   "outputs blended with a Gaussian of sigma = tile / 8 "
                   "(tools/export/sliding_window.py)",
+        "mirroring": "each tile (or whole slice) is the mean of G on it and on its mirrors "
+                     "along inference.tta_mirrors (axes of [N, C, H, W]), each mirrored back "
+                     "(sliding_window.forward_mirrored)",
         "normalisation": "x = 2 * (clamp(hu, min, max) - min) / (max - min) - 1; "
                          "hu = min + (clamp(G(x), -1, 1) + 1) / 2 * (max - min)",
         "padding": "not in the graph: pad each slice centred (top = (H' - H) // 2, "
@@ -545,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
            f"slice, {meta['inference']['tile_step']} x the tile apart at most, blended with a "
            "Gaussian (sigma = tile / 8): tools/export/sliding_window.py does the same.\n"
            if meta["inference"]["tile"] else "`ncct2ctpa predict` runs G on whole slices.\n")
+        + (f"Each tile (or slice) is the mean of G on it and on its mirrors along the axes "
+           f"{meta['inference']['tta_mirrors']} of [N, C, H, W], mirrored back "
+           "(test-time mirroring: sliding_window.forward_mirrored).\n"
+           if meta["inference"]["tta_mirrors"] else "")
         + "export.json: the same contract, machine-readable, with checksums and tool versions.\n"
     )
     print(f"wrote {st_path}, {onnx_path}, {args.out / 'export.json'}, {args.out / 'README.txt'}")

@@ -71,6 +71,15 @@ impl AugmentConfig {
         }
     }
 
+    /// Whether training mirrors along x (left-right) and along y (anterior-posterior): what
+    /// test-time mirroring (`[inference] tta = "auto"`) mirrors.
+    pub fn mirrors(&self) -> [bool; 2] {
+        [
+            self.enabled && self.flip_x_prob > 0.0,
+            self.enabled && self.flip_y_prob > 0.0,
+        ]
+    }
+
     /// Checks ranges; returns a message naming the field that is out of range.
     pub fn validate(&self) -> Result<(), String> {
         for (name, p) in [

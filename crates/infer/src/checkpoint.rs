@@ -94,21 +94,38 @@ pub struct DataSection {
     pub augment: Option<AugmentSection>,
 }
 
-/// `config.data.augment`, as far as inference reads it.
+/// `config.data.augment`, as far as inference reads it (other keys are ignored; a key missing
+/// takes training's default).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct AugmentSection {
     pub enabled: bool,
     pub flip_x_prob: f64,
     pub flip_y_prob: f64,
 }
 
+impl Default for AugmentSection {
+    fn default() -> Self {
+        let d = dataset::augment::AugmentConfig::default();
+        Self {
+            enabled: d.enabled,
+            flip_x_prob: d.flip_x_prob,
+            flip_y_prob: d.flip_y_prob,
+        }
+    }
+}
+
 impl AugmentSection {
-    /// Whether training mirrored along x and along y.
+    /// Whether training mirrored along x and along y, as training decides it
+    /// ([`dataset::augment::AugmentConfig::mirrors`]).
     pub fn mirrors(&self) -> [bool; 2] {
-        [
-            self.enabled && self.flip_x_prob > 0.0,
-            self.enabled && self.flip_y_prob > 0.0,
-        ]
+        dataset::augment::AugmentConfig {
+            enabled: self.enabled,
+            flip_x_prob: self.flip_x_prob,
+            flip_y_prob: self.flip_y_prob,
+            ..Default::default()
+        }
+        .mirrors()
     }
 }
 

@@ -212,11 +212,8 @@ impl Translator<'_> {
             crate::tiles::Tiling::new(t.size, t.step, frame.multiple())
                 .context("tiled inference")?;
         }
-        let tta = opts.tta.as_ref();
-        let views = |x: &Tensor| match &opts.tiles {
-            Some(t) => crate::tiles::forward_tiled(x, t, |tile| self.forward_views(tile, tta)),
-            None => self.forward_views(x, tta),
-        };
+        let views =
+            |x: &Tensor| forward_slices(self.generator, x, opts.tiles.as_ref(), opts.tta.as_ref());
         translate_slices(
             &frame,
             hu.view(),
@@ -238,10 +235,21 @@ impl Translator<'_> {
     }
 }
 
-impl Translator<'_> {
-    /// G over `x` with test-time augmentation ([`crate::tta::forward`]).
-    fn forward_views(&self, x: &Tensor, tta: Option<&Tta>) -> Tensor {
-        crate::tta::forward(self.generator, x, tta)
+/// G over a batch of padded slices as inference runs it: on `tiles`, blended
+/// ([`crate::tiles::forward_tiled`]), or on the whole slices, each averaged over `tta`'s views
+/// ([`crate::tta::forward`]). What `predict` and training's validation run.
+///
+/// # Shapes
+/// `x`: [batch, in_channels, height, width] -> [batch, 1, height, width]
+pub fn forward_slices(
+    g: &Generator,
+    x: &Tensor,
+    tiles: Option<&crate::tiles::Tiling>,
+    tta: Option<&Tta>,
+) -> Tensor {
+    match tiles {
+        Some(t) => crate::tiles::forward_tiled(x, t, |tile| crate::tta::forward(g, tile, tta)),
+        None => crate::tta::forward(g, x, tta),
     }
 }
 

@@ -178,6 +178,8 @@ impl InferenceSettings {
     /// The tiling for a G of size `multiple` trained on `crop` px crops (`None`: unknown);
     /// `None` for whole slices. Errors say what is wrong with the size or the step.
     pub fn tiling(&self, crop: Option<usize>, multiple: usize) -> Result<Option<Tiling>> {
+        // checked even for whole slices: a later --tile would run it
+        check_step(self.tile_step)?;
         let px = match self.tile {
             TileSize::Whole => return Ok(None),
             TileSize::Px(px) => px,

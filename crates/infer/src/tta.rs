@@ -228,43 +228,45 @@ impl TtaMode {
     }
 }
 
+/// `[x, y]` mirrors as a reader says them.
+fn mirrors_in_words(mirrors: Option<[bool; 2]>) -> &'static str {
+    match mirrors {
+        None => "(not recorded)",
+        Some([false, false]) => "nothing",
+        Some([true, false]) => "left-right",
+        Some([false, true]) => "anterior-posterior",
+        Some([true, true]) => "left-right and anterior-posterior",
+    }
+}
+
 /// The test-time augmentation an ensemble runs: `mode` when given (`--tta`), otherwise what
-/// the checkpoints record (none for a checkpoint that records none), which must then be one
-/// setting for all, and `auto` must mean the same mirrors for all. `None`: one pass. Errors
-/// name the models.
+/// each checkpoint records (none for a checkpoint that records none); every member must then
+/// run the same views (`auto` resolved with the mirrors it was trained with). `None`: one
+/// pass. Errors name the models.
 pub fn resolve(
     mode: Option<TtaMode>,
     models: &[crate::checkpoint::LoadedGenerator],
 ) -> Result<Option<Tta>> {
     let recorded = |m: &crate::checkpoint::LoadedGenerator| m.inference.map(|s| s.tta);
-    let chosen: Vec<(TtaMode, &crate::checkpoint::LoadedGenerator)> = models
-        .iter()
-        .map(|m| (mode.or(recorded(m)).unwrap_or(TtaMode::None), m))
-        .collect();
-    let describe = |f: &dyn Fn(&crate::checkpoint::LoadedGenerator) -> String| {
-        crate::tiles::describe_models(models, f)
-    };
-    if chosen.iter().any(|(t, _)| *t != chosen[0].0) {
-        bail!(
-            "the models were validated with different test-time augmentation ({}); choose one \
-             with --tta",
-            describe(
-                &|m| recorded(m).map_or("tta none (not recorded)".into(), |t| format!("tta {t}"))
-            )
+    let mut views = Vec::with_capacity(models.len());
+    for m in models {
+        let chosen = mode.or(recorded(m)).unwrap_or(TtaMode::None);
+        views.push(
+            chosen
+                .views(m.train_mirrors)
+                .with_context(|| format!("test-time augmentation of {}", m.checkpoint.display()))?,
         );
     }
-    let mut views = Vec::with_capacity(chosen.len());
-    for (t, m) in &chosen {
-        views
-            .push(t.views(m.train_mirrors).with_context(|| {
-                format!("test-time augmentation of {}", m.checkpoint.display())
-            })?);
-    }
+    // what runs must agree, not how it was spelled (`auto` of a left-right-mirrored run is
+    // `flip`)
     if views.iter().any(|v| *v != views[0]) {
         bail!(
-            "tta \"auto\" mirrors as each model was trained, and the models were trained with \
-             different mirrors ({}); choose flip or none with --tta",
-            describe(&|m| format!("mirrors {:?}", m.train_mirrors))
+            "the models would run different test-time augmentation ({}); choose one with --tta",
+            crate::tiles::describe_models(models, &|m| format!(
+                "tta {}, trained mirroring {}",
+                recorded(m).map_or("none (not recorded)".into(), |t| t.to_string()),
+                mirrors_in_words(m.train_mirrors)
+            ))
         );
     }
     let tta = views.into_iter().next().flatten();
@@ -432,10 +434,16 @@ mod tests {
         let mixed = || [auto(), loaded("runs/old", Some(32))];
         let e = resolve(None, &mixed()).unwrap_err().to_string();
         assert!(
-            e.contains("runs/a tta auto")
+            e.contains("runs/a tta auto, trained mirroring left-right")
                 && e.contains("runs/old tta none (not recorded)")
                 && e.contains("--tta"),
             "{e}"
+        );
+        // spelled differently, the same views: accepted
+        let flip = recorded("runs/f", Some(32), Some(with(TtaMode::Flip)));
+        assert_eq!(
+            resolve(None, &[auto(), flip]).unwrap(),
+            Some(Tta::default())
         );
         assert_eq!(
             resolve(Some(TtaMode::Flip), &mixed()).unwrap(),
@@ -447,8 +455,10 @@ mod tests {
         both.train_mirrors = Some([true, true]);
         let e = resolve(None, &[auto(), both]).unwrap_err().to_string();
         assert!(
-            e.contains("runs/a mirrors Some([true, false])")
-                && e.contains("runs/b mirrors Some([true, true])"),
+            e.contains("runs/a tta auto, trained mirroring left-right,")
+                && e.contains(
+                    "runs/b tta auto, trained mirroring left-right and anterior-posterior"
+                ),
             "{e}"
         );
         // `auto` without a record of training's mirrors: refused, the model named

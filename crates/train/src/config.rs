@@ -80,8 +80,9 @@ pub struct TrainConfig {
     /// Logging, validation, samples and checkpoints.
     pub log: LogConfig,
     /// How validation runs G over a slice: on tiles of the training crop (default), of some
-    /// pixels, or whole. Every checkpoint records it, and `predict` and `evaluate --model` do
-    /// the same unless told otherwise (`infer::tiles`).
+    /// pixels, or whole, averaged over test-time mirrors (by default those training mirrors
+    /// along). Every checkpoint records it, and `predict` and `evaluate --model` do the same
+    /// unless told otherwise (`infer::tiles`, `infer::tta`).
     pub inference: infer::tiles::InferenceSettings,
     /// Fault injection for tests of the failure paths: never read from or written to a config
     /// file (binaries take them from `NCCT2CTPA_TEST_HOOKS`, see [`TestHooks`]).
@@ -678,14 +679,9 @@ impl TrainConfig {
     /// The test-time augmentation validation runs (`[inference] tta`; `auto`: the mirrors
     /// `[data.augment]` trains with); `None`: one pass.
     pub fn tta(&self) -> anyhow::Result<Option<infer::tta::Tta>> {
-        let a = &self.data.augment;
-        let mirrors = [
-            a.enabled && a.flip_x_prob > 0.0,
-            a.enabled && a.flip_y_prob > 0.0,
-        ];
         self.inference
             .tta
-            .views(Some(mirrors))
+            .views(Some(self.data.augment.mirrors()))
             .context("[inference]")
     }
 

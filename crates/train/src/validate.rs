@@ -271,13 +271,12 @@ impl Validator {
             self.batch_slices,
             device,
             |x| {
-                let tta = self.tta.as_ref();
-                Ok(match &self.tiling {
-                    Some(t) => {
-                        infer::tiles::forward_tiled(x, t, |tile| infer::tta::forward(g, tile, tta))
-                    }
-                    None => infer::tta::forward(g, x, tta),
-                })
+                Ok(infer::predict::forward_slices(
+                    g,
+                    x,
+                    self.tiling.as_ref(),
+                    self.tta.as_ref(),
+                ))
             },
             |_| {},
         )

@@ -127,6 +127,41 @@ fn a_run_from_before_inference_keeps_whole_slices_when_resumed() {
     assert_eq!(recorded("final")["tta"], "none");
 }
 
+/// What validation runs (the training config's `[inference]`, resolved with training's
+/// augmentation) is what `predict` resolves from the checkpoint it writes: tiles and test-time
+/// mirrors, for augmentation that mirrors left-right (the default), nothing, or along both
+/// axes.
+#[test]
+fn predict_resolves_the_inference_validation_ran() {
+    let _serial = serial();
+    let data = dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    // (name, G's passes per slice or tile, the change to the tiny config)
+    type Setting = (&'static str, usize, fn(&mut TrainConfig));
+    let settings: [Setting; 3] = [
+        ("default", 2, |_| {}),
+        ("off", 1, |c| c.data.augment.enabled = false),
+        ("both", 4, |c| {
+            c.data.augment.flip_y_prob = 0.5;
+            c.inference.tile = infer::tiles::TileSize::Px(16);
+            c.inference.tile_step = 0.25;
+        }),
+    ];
+    for (name, passes, set) in settings {
+        let mut cfg = tiny(1);
+        set(&mut cfg);
+        let run = tmp.path().join(name);
+        train(&new_run(cfg.clone(), &data, &run)).unwrap();
+        let loaded = infer::checkpoint::load_generator(&run, tch::Device::Cpu).unwrap();
+        let models = std::slice::from_ref(&loaded);
+        let tiles = infer::tiles::resolve(None, None, models).unwrap();
+        let tta = infer::tta::resolve(None, models).unwrap();
+        assert_eq!(tiles, cfg.tiling().unwrap(), "{name}");
+        assert_eq!(tta, cfg.tta().unwrap(), "{name}");
+        assert_eq!(tta.map_or(1, |t| t.passes()), passes, "{name}");
+    }
+}
+
 #[test]
 fn run_folder_holds_everything_and_is_never_reused() {
     let _serial = serial();

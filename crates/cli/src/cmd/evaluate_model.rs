@@ -89,10 +89,13 @@ fn checkpoint_dir(model: &Path, choice: CheckpointChoice) -> Result<PathBuf> {
 }
 
 /// The default output folder: `RUN/evaluation/SPLIT-CHECKPOINT`, with `-tile-PX` (`-auto`,
-/// `-whole`) appended when `--tile` is given and `-tta-MODE` when `--tta` is, so the run's own
-/// scores and those of other settings sit side by side.
+/// `-whole`) appended when `--tile` is given, `-step-F` when `--tile-step` is and `-tta-MODE`
+/// when `--tta` is, so the run's own scores and those of other settings sit side by side.
 pub fn default_out(run: &ModelRun<'_>) -> PathBuf {
-    let tiles = run.tile.map_or(String::new(), |t| format!("-tile-{t}"));
+    let mut tiles = run.tile.map_or(String::new(), |t| format!("-tile-{t}"));
+    if let Some(step) = run.tile_step {
+        tiles.push_str(&format!("-step-{step}"));
+    }
     let tta = run.tta.map_or(String::new(), |t| format!("-tta-{t}"));
     run.model
         .join("evaluation")

@@ -110,8 +110,9 @@ def tta_views(inference: dict | None, augment: dict | None) -> tuple[list[tuple[
     if augment is None:
         raise ValueError("config.inference.tta = auto, but the checkpoint records no "
                          "config.data.augment")
+    # a key missing takes training's default (crates/dataset/src/augment.rs)
     on = bool(augment.get("enabled", True))
-    x = on and float(augment.get("flip_x_prob", 0.0)) > 0.0
+    x = on and float(augment.get("flip_x_prob", 0.5)) > 0.0
     y = on and float(augment.get("flip_y_prob", 0.0)) > 0.0
     return [a for a, use in (((3,), x), ((2,), y), ((2, 3), x and y)) if use], []
 

@@ -51,10 +51,11 @@ phantom_raw() {
   echo "$raw"
 }
 
-# arm_config_sum ARM: a checksum of the files ARM's configuration is made of (configs/demo.toml
-# and its fragments), so a run kept from before either changed is recognised as stale.
+# arm_config_sum ARM: a checksum of the files ARM's configuration is made of (the defaults,
+# configs/default.toml, which a test holds to the code's; configs/demo.toml; the arm's
+# fragments), so a run kept from before any of them changed is recognised as stale.
 arm_config_sum() {
-  local files=(configs/demo.toml) part parts
+  local files=(configs/default.toml configs/demo.toml) part parts
   if [ "$1" != baseline ]; then
     IFS=+ read -ra parts <<< "$1"
     for part in "${parts[@]}"; do files+=("configs/ablation/$part.toml"); done

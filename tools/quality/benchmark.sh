@@ -39,7 +39,7 @@
 #         .venv-twin/bin/python: `make setup-twin`)
 # The phantom and its preparation are reused when OUT/data exists with the same -m, -c, -B,
 # and a run already scored on it with the same -s and the same configuration files
-# (configs/demo.toml and the arm's fragments; OUT/ARM/seed-N/settings) is kept:
+# (configs/default.toml, configs/demo.toml and the arm's fragments; OUT/ARM/seed-N/settings) is kept:
 # rerunning with more seeds or arms trains only what is missing, and a run made with other
 # settings (or by this script before it recorded the configuration) is trained again, its
 # folder replaced. Run from anywhere: paths are

@@ -333,3 +333,30 @@ pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<LoadedGener
         inference: info.config.inference,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AugmentSection;
+
+    /// A checkpoint's `config.data.augment` is read leniently: keys this build does not read
+    /// are ignored, and a key missing takes training's default (left-right mirrors with p =
+    /// 0.5, no anterior-posterior ones).
+    #[test]
+    fn a_partial_augment_record_takes_trainings_defaults() {
+        let read = |json: &str| {
+            serde_json::from_str::<AugmentSection>(json)
+                .unwrap()
+                .mirrors()
+        };
+        assert_eq!(
+            read(r#"{"flip_y_prob": 0.5, "rotate_deg": 3.0}"#),
+            [true, true]
+        );
+        assert_eq!(
+            read(r#"{"enabled": false, "flip_y_prob": 0.5}"#),
+            [false, false]
+        );
+        assert_eq!(read(r#"{"flip_x_prob": 0.0}"#), [false, false]);
+        assert_eq!(read("{}"), [true, false]);
+    }
+}

@@ -216,8 +216,6 @@ pub fn resolve(
 ) -> Result<Option<Tiling>> {
     // a step given is checked even where the tiling turns out whole
     step.map(check_step).transpose()?;
-    let describe =
-        |f: &dyn Fn(&crate::checkpoint::LoadedGenerator) -> String| describe_models(models, f);
     let recorded: Vec<InferenceSettings> = models
         .iter()
         .map(|m| m.inference.unwrap_or(InferenceSettings::WHOLE))
@@ -237,19 +235,17 @@ pub fn resolve(
     if size.is_none() && disagree(&|s| s.tile.to_string()) {
         bail!(
             "the models were validated on different tiles ({}); choose one with --tile",
-            describe(&|m| m
-                .inference
-                .map_or("whole (not recorded)".into(), |s| format!(
-                    "tile {}",
-                    s.tile
-                )))
+            describe_models(models, &|m| m.inference.map_or(
+                "whole (not recorded)".into(),
+                |s| format!("tile {}", s.tile)
+            ))
         );
     }
     if step.is_none() && settings.tile != TileSize::Whole && disagree(&|s| s.tile_step.to_string())
     {
         bail!(
             "the models record different tile steps ({}); choose one with --tile-step",
-            describe(&|m| m
+            describe_models(models, &|m| m
                 .inference
                 .map_or("(not recorded)".into(), |s| s.tile_step.to_string()))
         );
@@ -260,7 +256,9 @@ pub fn resolve(
             bail!(
                 "tiles of the training crop need the crop of every model, and one crop for \
                  all: the checkpoints say {}; give the tile size in pixels",
-                describe(&|m| m.train_crop.map_or("(none)".into(), |c| format!("{c} px")))
+                describe_models(models, &|m| m
+                    .train_crop
+                    .map_or("(none)".into(), |c| format!("{c} px")))
             );
         }
     }
@@ -613,8 +611,15 @@ pub(crate) mod tests {
         );
         t.insert("tta".into(), "flip".into());
         assert_eq!(
-            InferenceSettings::from_recorded(t).unwrap().tta,
+            InferenceSettings::from_recorded(t.clone()).unwrap().tta,
             crate::tta::TtaMode::Flip
+        );
+        // a value this build does not know is refused, naming the key, the value and the choices
+        t.insert("tta".into(), "mirror".into());
+        let e = format!("{:#}", InferenceSettings::from_recorded(t).unwrap_err());
+        assert!(
+            e.contains("config.inference") && e.contains("mirror") && e.contains("`flip`"),
+            "{e}"
         );
     }
 

@@ -345,3 +345,16 @@ fn a_registered_best_metric_needs_registered_validation() {
     cfg.log.registered_validation = false;
     cfg.validate().unwrap();
 }
+
+/// `[inference] tta` takes none, auto, flip or full; anything else is refused naming the value
+/// and the choices, and `auto` follows the augmentation's mirrors.
+#[test]
+fn inference_tta_is_checked_and_auto_follows_the_augmentation() {
+    let err = TrainConfig::from_toml_str("[inference]\ntta = \"mirror\"\n", "tiny").unwrap_err();
+    let e = format!("{err:#}");
+    assert!(e.contains("mirror") && e.contains("`flip`"), "{e}");
+    let cfg = TrainConfig::from_toml_str("[data.augment]\nflip_x_prob = 0.0\n", "tiny").unwrap();
+    assert_eq!(cfg.tta().unwrap(), None);
+    let cfg = TrainConfig::from_toml_str("[inference]\ntta = \"flip\"\n", "tiny").unwrap();
+    assert_eq!(cfg.tta().unwrap(), Some(infer::tta::Tta::default()));
+}

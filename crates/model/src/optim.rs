@@ -34,8 +34,10 @@
 //! from the device either way (except [`Adam::step_unless`]'s flag in `loop`). Checked against torch (single-tensor and `fused=True`) step
 //! for step in `tests/optim_adam.rs`.
 //!
-//! Differences from torch, by design:
-//! * One learning rate for all variables (one parameter group).
+//! Parameter groups: [`Adam::scale_lr`] gives the variables under a name prefix a factor of
+//! the learning rate (torch's parameter group with `lr = factor * lr`, the other
+//! hyperparameters shared): the fused kernel then runs once per group, as torch's does. The
+//! factor is a run setting (the caller's configuration), not state: the file does not hold it.
 //!
 //! Like torch: [`Adam::zero_grad`] drops the gradients (`set_to_none=True`, torch's default
 //! since 2.0) rather than writing zeros, and a variable whose gradient is undefined at
@@ -156,6 +158,8 @@ struct Slot {
     /// The same count as a float32 scalar on the variable's device: the fused kernel's
     /// `state_steps`, which it increments itself.
     step_t: Tensor,
+    /// This variable's learning rate as a factor of the optimizer's ([`Adam::scale_lr`]).
+    lr_factor: f64,
 }
 
 /// Adam over the trainable variables of one VarStore, in name order.
@@ -198,6 +202,7 @@ impl Adam {
                     step_t: Tensor::zeros([], (Kind::Float, var.device())),
                     var,
                     step: 0,
+                    lr_factor: 1.0,
                 };
                 (name, slot)
             })
@@ -230,6 +235,36 @@ impl Adam {
     /// Sets the learning rate for the next steps (schedules call this every step).
     pub fn set_lr(&mut self, lr: f64) {
         self.cfg.lr = lr;
+    }
+
+    /// Gives the variables whose names start with `prefix` (`"registration."`, say) the
+    /// learning rate `factor * lr` from now on, through every later [`Adam::set_lr`] (a
+    /// parameter group of torch's with its own lr). Returns how many variables it covers.
+    /// Fails for a factor that is not finite and positive.
+    pub fn scale_lr(&mut self, prefix: &str, factor: f64) -> Result<usize, OptimError> {
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(OptimError::InvalidConfig(format!(
+                "learning-rate factor of {prefix}* must be finite and > 0: {factor}"
+            )));
+        }
+        let mut covered = 0usize;
+        for (_, slot) in self.slots.iter_mut().filter(|(n, _)| n.starts_with(prefix)) {
+            slot.lr_factor = factor;
+            covered += 1;
+        }
+        debug!(
+            prefix,
+            factor,
+            variables = covered,
+            "Adam learning-rate factor"
+        );
+        Ok(covered)
+    }
+
+    /// The learning-rate factor of variable `name` (1 unless [`Adam::scale_lr`] set one);
+    /// `None` for a variable this optimizer does not hold.
+    pub fn lr_factor(&self, name: &str) -> Option<f64> {
+        self.slots.get(name).map(|s| s.lr_factor)
     }
 
     /// Number of [`Adam::step`] calls so far (restored by [`Adam::load`]).
@@ -351,26 +386,74 @@ impl Adam {
         trace!(step = self.steps, updated, lr = self.cfg.lr, implementation = ?self.cfg.implementation, "Adam step");
     }
 
-    /// All variables with a gradient in one `at::_fused_adam_` call, called off on the device
-    /// where `found_inf` is set. Returns the names of the variables it counted.
+    /// All variables with a gradient, one `at::_fused_adam_` call per learning-rate group
+    /// (one call without [`Adam::scale_lr`]), called off on the device where `found_inf` is
+    /// set. Returns the names of the variables it counted. Fails, with nothing updated, when
+    /// the first call fails (the kernel refuses mixed devices or dtypes, which would fail every
+    /// group alike); should a later group's call fail, the loop implementation updates that
+    /// group and the rest, so every variable is updated once.
     fn step_fused(&mut self, found_inf: Option<&Tensor>) -> Result<Vec<String>, OptimError> {
+        // factor -> variables with a gradient, in name order
+        let mut groups: Vec<(f64, Vec<String>)> = Vec::new();
+        for (name, slot) in &self.slots {
+            if !slot.var.grad().defined() {
+                continue;
+            }
+            match groups.iter_mut().find(|(f, _)| *f == slot.lr_factor) {
+                Some((_, names)) => names.push(name.clone()),
+                None => groups.push((slot.lr_factor, vec![name.clone()])),
+            }
+        }
+        let mut counted = Vec::new();
+        for (i, (factor, names)) in groups.iter().enumerate() {
+            match self.fused_group(names, self.cfg.lr * factor, found_inf) {
+                Ok(()) => counted.extend(names.iter().cloned()),
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => {
+                    tracing::error!(
+                        "{e} (learning-rate group {i} of {}, after the first succeeded); the \
+                         loop implementation updates it and the rest",
+                        groups.len()
+                    );
+                    let apply = found_inf.is_none_or(|f| f.double_value(&[0]) == 0.0);
+                    let cfg = self.cfg;
+                    for (factor, names) in &groups[i..] {
+                        for name in names.iter().filter(|_| apply) {
+                            if let Some(slot) = self.slots.get_mut(name) {
+                                loop_update(slot, &cfg, cfg.lr * factor);
+                                counted.push(name.clone());
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(counted)
+    }
+
+    /// One `at::_fused_adam_` call over `names` (each with a gradient) at learning rate `lr`;
+    /// on failure nothing is changed.
+    fn fused_group(
+        &mut self,
+        names: &[String],
+        lr: f64,
+        found_inf: Option<&Tensor>,
+    ) -> Result<(), OptimError> {
         let c = self.cfg;
-        let grads: Vec<(&String, &mut Slot, Tensor)> = self
-            .slots
-            .iter_mut()
-            .filter_map(|(name, slot)| {
-                let g = slot.var.grad();
-                g.defined().then_some((name, slot, g))
-            })
+        let grads: Vec<(&Slot, Tensor)> = names
+            .iter()
+            .filter_map(|n| self.slots.get(n))
+            .map(|slot| (slot, slot.var.grad()))
             .collect();
         // torch's `_fused_adam` increments `state_steps` before the kernel, which reads them.
-        for (_, slot, _) in &grads {
+        for (slot, _) in &grads {
             let mut t = slot.step_t.shallow_clone();
             let _ = t.g_add_scalar_(1.0);
         }
         let refs: Vec<torchext::AdamSlotRefs<'_>> = grads
             .iter()
-            .map(|(_, slot, grad)| torchext::AdamSlotRefs {
+            .map(|(slot, grad)| torchext::AdamSlotRefs {
                 param: &slot.var,
                 grad,
                 exp_avg: &slot.exp_avg,
@@ -381,7 +464,7 @@ impl Adam {
         let result = torchext::fused_adam_(
             &refs,
             torchext::FusedAdamParams {
-                lr: c.lr,
+                lr,
                 beta1: c.beta1,
                 beta2: c.beta2,
                 weight_decay: c.weight_decay,
@@ -391,15 +474,18 @@ impl Adam {
             found_inf,
         );
         if let Err(e) = result {
-            for (_, slot, _) in &grads {
+            for (slot, _) in &grads {
                 let mut t = slot.step_t.shallow_clone();
                 let _ = t.g_add_scalar_(-1.0);
             }
             return Err(e.into());
         }
         drop(refs);
-        let mut counted = Vec::with_capacity(grads.len());
-        for (name, slot, _) in grads {
+        drop(grads);
+        for name in names {
+            let Some(slot) = self.slots.get_mut(name) else {
+                continue;
+            };
             // torch: `_foreach_sub_(state_steps, found_inf)`: a called-off step does not count
             // on the device
             if let Some(flag) = found_inf {
@@ -407,54 +493,20 @@ impl Adam {
                 let _ = t.g_sub_(&flag.view([]).to_device(t.device()));
             }
             slot.step += 1;
-            counted.push(name.clone());
         }
-        Ok(counted)
+        Ok(())
     }
 
-    /// torch's `_single_tensor_adam`, op for op, in place where tch allows.
+    /// torch's `_single_tensor_adam` over every variable with a gradient, each at its
+    /// group's learning rate ([`loop_update`]).
     fn step_loop(&mut self) -> usize {
-        let AdamConfig {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            ..
-        } = self.cfg;
+        let cfg = self.cfg;
         let mut updated = 0usize;
         for slot in self.slots.values_mut() {
-            let grad = slot.var.grad();
-            if !grad.defined() {
-                continue;
+            if slot.var.grad().defined() {
+                loop_update(slot, &cfg, cfg.lr * slot.lr_factor);
+                updated += 1;
             }
-            slot.step += 1;
-            let _ = slot.step_t.fill_(slot.step as f64);
-            // torch: grad = grad.add(param, alpha=weight_decay) (a new tensor, not in place)
-            let grad = if weight_decay != 0.0 {
-                grad.g_add(&(&slot.var * weight_decay))
-            } else {
-                grad
-            };
-            let _ = slot.exp_avg.lerp_(&grad, 1.0 - beta1);
-            // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            let _ = slot.exp_avg_sq.g_mul_scalar_(beta2);
-            // (tch's addcmul_ has no `value`: it is folded into the first factor.)
-            let _ = slot.exp_avg_sq.addcmul_(&(&grad * (1.0 - beta2)), &grad);
-            // Python floats in torch: `beta ** step` with a float step, i.e. pow().
-            let t = slot.step as f64;
-            let bias_correction1 = 1.0 - beta1.powf(t);
-            let bias_correction2 = 1.0 - beta2.powf(t);
-            let step_size = lr / bias_correction1;
-            let bias_correction2_sqrt = bias_correction2.powf(0.5);
-            // torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-            let mut denom = slot.exp_avg_sq.sqrt();
-            let _ = denom.g_div_scalar_(bias_correction2_sqrt);
-            let _ = denom.g_add_scalar_(eps);
-            // torch: param.addcdiv_(exp_avg, denom, value=-step_size)
-            // (tch's addcdiv_ has no `value`: it is folded into the numerator.)
-            let _ = slot.var.addcdiv_(&(&slot.exp_avg * (-step_size)), &denom);
-            updated += 1;
         }
         updated
     }
@@ -669,4 +721,43 @@ fn preview(names: &[&str]) -> String {
     } else {
         shown.join(", ")
     }
+}
+
+/// torch's `_single_tensor_adam` for one variable with a gradient at learning rate `lr`, op
+/// for op, in place where tch allows.
+fn loop_update(slot: &mut Slot, cfg: &AdamConfig, lr: f64) {
+    let AdamConfig {
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        ..
+    } = *cfg;
+    let grad = slot.var.grad();
+    slot.step += 1;
+    let _ = slot.step_t.fill_(slot.step as f64);
+    // torch: grad = grad.add(param, alpha=weight_decay) (a new tensor, not in place)
+    let grad = if weight_decay != 0.0 {
+        grad.g_add(&(&slot.var * weight_decay))
+    } else {
+        grad
+    };
+    let _ = slot.exp_avg.lerp_(&grad, 1.0 - beta1);
+    // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    let _ = slot.exp_avg_sq.g_mul_scalar_(beta2);
+    // (tch's addcmul_ has no `value`: it is folded into the first factor.)
+    let _ = slot.exp_avg_sq.addcmul_(&(&grad * (1.0 - beta2)), &grad);
+    // Python floats in torch: `beta ** step` with a float step, i.e. pow().
+    let t = slot.step as f64;
+    let bias_correction1 = 1.0 - beta1.powf(t);
+    let bias_correction2 = 1.0 - beta2.powf(t);
+    let step_size = lr / bias_correction1;
+    let bias_correction2_sqrt = bias_correction2.powf(0.5);
+    // torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    let mut denom = slot.exp_avg_sq.sqrt();
+    let _ = denom.g_div_scalar_(bias_correction2_sqrt);
+    let _ = denom.g_add_scalar_(eps);
+    // torch: param.addcdiv_(exp_avg, denom, value=-step_size)
+    // (tch's addcdiv_ has no `value`: it is folded into the numerator.)
+    let _ = slot.var.addcdiv_(&(&slot.exp_avg * (-step_size)), &denom);
 }

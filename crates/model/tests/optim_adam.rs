@@ -102,6 +102,13 @@ fn adam_reproduces_torch_step_for_step() {
             NAMES,
             "trainable variables only, sorted"
         );
+        // torch's second parameter group (layer2.*) at a factor of the lr
+        let factor = s["layer2_lr_factor"].as_f64().unwrap();
+        if factor != 1.0 {
+            assert_eq!(opt.scale_lr("layer2.", factor).unwrap(), 2);
+            assert_eq!(opt.lr_factor("layer2.weight"), Some(factor));
+            assert_eq!(opt.lr_factor("layer1.weight"), Some(1.0));
+        }
         let halve = s["halve_lr_before_step"].as_i64();
         for step in 1..=steps {
             if halve == Some(step) {
@@ -371,6 +378,40 @@ fn fused_and_loop_agree_and_share_the_state_format() {
     }
     let err = opt_l.try_step();
     assert!(err.is_ok(), "the loop cannot fail: {err:?}");
+}
+
+#[test]
+fn lr_factor_must_be_positive_and_covers_its_prefix_only() {
+    let g = golden("adam_torch_reggan.safetensors");
+    let vs = network(&g);
+    let mut opt = Adam::new(&vs, AdamConfig::default()).unwrap();
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = opt.scale_lr("layer1.", bad).unwrap_err();
+        assert!(
+            matches!(&err, OptimError::InvalidConfig(m) if m.contains("layer1.")),
+            "{bad}: {err}"
+        );
+    }
+    assert_eq!(
+        opt.lr_factor("layer1.bias"),
+        Some(1.0),
+        "a refused factor is not kept"
+    );
+    assert_eq!(opt.scale_lr("nothing.", 0.5).unwrap(), 0);
+    assert_eq!(opt.scale_lr("layer1.", 0.5).unwrap(), 2);
+    assert_eq!(
+        opt.lr_factor("layer1.u"),
+        None,
+        "not trainable: not optimized"
+    );
+    // a factor is not state: a saved and reloaded optimizer keeps its own
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adam.safetensors");
+    train_step(&vs, &mut opt, &g["x"], &g["y"]);
+    opt.save(&path).unwrap();
+    let mut other = Adam::new(&vs, AdamConfig::default()).unwrap();
+    other.load(&path).unwrap();
+    assert_eq!(other.lr_factor("layer1.weight"), Some(1.0));
 }
 
 #[test]

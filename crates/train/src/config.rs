@@ -126,13 +126,27 @@ impl Default for TrainConfig {
 }
 
 /// One Adam for G and R together (they are updated by one loss), one for D.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
+    /// R's learning rate as a factor of G's (R's variables form their own parameter group
+    /// of G+R's Adam, `model::optim::Adam::scale_lr`; the schedule scales both). Default: 1
+    /// (RegGAN: G and R at the same lr).
+    pub registration_lr_factor: f64,
     /// Adam of G + R. Default: lr 1e-4, betas (0.5, 0.999), eps 1e-8 (RegGAN).
     pub generator: AdamConfig,
     /// Adam of D. Default: as for G.
     pub discriminator: AdamConfig,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            registration_lr_factor: 1.0,
+            generator: AdamConfig::default(),
+            discriminator: AdamConfig::default(),
+        }
+    }
 }
 
 /// How batches are made.
@@ -592,6 +606,10 @@ impl TrainConfig {
         self.contrast.validate().context("[contrast]")?;
         self.identity.validate().context("[identity]")?;
         self.progressive.validate().context("[progressive]")?;
+        let f = self.optim.registration_lr_factor;
+        if !(f.is_finite() && f > 0.0) {
+            bail!("optim.registration_lr_factor = {f} must be finite and > 0");
+        }
         self.optim
             .generator
             .validate()

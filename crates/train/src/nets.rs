@@ -150,8 +150,16 @@ impl Nets {
     /// Fails when `cfg.amp` cannot run on the networks' device (`crate::amp::check_device`).
     pub fn optimizers(&self, cfg: &TrainConfig) -> anyhow::Result<Optimizers> {
         crate::amp::check_device(cfg.amp, self.gr_store.device())?;
+        let mut gr = Adam::new(&self.gr_store, cfg.optim.generator).context("Adam of G + R")?;
+        let factor = cfg.optim.registration_lr_factor;
+        if self.r.is_some() && factor != 1.0 {
+            let n = gr
+                .scale_lr(&format!("{REGISTRATION}."), factor)
+                .context("optim.registration_lr_factor")?;
+            tracing::info!("R's learning rate: {factor} x G's ({n} variables)");
+        }
         Ok(Optimizers {
-            gr: Adam::new(&self.gr_store, cfg.optim.generator).context("Adam of G + R")?,
+            gr,
             d: Adam::new(&self.d_store, cfg.optim.discriminator).context("Adam of D")?,
             scaler: crate::amp::LossScaler::new(cfg.amp),
         })

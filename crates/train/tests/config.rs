@@ -183,7 +183,7 @@ fn impossible_sizes_are_refused_naming_the_key() {
         c
     };
     type Change = fn(&mut TrainConfig);
-    let cases: [(&str, Change); 6] = [
+    let cases: [(&str, Change); 8] = [
         ("model.generator.base_channels", |c| {
             c.model.generator.base_channels = 0
         }),
@@ -197,6 +197,12 @@ fn impossible_sizes_are_refused_naming_the_key() {
         ("data.crop_size", |c| c.data.crop_size = 1 << 20),
         ("model.discriminator.max_channels", |c| {
             c.model.discriminator.max_channels = -5
+        }),
+        ("optim.registration_lr_factor", |c| {
+            c.optim.registration_lr_factor = 0.0
+        }),
+        ("optim.registration_lr_factor", |c| {
+            c.optim.registration_lr_factor = f64::NAN
         }),
     ];
     for (key, change) in cases {

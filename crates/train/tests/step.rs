@@ -498,3 +498,52 @@ fn an_across_slices_r_without_neighbours_is_a_named_failure() {
         "a weight moved"
     );
 }
+
+#[test]
+fn the_registration_lr_factor_scales_rs_updates_only() {
+    let _serial = serial();
+    let batch = fixed_batch();
+    // weights after one step with R's learning rate at `factor` x G's, and the initial ones
+    let run = |factor: f64| {
+        let mut cfg = tiny(5);
+        cfg.optim.registration_lr_factor = factor;
+        let mut nets = Nets::new(&cfg, Device::Cpu);
+        let mut opts = nets.optimizers(&cfg).unwrap();
+        let names: Vec<String> = opts.gr.variable_names().map(String::from).collect();
+        for name in &names {
+            let expected = if name.starts_with(&format!("{REGISTRATION}.")) {
+                factor
+            } else {
+                1.0
+            };
+            assert_eq!(opts.gr.lr_factor(name), Some(expected), "{name}");
+        }
+        let before = weights(&nets);
+        train_step(&mut nets, &mut opts, &batch, &cfg, 1, 1.0, false).unwrap();
+        (before, weights(&nets))
+    };
+    let (init, full) = run(1.0);
+    let (init_q, quarter) = run(0.25);
+    assert_same(&init, &init_q, "initial weights");
+    let (mut r_seen, mut g_seen) = (0, 0);
+    for (name, w) in &full {
+        let moved = w - &init[name];
+        let moved_q = &quarter[name] - &init[name];
+        if name.starts_with(&format!("gr/{REGISTRATION}.")) {
+            // Adam's first step is lr * m / (sqrt(v) + eps) with the same moments: a quarter
+            // (to the rounding of weights near 1; a factor of 0.3 would be 5 % of it off)
+            let gap = (&moved_q - &moved * 0.25).abs().max().double_value(&[]);
+            let size = moved.abs().max().double_value(&[]);
+            assert!(size > 1e-5, "{name}: R did not move ({size})");
+            assert!(gap <= 1e-2 * size, "{name}: {gap} against {size}");
+            r_seen += 1;
+        } else if name.starts_with(&format!("gr/{GENERATOR}.")) {
+            assert!(moved.equal(&moved_q), "{name}: G's update changed");
+            g_seen += 1;
+        }
+    }
+    assert!(
+        r_seen > 0 && g_seen > 0,
+        "R {r_seen}, G {g_seen} variables compared"
+    );
+}

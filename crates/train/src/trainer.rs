@@ -291,7 +291,11 @@ impl Trainer {
             self.sampler.slices_per_epoch(),
             self.validator.as_ref().map_or(0, |v| v.cases.len()),
             cfg.preset,
-            if cfg.registration { "on" } else { "off" },
+            match (cfg.registration, cfg.optim.registration_lr_factor) {
+                (false, _) => "off".to_string(),
+                (true, 1.0) => "on".to_string(),
+                (true, f) => format!("on at {f} x G's lr"),
+            },
             self.start + 1,
             self.total,
             cfg.data.batch_size,

@@ -126,6 +126,18 @@ impl AdamConfig {
     }
 }
 
+/// Checks a learning-rate factor ([`Adam::scale_lr`]): finite and > 0. The error says what is
+/// wrong with the value; callers add what it was for.
+pub fn check_lr_factor(factor: f64) -> Result<(), String> {
+    if factor.is_finite() && factor > 0.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "a learning-rate factor must be finite and > 0, not {factor}"
+        ))
+    }
+}
+
 /// Errors of the optimizer and its state files.
 #[derive(Debug, Error)]
 pub enum OptimError {
@@ -242,11 +254,8 @@ impl Adam {
     /// parameter group of torch's with its own lr). Returns how many variables it covers.
     /// Fails for a factor that is not finite and positive.
     pub fn scale_lr(&mut self, prefix: &str, factor: f64) -> Result<usize, OptimError> {
-        if !(factor.is_finite() && factor > 0.0) {
-            return Err(OptimError::InvalidConfig(format!(
-                "learning-rate factor of {prefix}* must be finite and > 0: {factor}"
-            )));
-        }
+        check_lr_factor(factor)
+            .map_err(|e| OptimError::InvalidConfig(format!("{prefix}*: {e}")))?;
         let mut covered = 0usize;
         for (_, slot) in self.slots.iter_mut().filter(|(n, _)| n.starts_with(prefix)) {
             slot.lr_factor = factor;

@@ -606,10 +606,8 @@ impl TrainConfig {
         self.contrast.validate().context("[contrast]")?;
         self.identity.validate().context("[identity]")?;
         self.progressive.validate().context("[progressive]")?;
-        let f = self.optim.registration_lr_factor;
-        if !(f.is_finite() && f > 0.0) {
-            bail!("optim.registration_lr_factor = {f} must be finite and > 0");
-        }
+        model::optim::check_lr_factor(self.optim.registration_lr_factor)
+            .map_err(|e| anyhow::anyhow!("optim.registration_lr_factor: {e}"))?;
         self.optim
             .generator
             .validate()
